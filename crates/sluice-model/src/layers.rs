@@ -1,0 +1,184 @@
+//! Shared transformer layers: RMSNorm, rotary embeddings, activations and causal attention over
+//! a sequence's cached keys and values. Shapes are row-major `[tokens × features]`.
+
+use rayon::prelude::*;
+
+use crate::config::{Activation, RopeStyle};
+
+/// RMSNorm of every `w.len()`-wide row of `x` in place: `x * w / rms(x)`.
+pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
+    for row in x.chunks_exact_mut(w.len()) {
+        let ss: f32 = row.iter().map(|v| v * v).sum::<f32>() / w.len() as f32;
+        let scale = 1.0 / (ss + eps).sqrt();
+        for (v, g) in row.iter_mut().zip(w) {
+            *v *= scale * g;
+        }
+    }
+}
+
+/// Rotary position embedding tables for one base frequency.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    inv_freq: Vec<f64>,
+    style: RopeStyle,
+}
+
+impl Rope {
+    /// Tables for `head_dim`-wide heads rotated with base `theta`.
+    pub fn new(head_dim: usize, theta: f32, style: RopeStyle) -> Self {
+        let inv_freq = (0..head_dim / 2)
+            .map(|i| (theta as f64).powf(-2.0 * i as f64 / head_dim as f64))
+            .collect();
+        Self { inv_freq, style }
+    }
+
+    /// Rotates every head of one token's projection `x` (`n_heads × head_dim`) at `pos`.
+    pub fn apply(&self, x: &mut [f32], pos: usize) {
+        let half = self.inv_freq.len();
+        let mut table = [(0f32, 0f32); 256];
+        let table = &mut table[..half.min(256)];
+        for (t, f) in table.iter_mut().zip(&self.inv_freq) {
+            let (sin, cos) = (pos as f64 * f).sin_cos();
+            *t = (sin as f32, cos as f32);
+        }
+        for head in x.chunks_exact_mut(half * 2) {
+            for (i, &(sin, cos)) in table.iter().enumerate() {
+                let (a, b) = match self.style {
+                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                    RopeStyle::HalfSplit => (i, i + half),
+                };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * cos - x1 * sin;
+                head[b] = x0 * sin + x1 * cos;
+            }
+        }
+    }
+}
+
+/// `act(gate) * up`, elementwise, into `gate`.
+pub fn gated_activation(act: Activation, gate: &mut [f32], up: &[f32]) {
+    match act {
+        Activation::Silu => {
+            for (g, u) in gate.iter_mut().zip(up) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+        }
+        Activation::GeluTanh => {
+            const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+            for (g, u) in gate.iter_mut().zip(up) {
+                let x = *g;
+                *g = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh()) * u;
+            }
+        }
+    }
+}
+
+/// In-place softmax.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// What one attention call reads: a sequence's cached keys/values for one layer.
+pub struct AttentionInput<'a> {
+    /// Queries, `n_tok × (n_heads × head_dim)`, already rotated and scaled as the model wants.
+    pub q: &'a [f32],
+    /// Cached keys, `positions × (n_kv_heads × head_dim)`, including this step's tokens.
+    pub k_cache: &'a [f32],
+    /// Cached values, same layout.
+    pub v_cache: &'a [f32],
+    /// Position of the first query token.
+    pub start_pos: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads.
+    pub n_kv_heads: usize,
+    /// Head width.
+    pub head_dim: usize,
+    /// Multiplier for q·k.
+    pub scale: f32,
+    /// Only keys within this many positions back are visible (sliding window), if set.
+    pub window: Option<usize>,
+}
+
+/// Causal attention: `out` (`n_tok × n_heads × head_dim`) for each query token over keys
+/// `[max(0, pos - window + 1), pos]`. Parallel over (token, head).
+pub fn attention(inp: &AttentionInput<'_>, out: &mut [f32]) {
+    let hd = inp.head_dim;
+    let q_dim = inp.n_heads * hd;
+    let kv_dim = inp.n_kv_heads * hd;
+    let group = inp.n_heads / inp.n_kv_heads;
+    out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
+        let (t, h) = (idx / inp.n_heads, idx % inp.n_heads);
+        let pos = inp.start_pos + t;
+        let first = match inp.window {
+            Some(w) => (pos + 1).saturating_sub(w),
+            None => 0,
+        };
+        let q = &inp.q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
+        let kvh = h / group;
+        let mut scores: Vec<f32> = (first..=pos)
+            .map(|p| {
+                let k = &inp.k_cache[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
+                q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * inp.scale
+            })
+            .collect();
+        softmax(&mut scores);
+        o.fill(0.0);
+        for (p, s) in (first..=pos).zip(&scores) {
+            let v = &inp.v_cache[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
+            for (oi, vi) in o.iter_mut().zip(v) {
+                *oi += s * vi;
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_styles_preserve_norm_and_rotate_at_zero_not_at_all() {
+        for style in [RopeStyle::Interleaved, RopeStyle::HalfSplit] {
+            let rope = Rope::new(8, 10000.0, style);
+            let orig: Vec<f32> = (0..16).map(|i| i as f32 * 0.1 - 0.5).collect();
+            let mut x = orig.clone();
+            rope.apply(&mut x, 0);
+            assert_eq!(x, orig);
+            rope.apply(&mut x, 17);
+            let n0: f32 = orig.iter().map(|v| v * v).sum();
+            let n1: f32 = x.iter().map(|v| v * v).sum();
+            assert!((n0 - n1).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn attention_over_one_position_returns_its_value() {
+        let q = [1.0, 0.0, 0.0, 1.0];
+        let k = [0.3, 0.2];
+        let v = [5.0, -2.0];
+        let mut out = [0.0; 4];
+        let inp = AttentionInput {
+            q: &q,
+            k_cache: &k,
+            v_cache: &v,
+            start_pos: 0,
+            n_heads: 2,
+            n_kv_heads: 1,
+            head_dim: 2,
+            scale: 1.0,
+            window: None,
+        };
+        attention(&inp, &mut out);
+        assert_eq!(out, [5.0, -2.0, 5.0, -2.0]);
+    }
+}

@@ -1,0 +1,23 @@
+//! Models: weights (GGUF, safetensors), tokenizers, chat templates, forward passes per
+//! architecture family, and the CPU kernels they run on.
+
+pub mod cache;
+pub mod chat;
+pub mod config;
+pub mod error;
+pub mod gguf;
+mod hf;
+pub mod layers;
+pub mod loader;
+pub mod model;
+pub mod quant;
+pub mod tokenizer;
+pub mod weights;
+
+pub use cache::KvCache;
+pub use chat::{ChatMessage, ChatTemplate};
+pub use config::{Arch, ModelConfig};
+pub use error::{ModelError, Result};
+pub use loader::{LoadedModel, load};
+pub use model::{Logits, Model};
+pub use tokenizer::{StreamDecoder, Tokenizer};

@@ -1,0 +1,249 @@
+//! Tensor encodings (ggml's block formats) and the CPU kernels that use them.
+//!
+//! Weights stay in their file encoding in memory (borrowed from the memory map). A matrix-vector
+//! product quantizes the activation row once into the weight type's partner format (`dot_type`,
+//! as ggml does: Q8_1 for Q4_1, Q8_K for the K-quants, ...) and runs an integer dot product per
+//! weight row. `scalar` holds reference kernels for every type; `avx2` the fast paths, chosen at
+//! run time and tested against the scalar ones.
+
+pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+
+use half::{bf16, f16};
+
+/// Number of elements in one K-quant super-block.
+pub const QK_K: usize = 256;
+
+/// A tensor element encoding (ids are ggml's).
+#[expect(non_camel_case_types, reason = "ggml's type names, kept for recognisability")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GgmlType {
+    /// 32-bit float.
+    F32,
+    /// IEEE half.
+    F16,
+    /// bfloat16.
+    BF16,
+    /// 4-bit, 32-element blocks, scale only.
+    Q4_0,
+    /// 4-bit, 32-element blocks, scale and min.
+    Q4_1,
+    /// 5-bit, 32-element blocks, scale only.
+    Q5_0,
+    /// 5-bit, 32-element blocks, scale and min.
+    Q5_1,
+    /// 8-bit, 32-element blocks, scale only.
+    Q8_0,
+    /// 8-bit, 32-element blocks, scale and scaled sum (activations only).
+    Q8_1,
+    /// 4-bit K-quant, 256-element super-blocks.
+    Q4_K,
+    /// 5-bit K-quant.
+    Q5_K,
+    /// 6-bit K-quant.
+    Q6_K,
+    /// 8-bit K-quant (activations only).
+    Q8_K,
+}
+
+impl GgmlType {
+    /// Maps a ggml type id; `None` for types we do not implement.
+    pub fn from_id(id: u32) -> Option<Self> {
+        Some(match id {
+            0 => Self::F32,
+            1 => Self::F16,
+            2 => Self::Q4_0,
+            3 => Self::Q4_1,
+            6 => Self::Q5_0,
+            7 => Self::Q5_1,
+            8 => Self::Q8_0,
+            9 => Self::Q8_1,
+            12 => Self::Q4_K,
+            13 => Self::Q5_K,
+            14 => Self::Q6_K,
+            15 => Self::Q8_K,
+            30 => Self::BF16,
+            _ => return None,
+        })
+    }
+
+    /// The ggml type id.
+    pub fn id(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Q4_0 => 2,
+            Self::Q4_1 => 3,
+            Self::Q5_0 => 6,
+            Self::Q5_1 => 7,
+            Self::Q8_0 => 8,
+            Self::Q8_1 => 9,
+            Self::Q4_K => 12,
+            Self::Q5_K => 13,
+            Self::Q6_K => 14,
+            Self::Q8_K => 15,
+            Self::BF16 => 30,
+        }
+    }
+
+    /// The ggml name, e.g. `Q4_K`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "F32",
+            Self::F16 => "F16",
+            Self::BF16 => "BF16",
+            Self::Q4_0 => "Q4_0",
+            Self::Q4_1 => "Q4_1",
+            Self::Q5_0 => "Q5_0",
+            Self::Q5_1 => "Q5_1",
+            Self::Q8_0 => "Q8_0",
+            Self::Q8_1 => "Q8_1",
+            Self::Q4_K => "Q4_K",
+            Self::Q5_K => "Q5_K",
+            Self::Q6_K => "Q6_K",
+            Self::Q8_K => "Q8_K",
+        }
+    }
+
+    /// Elements per block.
+    pub fn block_elems(self) -> usize {
+        match self {
+            Self::F32 | Self::F16 | Self::BF16 => 1,
+            Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0 | Self::Q8_1 => 32,
+            Self::Q4_K | Self::Q5_K | Self::Q6_K | Self::Q8_K => QK_K,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::BF16 => 2,
+            Self::Q4_0 => 18,
+            Self::Q4_1 => 20,
+            Self::Q5_0 => 22,
+            Self::Q5_1 => 24,
+            Self::Q8_0 => 34,
+            Self::Q8_1 => 36,
+            Self::Q4_K => 144,
+            Self::Q5_K => 176,
+            Self::Q6_K => 210,
+            Self::Q8_K => 292,
+        }
+    }
+
+    /// Bytes of a row of `n` elements (`n` a multiple of the block size).
+    pub fn row_bytes(self, n: usize) -> usize {
+        n / self.block_elems() * self.block_bytes()
+    }
+
+    /// The format activations are converted to before a dot product with this weight type.
+    pub fn dot_type(self) -> Self {
+        match self {
+            Self::F32 | Self::F16 | Self::BF16 => Self::F32,
+            Self::Q4_0 | Self::Q5_0 | Self::Q8_0 => Self::Q8_0,
+            Self::Q4_1 | Self::Q5_1 => Self::Q8_1,
+            Self::Q4_K | Self::Q5_K | Self::Q6_K => Self::Q8_K,
+            Self::Q8_1 | Self::Q8_K => self,
+        }
+    }
+
+    /// Whether this type can hold model weights (the Q8_1 / Q8_K formats are activation-only).
+    pub fn is_weight_type(self) -> bool {
+        !matches!(self, Self::Q8_1 | Self::Q8_K)
+    }
+}
+
+#[inline]
+pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
+}
+
+/// Decodes `out.len()` elements of `ty` from `src` (which holds exactly that many).
+pub fn dequantize(ty: GgmlType, src: &[u8], out: &mut [f32]) {
+    debug_assert_eq!(src.len(), ty.row_bytes(out.len()));
+    match ty {
+        GgmlType::F32 => {
+            for (o, c) in out.iter_mut().zip(src.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        GgmlType::F16 => {
+            for (o, c) in out.iter_mut().zip(src.chunks_exact(2)) {
+                *o = f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+            }
+        }
+        GgmlType::BF16 => {
+            for (o, c) in out.iter_mut().zip(src.chunks_exact(2)) {
+                *o = bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+            }
+        }
+        _ => {
+            let be = ty.block_elems();
+            for (blk, o) in src.chunks_exact(ty.block_bytes()).zip(out.chunks_exact_mut(be)) {
+                scalar::dequantize_block(ty, blk, o);
+            }
+        }
+    }
+}
+
+/// Encodes `x` (a multiple of the block size) as `ty` into `out` (`ty.row_bytes(x.len())` bytes).
+/// Supports the activation formats (F32, Q8_0, Q8_1, Q8_K).
+pub fn quantize_activation(ty: GgmlType, x: &[f32], out: &mut [u8]) {
+    debug_assert_eq!(out.len(), ty.row_bytes(x.len()));
+    match ty {
+        GgmlType::F32 => {
+            for (c, v) in out.chunks_exact_mut(4).zip(x) {
+                c.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        GgmlType::Q8_0 | GgmlType::Q8_1 | GgmlType::Q8_K => {
+            let be = ty.block_elems();
+            for (blk, xs) in out.chunks_exact_mut(ty.block_bytes()).zip(x.chunks_exact(be)) {
+                scalar::quantize_block(ty, xs, blk);
+            }
+        }
+        _ => debug_assert!(false, "not an activation type: {ty:?}"),
+    }
+}
+
+/// Which kernel family the process uses, decided once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// Portable scalar code.
+    Scalar,
+    /// x86-64 AVX2 + FMA + F16C.
+    Avx2,
+}
+
+/// The best kernel family this CPU supports.
+pub fn detect_isa() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+        {
+            return Isa::Avx2;
+        }
+    }
+    Isa::Scalar
+}
+
+/// Dot product of one weight row (`n` elements of `wt`) with an activation row already encoded
+/// in `wt.dot_type()`.
+#[inline]
+pub fn vec_dot(isa: Isa, wt: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
+    debug_assert_eq!(w.len(), wt.row_bytes(n));
+    debug_assert_eq!(a.len(), wt.dot_type().row_bytes(n));
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        // SAFETY: `Isa::Avx2` is only produced by `detect_isa` after checking the features.
+        if let Some(v) = unsafe { avx2::vec_dot(wt, n, w, a) } {
+            return v;
+        }
+    }
+    let _ = isa;
+    scalar::vec_dot(wt, n, w, a)
+}

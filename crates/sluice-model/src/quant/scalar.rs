@@ -1,0 +1,275 @@
+//! Portable reference kernels for every block format: the definition the fast paths are tested
+//! against. Layouts follow ggml's `block_*` structs byte for byte.
+
+use super::{GgmlType, QK_K, f16_at};
+
+fn f32_at(b: &[u8], i: usize) -> f32 {
+    f32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
+/// 6-bit scale and min `j` (0..8) of a Q4_K / Q5_K super-block's 12 packed scale bytes.
+pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+    }
+}
+
+/// Integer values (0..31 or 0..15) of a 32-element Q4/Q5 block, in element order.
+fn unpack_q4_q5(ty: GgmlType, blk: &[u8]) -> [u8; 32] {
+    let (qs, qh) = match ty {
+        GgmlType::Q4_0 => (&blk[2..18], 0u32),
+        GgmlType::Q4_1 => (&blk[4..20], 0u32),
+        GgmlType::Q5_0 => (&blk[6..22], u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]])),
+        _ => (&blk[8..24], u32::from_le_bytes([blk[4], blk[5], blk[6], blk[7]])),
+    };
+    let mut q = [0u8; 32];
+    for j in 0..16 {
+        let hi0 = (((qh >> j) << 4) & 0x10) as u8;
+        let hi1 = ((qh >> (j + 12)) & 0x10) as u8;
+        q[j] = (qs[j] & 0xF) | hi0;
+        q[j + 16] = (qs[j] >> 4) | hi1;
+    }
+    q
+}
+
+/// Q4_K / Q5_K super-block: integer values 0..31 in element order, 8 scales, 8 mins.
+fn unpack_k45(ty: GgmlType, blk: &[u8]) -> ([u8; QK_K], [u8; 8], [u8; 8]) {
+    let scales = &blk[4..16];
+    let (qh, qs) = if ty == GgmlType::Q5_K { (Some(&blk[16..48]), &blk[48..176]) } else { (None, &blk[16..144]) };
+    let mut q = [0u8; QK_K];
+    let (mut sc, mut mn) = ([0u8; 8], [0u8; 8]);
+    for j in 0..8 {
+        (sc[j], mn[j]) = scale_min_k4(j, scales);
+    }
+    for chunk in 0..4 {
+        let ql = &qs[chunk * 32..chunk * 32 + 32];
+        for l in 0..32 {
+            let (mut lo, mut hi) = (ql[l] & 0xF, ql[l] >> 4);
+            if let Some(qh) = qh {
+                lo |= ((qh[l] >> (2 * chunk)) & 1) << 4;
+                hi |= ((qh[l] >> (2 * chunk + 1)) & 1) << 4;
+            }
+            q[chunk * 64 + l] = lo;
+            q[chunk * 64 + 32 + l] = hi;
+        }
+    }
+    (q, sc, mn)
+}
+
+/// Q6_K super-block: signed values -32..31 in element order and 16 scales.
+fn unpack_q6k(blk: &[u8]) -> ([i8; QK_K], [i8; 16]) {
+    let (ql, qh, sc) = (&blk[0..128], &blk[128..192], &blk[192..208]);
+    let mut q = [0i8; QK_K];
+    for half in 0..2 {
+        let (ql, qh, y) = (&ql[half * 64..], &qh[half * 32..], half * 128);
+        for l in 0..32 {
+            q[y + l] = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i8 - 32;
+            q[y + l + 32] = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i8 - 32;
+            q[y + l + 64] = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 - 32;
+            q[y + l + 96] = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
+        }
+    }
+    let mut s = [0i8; 16];
+    for (d, &b) in s.iter_mut().zip(sc) {
+        *d = b as i8;
+    }
+    (q, s)
+}
+
+/// Decodes one block of a quantized type.
+pub fn dequantize_block(ty: GgmlType, blk: &[u8], out: &mut [f32]) {
+    match ty {
+        GgmlType::Q4_0 | GgmlType::Q5_0 => {
+            let d = f16_at(blk, 0);
+            let off = if ty == GgmlType::Q4_0 { 8.0 } else { 16.0 };
+            for (o, &q) in out.iter_mut().zip(unpack_q4_q5(ty, blk).iter()) {
+                *o = (q as f32 - off) * d;
+            }
+        }
+        GgmlType::Q4_1 | GgmlType::Q5_1 => {
+            let (d, m) = (f16_at(blk, 0), f16_at(blk, 2));
+            for (o, &q) in out.iter_mut().zip(unpack_q4_q5(ty, blk).iter()) {
+                *o = q as f32 * d + m;
+            }
+        }
+        GgmlType::Q8_0 => {
+            let d = f16_at(blk, 0);
+            for (o, &q) in out.iter_mut().zip(&blk[2..34]) {
+                *o = q as i8 as f32 * d;
+            }
+        }
+        GgmlType::Q8_1 => {
+            let d = f16_at(blk, 0);
+            for (o, &q) in out.iter_mut().zip(&blk[4..36]) {
+                *o = q as i8 as f32 * d;
+            }
+        }
+        GgmlType::Q4_K | GgmlType::Q5_K => {
+            let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+            let (q, sc, mn) = unpack_k45(ty, blk);
+            for (j, o) in out.chunks_exact_mut(32).enumerate() {
+                let (d1, m1) = (d * sc[j] as f32, dmin * mn[j] as f32);
+                for (o, &q) in o.iter_mut().zip(&q[j * 32..j * 32 + 32]) {
+                    *o = d1 * q as f32 - m1;
+                }
+            }
+        }
+        GgmlType::Q6_K => {
+            let d = f16_at(blk, 208);
+            let (q, sc) = unpack_q6k(blk);
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = d * sc[i / 16] as f32 * q[i] as f32;
+            }
+        }
+        GgmlType::Q8_K => {
+            let d = f32_at(blk, 0);
+            for (o, &q) in out.iter_mut().zip(&blk[4..4 + QK_K]) {
+                *o = q as i8 as f32 * d;
+            }
+        }
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
+            super::dequantize(ty, blk, out);
+        }
+    }
+}
+
+fn round_half_away(v: f32) -> i32 {
+    v.round() as i32
+}
+
+/// Encodes one block of activations as Q8_0, Q8_1 or Q8_K.
+pub fn quantize_block(ty: GgmlType, x: &[f32], out: &mut [u8]) {
+    match ty {
+        GgmlType::Q8_0 | GgmlType::Q8_1 => {
+            let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let qoff = if ty == GgmlType::Q8_0 { 2 } else { 4 };
+            let mut sum = 0i32;
+            for (o, &v) in out[qoff..qoff + 32].iter_mut().zip(x) {
+                let q = round_half_away(v * id);
+                sum += q;
+                *o = q as i8 as u8;
+            }
+            out[0..2].copy_from_slice(&half::f16::from_f32(d).to_bits().to_le_bytes());
+            if ty == GgmlType::Q8_1 {
+                out[2..4].copy_from_slice(&half::f16::from_f32(sum as f32 * d).to_bits().to_le_bytes());
+            }
+        }
+        GgmlType::Q8_K => {
+            let (mut amax, mut max) = (0f32, 0f32);
+            for &v in x {
+                if v.abs() > amax {
+                    amax = v.abs();
+                    max = v;
+                }
+            }
+            if amax == 0.0 {
+                out.fill(0);
+                return;
+            }
+            let iscale = -127.0 / max;
+            let qs = &mut out[4..4 + QK_K];
+            for (o, &v) in qs.iter_mut().zip(x) {
+                *o = round_half_away(iscale * v).min(127) as i8 as u8;
+            }
+            let mut bsums = [0i16; 16];
+            for (j, s) in bsums.iter_mut().enumerate() {
+                *s = qs[j * 16..j * 16 + 16].iter().map(|&q| q as i8 as i16).sum();
+            }
+            out[0..4].copy_from_slice(&(1.0 / iscale).to_le_bytes());
+            for (j, s) in bsums.iter().enumerate() {
+                out[4 + QK_K + 2 * j..4 + QK_K + 2 * j + 2].copy_from_slice(&s.to_le_bytes());
+            }
+        }
+        _ => debug_assert!(false, "not an activation block type: {ty:?}"),
+    }
+}
+
+fn q8k_parts(a: &[u8]) -> (f32, &[u8], [i32; 16]) {
+    let mut bsums = [0i32; 16];
+    for (j, s) in bsums.iter_mut().enumerate() {
+        let o = 4 + QK_K + 2 * j;
+        *s = i16::from_le_bytes([a[o], a[o + 1]]) as i32;
+    }
+    (f32_at(a, 0), &a[4..4 + QK_K], bsums)
+}
+
+/// Reference dot product of a weight row with an activation row in the weight's `dot_type`.
+pub fn vec_dot(wt: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
+    match wt {
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
+            let mut wf = vec![0f32; n];
+            super::dequantize(wt, w, &mut wf);
+            wf.iter().zip(a.chunks_exact(4)).map(|(x, c)| x * f32_at(c, 0)).sum()
+        }
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => {
+            let mut acc = 0f32;
+            for (wb, ab) in w.chunks_exact(wt.block_bytes()).zip(a.chunks_exact(34)) {
+                let aq = &ab[2..34];
+                let sumi: i32 = if wt == GgmlType::Q8_0 {
+                    wb[2..34].iter().zip(aq).map(|(&x, &y)| x as i8 as i32 * y as i8 as i32).sum()
+                } else {
+                    let off = if wt == GgmlType::Q4_0 { 8 } else { 16 };
+                    let q = unpack_q4_q5(wt, wb);
+                    q.iter().zip(aq).map(|(&x, &y)| (x as i32 - off) * y as i8 as i32).sum()
+                };
+                acc += f16_at(wb, 0) * f16_at(ab, 0) * sumi as f32;
+            }
+            acc
+        }
+        GgmlType::Q4_1 | GgmlType::Q5_1 => {
+            let mut acc = 0f32;
+            for (wb, ab) in w.chunks_exact(wt.block_bytes()).zip(a.chunks_exact(36)) {
+                let q = unpack_q4_q5(wt, wb);
+                let sumi: i32 = q.iter().zip(&ab[4..36]).map(|(&x, &y)| x as i32 * y as i8 as i32).sum();
+                acc += f16_at(wb, 0) * f16_at(ab, 0) * sumi as f32 + f16_at(wb, 2) * f16_at(ab, 2);
+            }
+            acc
+        }
+        GgmlType::Q4_K | GgmlType::Q5_K => {
+            let mut acc = 0f32;
+            for (wb, ab) in w.chunks_exact(wt.block_bytes()).zip(a.chunks_exact(292)) {
+                let (d8, aq, bsums) = q8k_parts(ab);
+                let (q, sc, mn) = unpack_k45(wt, wb);
+                let mut sumi = 0i32;
+                let mut summin = 0i32;
+                for j in 0..8 {
+                    let s: i32 = q[j * 32..j * 32 + 32]
+                        .iter()
+                        .zip(&aq[j * 32..j * 32 + 32])
+                        .map(|(&x, &y)| x as i32 * y as i8 as i32)
+                        .sum();
+                    sumi += sc[j] as i32 * s;
+                    summin += mn[j] as i32 * (bsums[2 * j] + bsums[2 * j + 1]);
+                }
+                acc += f16_at(wb, 0) * d8 * sumi as f32 - f16_at(wb, 2) * d8 * summin as f32;
+            }
+            acc
+        }
+        GgmlType::Q6_K => {
+            let mut acc = 0f32;
+            for (wb, ab) in w.chunks_exact(210).zip(a.chunks_exact(292)) {
+                let (d8, aq, _) = q8k_parts(ab);
+                let (q, sc) = unpack_q6k(wb);
+                let mut sumi = 0i32;
+                for j in 0..16 {
+                    let s: i32 = q[j * 16..j * 16 + 16]
+                        .iter()
+                        .zip(&aq[j * 16..j * 16 + 16])
+                        .map(|(&x, &y)| x as i32 * y as i8 as i32)
+                        .sum();
+                    sumi += sc[j] as i32 * s;
+                }
+                acc += f16_at(wb, 208) * d8 * sumi as f32;
+            }
+            acc
+        }
+        GgmlType::Q8_1 | GgmlType::Q8_K => {
+            debug_assert!(false, "activation type used as weight");
+            0.0
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Weight matrices in their file encoding, and the matrix products of the forward pass.
+//!
+//! A `QMatrix` borrows its bytes from the memory-mapped file (or an owned buffer for converted
+//! weights); rows stay encoded. `matmul` encodes each activation row once into the weight's
+//! `dot_type`, then splits the output rows across the thread pool; each task walks a small
+//! band of weight rows (kept in L1) against every activation row.
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::error::{ModelError, Result};
+use crate::quant::{self, GgmlType, Isa};
+
+/// Shared, immutable bytes (a memory map or an owned buffer).
+pub type Bytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// A `rows × cols` matrix, row-major, each row encoded as `ty`.
+#[derive(Clone)]
+pub struct QMatrix {
+    /// Encoding.
+    pub ty: GgmlType,
+    /// Output features (rows).
+    pub rows: usize,
+    /// Input features (row length).
+    pub cols: usize,
+    data: Bytes,
+    offset: usize,
+}
+
+impl std::fmt::Debug for QMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QMatrix({} {}x{})", self.ty.name(), self.rows, self.cols)
+    }
+}
+
+impl QMatrix {
+    /// Wraps `rows × cols` elements of `ty` starting at `offset` in `data`.
+    pub fn new(ty: GgmlType, rows: usize, cols: usize, data: Bytes, offset: usize, name: &str) -> Result<Self> {
+        let need = rows
+            .checked_mul(ty.row_bytes(cols))
+            .and_then(|n| n.checked_add(offset))
+            .ok_or_else(|| ModelError::MissingOrInvalid(format!("tensor {name} size")))?;
+        if !ty.is_weight_type() {
+            return Err(ModelError::UnsupportedTensorType { type_name: ty.name().into(), tensor: name.into() });
+        }
+        if cols % ty.block_elems() != 0 || need > (*data).as_ref().len() {
+            return Err(ModelError::MissingOrInvalid(format!("tensor {name} shape")));
+        }
+        Ok(Self { ty, rows, cols, data, offset })
+    }
+
+    /// A matrix from f32 values (used for converted weights and tests).
+    pub fn from_f32(rows: usize, cols: usize, values: &[f32]) -> Self {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Self { ty: GgmlType::F32, rows, cols, data: Arc::new(bytes), offset: 0 }
+    }
+
+    /// The encoded bytes of row `r`.
+    #[inline]
+    pub fn row(&self, r: usize) -> &[u8] {
+        let rb = self.ty.row_bytes(self.cols);
+        let start = self.offset + r * rb;
+        &(*self.data).as_ref()[start..start + rb]
+    }
+
+    /// Decodes row `r` into `out` (length `cols`).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        quant::dequantize(self.ty, self.row(r), out);
+    }
+
+    /// Bytes the matrix occupies.
+    pub fn byte_size(&self) -> usize {
+        self.rows * self.ty.row_bytes(self.cols)
+    }
+}
+
+/// A raw pointer that tasks writing disjoint elements of one output buffer may share.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every task writes a disjoint set of indices (its own band of output columns).
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+/// Output rows per task: small enough to spread over the threads, large enough to amortize.
+fn band_rows(rows: usize) -> usize {
+    (rows / (rayon::current_num_threads() * 8)).clamp(4, 64)
+}
+
+/// `out[t][r] = Σ_c w[r][c] * x[t][c]` for `n_tok` activation rows `x` (`n_tok × cols`, row-major),
+/// `out` is `n_tok × w.rows`.
+pub fn matmul(isa: Isa, w: &QMatrix, x: &[f32], out: &mut [f32]) {
+    let n_tok = x.len() / w.cols;
+    debug_assert_eq!(x.len(), n_tok * w.cols);
+    debug_assert_eq!(out.len(), n_tok * w.rows);
+    let dt = w.ty.dot_type();
+    let arb = dt.row_bytes(w.cols);
+    let mut xq = vec![0u8; n_tok * arb];
+    if n_tok > 1 {
+        xq.par_chunks_mut(arb)
+            .zip(x.par_chunks(w.cols))
+            .for_each(|(q, xr)| quant::quantize_activation(dt, xr, q));
+    } else {
+        quant::quantize_activation(dt, x, &mut xq);
+    }
+    let rows = w.rows;
+    let ptr = OutPtr(out.as_mut_ptr());
+    let band = band_rows(rows);
+    (0..rows.div_ceil(band)).into_par_iter().for_each(|b| {
+        let ptr = ptr;
+        let (r0, r1) = (b * band, ((b + 1) * band).min(rows));
+        for t in 0..n_tok {
+            let a = &xq[t * arb..(t + 1) * arb];
+            for r in r0..r1 {
+                let v = quant::vec_dot(isa, w.ty, w.cols, w.row(r), a);
+                // SAFETY: index t*rows + r is in bounds (debug-asserted sizes) and only this
+                // band writes columns r0..r1.
+                unsafe { *ptr.0.add(t * rows + r) = v };
+            }
+        }
+    });
+}

@@ -1,17 +1,23 @@
 //! Shared transformer layers: RMSNorm, rotary embeddings, activations and causal attention over
 //! a sequence's cached keys and values. Shapes are row-major `[tokens × features]`.
 
+use std::sync::OnceLock;
+
+use half::f16;
 use rayon::prelude::*;
 
 use crate::config::{Activation, RopeStyle};
 
 /// RMSNorm of every `w.len()`-wide row of `x` in place: `x * w / rms(x)`.
 pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
+    // Sum of squares in f64, then scale and weight as separate roundings: the same arithmetic
+    // as ggml, so our activations quantize exactly like the reference's.
     for row in x.chunks_exact_mut(w.len()) {
-        let ss: f32 = row.iter().map(|v| v * v).sum::<f32>() / w.len() as f32;
-        let scale = 1.0 / (ss + eps).sqrt();
+        let ss: f64 = row.iter().map(|&v| (v * v) as f64).sum();
+        let mean = (ss / w.len() as f64) as f32;
+        let scale = 1.0 / (mean + eps).sqrt();
         for (v, g) in row.iter_mut().zip(w) {
-            *v *= scale * g;
+            *v = (*v * scale) * g;
         }
     }
 }
@@ -19,27 +25,27 @@ pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
 /// Rotary position embedding tables for one base frequency.
 #[derive(Debug, Clone)]
 pub struct Rope {
-    inv_freq: Vec<f64>,
+    /// `theta^(-2/head_dim)`: angles are built by repeated multiplication in f32, as ggml does.
+    theta_scale: f32,
+    half: usize,
     style: RopeStyle,
 }
 
 impl Rope {
     /// Tables for `head_dim`-wide heads rotated with base `theta`.
     pub fn new(head_dim: usize, theta: f32, style: RopeStyle) -> Self {
-        let inv_freq = (0..head_dim / 2)
-            .map(|i| (theta as f64).powf(-2.0 * i as f64 / head_dim as f64))
-            .collect();
-        Self { inv_freq, style }
+        Self { theta_scale: theta.powf(-2.0 / head_dim as f32), half: head_dim / 2, style }
     }
 
     /// Rotates every head of one token's projection `x` (`n_heads × head_dim`) at `pos`.
     pub fn apply(&self, x: &mut [f32], pos: usize) {
-        let half = self.inv_freq.len();
+        let half = self.half;
         let mut table = [(0f32, 0f32); 256];
         let table = &mut table[..half.min(256)];
-        for (t, f) in table.iter_mut().zip(&self.inv_freq) {
-            let (sin, cos) = (pos as f64 * f).sin_cos();
-            *t = (sin as f32, cos as f32);
+        let mut angle = pos as f32;
+        for t in table.iter_mut() {
+            *t = angle.sin_cos();
+            angle *= self.theta_scale;
         }
         for head in x.chunks_exact_mut(half * 2) {
             for (i, &(sin, cos)) in table.iter().enumerate() {
@@ -64,24 +70,42 @@ pub fn gated_activation(act: Activation, gate: &mut [f32], up: &[f32]) {
             }
         }
         Activation::GeluTanh => {
-            const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+            let table = gelu_table();
             for (g, u) in gate.iter_mut().zip(up) {
                 let x = *g;
-                *g = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh()) * u;
+                *g = if x <= -10.0 {
+                    0.0
+                } else if x >= 10.0 {
+                    x * u
+                } else {
+                    f16::from_bits(table[f16::from_f32(x).to_bits() as usize]).to_f32() * u
+                };
             }
         }
     }
 }
 
+fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)).tanh())
+}
+
+/// GELU of every half-precision value: the activation is evaluated at f16 resolution, as in
+/// llama.cpp (our reference), which also makes it a single table lookup.
+fn gelu_table() -> &'static [u16] {
+    static TABLE: OnceLock<Vec<u16>> = OnceLock::new();
+    TABLE.get_or_init(|| (0..=u16::MAX).map(|b| f16::from_f32(gelu_tanh(f16::from_bits(b).to_f32())).to_bits()).collect())
+}
+
 /// In-place softmax.
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
+    let mut sum = 0f64;
     for v in x.iter_mut() {
         *v = (*v - max).exp();
-        sum += *v;
+        sum += *v as f64;
     }
-    let inv = 1.0 / sum;
+    let inv = (1.0 / sum) as f32;
     for v in x.iter_mut() {
         *v *= inv;
     }

@@ -135,8 +135,9 @@ pub fn dequantize_block(ty: GgmlType, blk: &[u8], out: &mut [f32]) {
     }
 }
 
-fn round_half_away(v: f32) -> i32 {
-    v.round() as i32
+/// Round half to even, as ggml's SIMD quantizers and `nearest_int` do.
+fn round_even(v: f32) -> i32 {
+    v.round_ties_even() as i32
 }
 
 /// Encodes one block of activations as Q8_0, Q8_1 or Q8_K.
@@ -145,11 +146,11 @@ pub fn quantize_block(ty: GgmlType, x: &[f32], out: &mut [u8]) {
         GgmlType::Q8_0 | GgmlType::Q8_1 => {
             let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
             let d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
             let qoff = if ty == GgmlType::Q8_0 { 2 } else { 4 };
             let mut sum = 0i32;
             for (o, &v) in out[qoff..qoff + 32].iter_mut().zip(x) {
-                let q = round_half_away(v * id);
+                let q = round_even(v * id);
                 sum += q;
                 *o = q as i8 as u8;
             }
@@ -173,7 +174,7 @@ pub fn quantize_block(ty: GgmlType, x: &[f32], out: &mut [u8]) {
             let iscale = -127.0 / max;
             let qs = &mut out[4..4 + QK_K];
             for (o, &v) in qs.iter_mut().zip(x) {
-                *o = round_half_away(iscale * v).min(127) as i8 as u8;
+                *o = round_even(iscale * v).min(127) as i8 as u8;
             }
             let mut bsums = [0i16; 16];
             for (j, s) in bsums.iter_mut().enumerate() {

@@ -1,1 +1,129 @@
-//! placeholder
+//! The HTTP API: `fn app(state) -> Router` with OpenAI-compatible handlers, server-sent-event
+//! streams, health and readiness, and the mapping of errors to OpenAI error bodies.
+
+mod chat;
+mod completions;
+pub mod error;
+mod generate;
+pub mod params;
+
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use sluice_engine::EngineHandle;
+use sluice_protocol::{ModelCard, ModelList};
+
+pub use error::ApiError;
+
+/// Identifies this server build in responses.
+pub const FINGERPRINT: &str = concat!("sluice-", env!("CARGO_PKG_VERSION"));
+
+/// The model this server serves, once loaded.
+#[derive(Debug, Clone)]
+pub struct ServedModel {
+    /// The name clients use in `model`.
+    pub name: String,
+    /// The engine running it.
+    pub engine: EngineHandle,
+}
+
+#[derive(Debug)]
+struct Inner {
+    served: OnceLock<ServedModel>,
+    created: u64,
+}
+
+/// Shared state of the HTTP handlers.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+impl Default for AppState {
+    fn default() -> Self {
+        Self::loading()
+    }
+}
+
+impl AppState {
+    /// State of a server whose model is still loading (`/ready` answers 503 until `set_model`).
+    pub fn loading() -> Self {
+        Self { inner: Arc::new(Inner { served: OnceLock::new(), created: generate::unix_now() }) }
+    }
+
+    /// State serving `served` right away.
+    pub fn with_model(served: ServedModel) -> Self {
+        let s = Self::loading();
+        s.set_model(served);
+        s
+    }
+
+    /// Publishes the loaded model; later calls are ignored.
+    pub fn set_model(&self, served: ServedModel) {
+        let _ = self.inner.served.set(served);
+    }
+
+    /// The served model if `name` names it; 404 for another name, 503 while loading.
+    pub fn model(&self, name: &str) -> Result<&ServedModel, ApiError> {
+        let served = self.inner.served.get().ok_or_else(|| ApiError::unavailable("The model is still loading", 5))?;
+        if name == served.name {
+            Ok(served)
+        } else {
+            Err(ApiError::unknown_model(name, &served.name))
+        }
+    }
+}
+
+pub(crate) fn set_request_id(resp: &mut Response, id: &str) {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+}
+
+async fn health() -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    match state.inner.served.get() {
+        Some(s) => axum::Json(serde_json::json!({ "status": "ready", "model": s.name })).into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({ "status": "loading" }))).into_response(),
+    }
+}
+
+async fn models(State(state): State<AppState>) -> impl IntoResponse {
+    let data = state
+        .inner
+        .served
+        .get()
+        .map(|s| ModelCard {
+            id: s.name.clone(),
+            object: "model".into(),
+            created: state.inner.created,
+            owned_by: "sluice".into(),
+            max_model_len: s.engine.model.model.cfg.context_length as u32,
+        })
+        .into_iter()
+        .collect();
+    axum::Json(ModelList { object: "list".into(), data })
+}
+
+async fn not_found() -> ApiError {
+    ApiError { status: StatusCode::NOT_FOUND, code: Some("not_found"), ..ApiError::bad_request("No such endpoint") }
+}
+
+/// The router with every endpoint.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/completions", post(completions::completions))
+        .fallback(not_found)
+        .with_state(state)
+}

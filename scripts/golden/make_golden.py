@@ -87,9 +87,11 @@ def logits_for(m, n_vocab, idx):
 
 # Short token prompts on which every rounding of ours agrees with llama.cpp: a bit-level
 # regression check of the kernels (longer inputs differ in the last bit of exp/sum order).
+# Gemma 3 has none: llama.cpp runs its K-quant weights through repacked kernels with another
+# summation order than its (and our) plain dot products.
 EXACT = {
     "smollm2": [[504], [3575], [504, 3575], [504, 3575, 282]],
-    "gemma3": [[2, 50429], [2, 50429, 563]],
+    "gemma3": [],
 }
 
 

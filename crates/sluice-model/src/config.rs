@@ -160,10 +160,10 @@ impl ModelConfig {
     /// Checks the relations between the sizes.
     pub fn validate(self) -> Result<Self> {
         let bad = |what: &str| Err(ModelError::MissingOrInvalid(what.to_string()));
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad("head counts: head_count is not a multiple of head_count_kv");
         }
-        if self.head_dim % 2 != 0 || self.head_dim > 512 {
+        if !self.head_dim.is_multiple_of(2) || self.head_dim > 512 {
             return bad("head dimension: must be even and at most 512");
         }
         if self.layer_is_sliding.len() != self.n_layers {

@@ -424,7 +424,7 @@ impl GgufWriter {
             offsets.push(offset);
             offset += (data.len() as u64).div_ceil(DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT;
         }
-        while out.len() as u64 % DEFAULT_ALIGNMENT != 0 {
+        while !(out.len() as u64).is_multiple_of(DEFAULT_ALIGNMENT) {
             out.push(0);
         }
         let base = out.len();

@@ -6,7 +6,9 @@ use std::sync::OnceLock;
 use half::f16;
 use rayon::prelude::*;
 
+use crate::attention_kernels as attn;
 use crate::config::{Activation, RopeStyle};
+use crate::quant::Isa;
 
 /// RMSNorm of every `w.len()`-wide row of `x` in place: `x * w / rms(x)`.
 pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
@@ -133,37 +135,62 @@ pub struct AttentionInput<'a> {
     pub window: Option<usize>,
 }
 
+/// Softmax whose normalising sum is taken in 8-wide float groups accumulated in f64 (the
+/// reference's order).
+fn softmax_grouped(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f64;
+    for group in x.chunks_mut(8) {
+        let mut g = [0f32; 8];
+        for (gi, v) in g.iter_mut().zip(group.iter_mut()) {
+            *v = (*v - max).exp();
+            *gi = *v;
+        }
+        let h = [g[0] + g[4], g[1] + g[5], g[2] + g[6], g[3] + g[7]];
+        sum += ((h[0] + h[2]) + (h[1] + h[3])) as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
 /// Causal attention: `out` (`n_tok × n_heads × head_dim`) for each query token over keys
 /// `[max(0, pos - window + 1), pos]`. Parallel over (token, head).
-pub fn attention(inp: &AttentionInput<'_>, out: &mut [f32]) {
+pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
     let hd = inp.head_dim;
     let q_dim = inp.n_heads * hd;
     let kv_dim = inp.n_kv_heads * hd;
     let group = inp.n_heads / inp.n_kv_heads;
-    out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
-        let (t, h) = (idx / inp.n_heads, idx % inp.n_heads);
-        let pos = inp.start_pos + t;
-        let first = match inp.window {
-            Some(w) => (pos + 1).saturating_sub(w),
-            None => 0,
-        };
-        let q = &inp.q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
-        let kvh = h / group;
-        let mut scores: Vec<f32> = (first..=pos)
-            .map(|p| {
+    out.par_chunks_mut(hd).enumerate().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(scores, scratch), (idx, o)| {
+            let (t, h) = (idx / inp.n_heads, idx % inp.n_heads);
+            let pos = inp.start_pos + t;
+            let first = match inp.window {
+                Some(w) => (pos + 1).saturating_sub(w),
+                None => 0,
+            };
+            let q = &inp.q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
+            let kvh = h / group;
+            scores.clear();
+            scores.extend((first..=pos).map(|p| {
                 let k = &inp.k_cache[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
-                q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * inp.scale
-            })
-            .collect();
-        softmax(&mut scores);
-        o.fill(0.0);
-        for (p, s) in (first..=pos).zip(&scores) {
-            let v = &inp.v_cache[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
-            for (oi, vi) in o.iter_mut().zip(v) {
-                *oi += s * vi;
-            }
-        }
-    });
+                attn::dot(isa, q, k) * inp.scale
+            }));
+            softmax_grouped(scores);
+            let v_base = inp.v_cache.as_ptr();
+            // Positions before the window have zero weight; lanes still follow absolute positions.
+            let mut weights = vec![0f32; first];
+            weights.extend_from_slice(scores);
+            attn::weighted_sum(
+                isa,
+                &weights,
+                // SAFETY: p <= pos < cached positions, so the row lies inside v_cache.
+                |p| unsafe { v_base.add(p * kv_dim + kvh * hd) },
+                o,
+                scratch,
+            );
+        },
+    );
 }
 
 #[cfg(test)]
@@ -202,7 +229,7 @@ mod tests {
             scale: 1.0,
             window: None,
         };
-        attention(&inp, &mut out);
+        attention(Isa::Scalar, &inp, &mut out);
         assert_eq!(out, [5.0, -2.0, 5.0, -2.0]);
     }
 }

@@ -1,6 +1,7 @@
 //! Models: weights (GGUF, safetensors), tokenizers, chat templates, forward passes per
 //! architecture family, and the CPU kernels they run on.
 
+mod attention_kernels;
 pub mod cache;
 pub mod chat;
 pub mod config;

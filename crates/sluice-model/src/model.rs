@@ -222,6 +222,7 @@ impl Model {
             cache.append(il, &k, &v);
             let (kc, vc) = cache.layer(il);
             layers::attention(
+                self.isa,
                 &AttentionInput {
                     q: &q,
                     k_cache: kc,

@@ -44,7 +44,7 @@ impl QMatrix {
         if !ty.is_weight_type() {
             return Err(ModelError::UnsupportedTensorType { type_name: ty.name().into(), tensor: name.into() });
         }
-        if cols % ty.block_elems() != 0 || need > (*data).as_ref().len() {
+        if !cols.is_multiple_of(ty.block_elems()) || need > (*data).as_ref().len() {
             return Err(ModelError::MissingOrInvalid(format!("tensor {name} shape")));
         }
         Ok(Self { ty, rows, cols, data, offset })
@@ -83,6 +83,14 @@ unsafe impl Send for OutPtr {}
 // SAFETY: as above.
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// Element `i` (a method, so closures capture the whole `Send` wrapper).
+    fn at(self, i: usize) -> *mut f32 {
+        // SAFETY: callers stay inside the buffer the pointer came from.
+        unsafe { self.0.add(i) }
+    }
+}
+
 /// Output rows per task: small enough to spread over the threads, large enough to amortize.
 fn band_rows(rows: usize) -> usize {
     (rows / (rayon::current_num_threads() * 8)).clamp(4, 64)
@@ -108,7 +116,6 @@ pub fn matmul(isa: Isa, w: &QMatrix, x: &[f32], out: &mut [f32]) {
     let ptr = OutPtr(out.as_mut_ptr());
     let band = band_rows(rows);
     (0..rows.div_ceil(band)).into_par_iter().for_each(|b| {
-        let ptr = ptr;
         let (r0, r1) = (b * band, ((b + 1) * band).min(rows));
         for t in 0..n_tok {
             let a = &xq[t * arb..(t + 1) * arb];
@@ -116,7 +123,7 @@ pub fn matmul(isa: Isa, w: &QMatrix, x: &[f32], out: &mut [f32]) {
                 let v = quant::vec_dot(isa, w.ty, w.cols, w.row(r), a);
                 // SAFETY: index t*rows + r is in bounds (debug-asserted sizes) and only this
                 // band writes columns r0..r1.
-                unsafe { *ptr.0.add(t * rows + r) = v };
+                unsafe { *ptr.at(t * rows + r) = v };
             }
         }
     });

@@ -101,11 +101,10 @@ pub fn validate(f: &SamplingFields, logprobs: Option<u32>) -> Result<Generation,
     if stop.iter().any(String::is_empty) {
         return Err(ApiError::invalid("stop", "stop sequences must not be empty"));
     }
-    if let Some(k) = logprobs {
-        if k > MAX_TOP_LOGPROBS {
+    if let Some(k) = logprobs
+        && k > MAX_TOP_LOGPROBS {
             return Err(ApiError::invalid("top_logprobs", format!("at most {MAX_TOP_LOGPROBS} alternatives, got {k}")));
         }
-    }
     let stream = f.stream.unwrap_or(false);
     if f.stream_options.is_some() && !stream {
         return Err(ApiError::invalid("stream_options", "`stream_options` is only allowed when `stream` is true"));

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+mod bench_model;
+
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use sluice_engine::{EngineConfig, EngineHandle};
@@ -21,6 +23,8 @@ struct Cli {
 enum Command {
     /// Serve a model through an OpenAI-compatible HTTP API.
     Serve(ServeArgs),
+    /// Measure the model's prompt-processing and decode speed in process.
+    BenchModel(bench_model::BenchModelArgs),
 }
 
 #[derive(Args)]
@@ -56,6 +60,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Command::BenchModel(args) = cli.command {
+        return bench_model::run(args);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -63,6 +70,7 @@ fn main() -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     match cli.command {
         Command::Serve(args) => rt.block_on(serve(args)),
+        Command::BenchModel(_) => Ok(()),
     }
 }
 

@@ -110,6 +110,127 @@ pub unsafe fn vec_dot(wt: GgmlType, n: usize, w: &[u8], a: &[u8]) -> Option<f32>
             }
             hsum(acc)
         }
+        GgmlType::Q5_0 => {
+            let mut acc = _mm256_setzero_ps();
+            for i in 0..nb {
+                let (wo, ao) = (i * 22, i * 34);
+                let d = f16_load(w, wo) * f16_load(a, ao);
+                let qh = u32::from_le_bytes([w[wo + 2], w[wo + 3], w[wo + 4], w[wo + 5]]);
+                // SAFETY: as above.
+                let (x, y) = unsafe { (nibbles(wp.add(wo + 6)), load32(ap.add(ao + 2))) };
+                // Value - 16 as a signed byte: set the high nibble where the fifth bit is clear.
+                let x = _mm256_or_si256(x, _mm256_andnot_si256(bits_to_bytes(qh), _mm256_set1_epi8(0xF0u8 as i8)));
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), mul_sum_i8(x, y), acc);
+            }
+            hsum(acc)
+        }
+        GgmlType::Q4_K => {
+            let nb = n / 256;
+            let mut acc = _mm256_setzero_ps();
+            let mut acc_m = _mm_setzero_ps();
+            let low = _mm256_set1_epi8(0x0F);
+            for i in 0..nb {
+                let (wo, ao) = (i * 144, i * 292);
+                let d8 = f32::from_le_bytes([a[ao], a[ao + 1], a[ao + 2], a[ao + 3]]);
+                let d = d8 * f16_load(w, wo);
+                let dmin = -d8 * f16_load(w, wo + 2);
+                let mut sc = [0u8; 8];
+                let mut mn = [0i16; 8];
+                for j in 0..8 {
+                    let (s, m) = super::scalar::scale_min_k4(j, &w[wo + 4..wo + 16]);
+                    sc[j] = s;
+                    mn[j] = m as i16;
+                }
+                // Minimum terms: 4 lanes of mins · (pairs of block sums).
+                // SAFETY: the 16 block sums lie inside this super-block of `a`.
+                let bsums = unsafe { _mm256_loadu_si256(ap.add(ao + 260) as *const __m256i) };
+                let q8s = _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256(bsums, 1));
+                // SAFETY: `mn` holds 8 i16.
+                let mins = unsafe { _mm_loadu_si128(mn.as_ptr() as *const __m128i) };
+                let prod = _mm_madd_epi16(mins, q8s);
+                acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m);
+                let mut sumi = _mm256_setzero_si256();
+                for j in 0..4 {
+                    // SAFETY: chunk j of qs (32 bytes) and 64 activation bytes are in bounds.
+                    let (bits, ylo, yhi) = unsafe {
+                        (load32(wp.add(wo + 16 + 32 * j)), load32(ap.add(ao + 4 + 64 * j)), load32(ap.add(ao + 36 + 64 * j)))
+                    };
+                    let xlo = _mm256_and_si256(bits, low);
+                    let xhi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), low);
+                    let plo = _mm256_madd_epi16(_mm256_set1_epi16(sc[2 * j] as i16), _mm256_maddubs_epi16(xlo, ylo));
+                    let phi = _mm256_madd_epi16(_mm256_set1_epi16(sc[2 * j + 1] as i16), _mm256_maddubs_epi16(xhi, yhi));
+                    sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(plo, phi));
+                }
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+            }
+            let m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
+            let m = _mm_add_ss(m, _mm_movehdup_ps(m));
+            hsum(acc) + _mm_cvtss_f32(m)
+        }
+        GgmlType::Q6_K => {
+            let nb = n / 256;
+            let mut acc = _mm256_setzero_ps();
+            let m15 = _mm256_set1_epi8(15);
+            let m3 = _mm256_set1_epi8(3);
+            for i in 0..nb {
+                let (wo, ao) = (i * 210, i * 292);
+                let d8 = f32::from_le_bytes([a[ao], a[ao + 1], a[ao + 2], a[ao + 3]]);
+                let d = d8 * f16_load(w, wo + 208);
+                let sc = &w[wo + 192..wo + 208];
+                // SAFETY: 16 block sums and 16 scale bytes lie inside the super-blocks.
+                let (bsums, scales16) = unsafe {
+                    (
+                        _mm256_loadu_si256(ap.add(ao + 260) as *const __m256i),
+                        _mm256_cvtepi8_epi16(_mm_loadu_si128(wp.add(wo + 192) as *const __m128i)),
+                    )
+                };
+                let offset = _mm256_slli_epi32(_mm256_madd_epi16(bsums, scales16), 5);
+                let mut sumi = _mm256_setzero_si256();
+                for half in 0..2 {
+                    let (ql, qh, y) = (wo + 64 * half, wo + 128 + 32 * half, ao + 4 + 128 * half);
+                    // SAFETY: 64 ql bytes, 32 qh bytes and 128 activation bytes are in bounds.
+                    let (b1, b2, bh) = unsafe { (load32(wp.add(ql)), load32(wp.add(ql + 32)), load32(wp.add(qh))) };
+                    let h = |shift: i32| -> __m256i {
+                        // Two high bits per value, moved to bits 4..5.
+                        let v = _mm256_and_si256(_mm256_srl_epi16(bh, _mm_cvtsi32_si128(shift)), m3);
+                        _mm256_slli_epi16(v, 4)
+                    };
+                    let q = [
+                        _mm256_or_si256(_mm256_and_si256(b1, m15), h(0)),
+                        _mm256_or_si256(_mm256_and_si256(b2, m15), h(2)),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m15), h(4)),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m15), h(6)),
+                    ];
+                    for (c, qc) in q.iter().enumerate() {
+                        // SAFETY: chunk c of this half's activations is in bounds.
+                        let yc = unsafe { load32(ap.add(y + 32 * c)) };
+                        let s_idx = 8 * half + 2 * c;
+                        let scale = _mm256_set_m128i(
+                            _mm_set1_epi16(sc[s_idx + 1] as i8 as i16),
+                            _mm_set1_epi16(sc[s_idx] as i8 as i16),
+                        );
+                        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale, _mm256_maddubs_epi16(*qc, yc)));
+                    }
+                }
+                sumi = _mm256_sub_epi32(sumi, offset);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+            }
+            hsum(acc)
+        }
         _ => return None,
     })
+}
+
+/// 32 bits as 32 bytes: 0xFF where the bit is set.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bits_to_bytes(bits: u32) -> __m256i {
+    let v = _mm256_set1_epi32(bits as i32);
+    // Byte i takes source byte i / 8.
+    let shuf = _mm256_setr_epi8(
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+    );
+    let bytes = _mm256_shuffle_epi8(v, shuf);
+    let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    _mm256_cmpeq_epi8(_mm256_and_si256(bytes, mask), mask)
 }

@@ -247,3 +247,87 @@ pub fn vec_dot(isa: Isa, wt: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
     let _ = isa;
     scalar::vec_dot(wt, n, w, a)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-random bytes.
+    fn bytes(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// A weight row with sane (finite, small) f16 scales.
+    fn weight_row(ty: GgmlType, n: usize, seed: u64) -> Vec<u8> {
+        let mut w = bytes(ty.row_bytes(n), seed);
+        let scale_offsets: &[usize] = match ty {
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
+            GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+            GgmlType::Q6_K => &[208],
+            _ => &[],
+        };
+        for blk in w.chunks_exact_mut(ty.block_bytes()) {
+            for &o in scale_offsets {
+                let v = half::f16::from_f32(0.001 + (blk[o + 1] as f32) / 25_000.0);
+                blk[o..o + 2].copy_from_slice(&v.to_bits().to_le_bytes());
+            }
+        }
+        w
+    }
+
+    #[test]
+    fn kernels_match_dequantized_dot_and_simd_matches_scalar_bit_for_bit() {
+        let n = 512;
+        let x: Vec<f32> = (0..n).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 1.7).collect();
+        let isa = detect_isa();
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q8_0,
+            GgmlType::Q4_K,
+            GgmlType::Q5_K,
+            GgmlType::Q6_K,
+        ] {
+            for seed in 1..6 {
+                let w = weight_row(ty, n, seed);
+                let dt = ty.dot_type();
+                let mut xq = vec![0u8; dt.row_bytes(n)];
+                quantize_activation(dt, &x, &mut xq);
+                let mut wf = vec![0f32; n];
+                dequantize(ty, &w, &mut wf);
+                let mut xf = vec![0f32; n];
+                dequantize(dt, &xq, &mut xf);
+                let exact: f64 = wf.iter().zip(&xf).map(|(a, b)| *a as f64 * *b as f64).sum();
+                let scalar = scalar::vec_dot(ty, n, &w, &xq);
+                let fast = vec_dot(isa, ty, n, &w, &xq);
+                let tol = 1e-4 * (1.0 + exact.abs());
+                assert!((scalar as f64 - exact).abs() < tol, "{ty:?}: scalar {scalar} vs exact {exact}");
+                assert_eq!(fast.to_bits(), scalar.to_bits(), "{ty:?} seed {seed}: simd {fast} vs scalar {scalar}");
+            }
+        }
+    }
+
+    #[test]
+    fn activation_quantization_round_trips_closely() {
+        let x: Vec<f32> = (0..256).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        for ty in [GgmlType::Q8_0, GgmlType::Q8_1, GgmlType::Q8_K] {
+            let mut q = vec![0u8; ty.row_bytes(256)];
+            quantize_activation(ty, &x, &mut q);
+            let mut back = vec![0f32; 256];
+            dequantize(ty, &q, &mut back);
+            for (a, b) in x.iter().zip(&back) {
+                assert!((a - b).abs() < 3.0 / 127.0 * 0.6, "{ty:?}: {a} vs {b}");
+            }
+        }
+    }
+}

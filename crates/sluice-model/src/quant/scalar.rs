@@ -198,8 +198,33 @@ fn q8k_parts(a: &[u8]) -> (f32, &[u8], [i32; 16]) {
     (f32_at(a, 0), &a[4..4 + QK_K], bsums)
 }
 
+/// Horizontal sum of 8 lanes in the reference's tree order: halves, then pairs.
+pub(crate) fn hsum8(v: &[f32; 8]) -> f32 {
+    let t = [v[0] + v[4], v[1] + v[5], v[2] + v[6], v[3] + v[7]];
+    (t[0] + t[2]) + (t[1] + t[3])
+}
+
+/// Integer dot products of a 32-element chunk split into 8 lanes of 4 consecutive elements
+/// (the lanes of a `maddubs` + `madd` pair).
+fn lane_dots(x: impl Fn(usize) -> i32, y: &[u8]) -> [i32; 8] {
+    let mut l = [0i32; 8];
+    for (k, lane) in l.iter_mut().enumerate() {
+        *lane = (4 * k..4 * k + 4).map(|e| x(e) * y[e] as i8 as i32).sum();
+    }
+    l
+}
+
 /// Reference dot product of a weight row with an activation row in the weight's `dot_type`.
+///
+/// Every quantized kernel accumulates per lane exactly as the AVX2 kernels do (8 float lanes,
+/// one FMA per block or super-block, then a tree sum), so scalar and SIMD results are bit-equal.
 pub fn vec_dot(wt: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut acc = [0f32; 8];
+    let fma = |acc: &mut [f32; 8], d: f32, lanes: &[i32; 8]| {
+        for (a, &l) in acc.iter_mut().zip(lanes) {
+            *a = d.mul_add(l as f32, *a);
+        }
+    };
     match wt {
         GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
             let mut wf = vec![0f32; n];
@@ -207,66 +232,68 @@ pub fn vec_dot(wt: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
             wf.iter().zip(a.chunks_exact(4)).map(|(x, c)| x * f32_at(c, 0)).sum()
         }
         GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => {
-            let mut acc = 0f32;
             for (wb, ab) in w.chunks_exact(wt.block_bytes()).zip(a.chunks_exact(34)) {
                 let aq = &ab[2..34];
-                let sumi: i32 = if wt == GgmlType::Q8_0 {
-                    wb[2..34].iter().zip(aq).map(|(&x, &y)| x as i8 as i32 * y as i8 as i32).sum()
+                let lanes = if wt == GgmlType::Q8_0 {
+                    lane_dots(|e| wb[2 + e] as i8 as i32, aq)
                 } else {
                     let off = if wt == GgmlType::Q4_0 { 8 } else { 16 };
                     let q = unpack_q4_q5(wt, wb);
-                    q.iter().zip(aq).map(|(&x, &y)| (x as i32 - off) * y as i8 as i32).sum()
+                    lane_dots(|e| q[e] as i32 - off, aq)
                 };
-                acc += f16_at(wb, 0) * f16_at(ab, 0) * sumi as f32;
+                fma(&mut acc, f16_at(wb, 0) * f16_at(ab, 0), &lanes);
             }
-            acc
+            hsum8(&acc)
         }
         GgmlType::Q4_1 | GgmlType::Q5_1 => {
-            let mut acc = 0f32;
+            let mut summs = 0f32;
             for (wb, ab) in w.chunks_exact(wt.block_bytes()).zip(a.chunks_exact(36)) {
                 let q = unpack_q4_q5(wt, wb);
-                let sumi: i32 = q.iter().zip(&ab[4..36]).map(|(&x, &y)| x as i32 * y as i8 as i32).sum();
-                acc += f16_at(wb, 0) * f16_at(ab, 0) * sumi as f32 + f16_at(wb, 2) * f16_at(ab, 2);
+                summs += f16_at(wb, 2) * f16_at(ab, 2);
+                let lanes = lane_dots(|e| q[e] as i32, &ab[4..36]);
+                fma(&mut acc, f16_at(wb, 0) * f16_at(ab, 0), &lanes);
             }
-            acc
+            hsum8(&acc) + summs
         }
         GgmlType::Q4_K | GgmlType::Q5_K => {
-            let mut acc = 0f32;
+            let mut acc_m = [0f32; 4];
             for (wb, ab) in w.chunks_exact(wt.block_bytes()).zip(a.chunks_exact(292)) {
                 let (d8, aq, bsums) = q8k_parts(ab);
                 let (q, sc, mn) = unpack_k45(wt, wb);
-                let mut sumi = 0i32;
-                let mut summin = 0i32;
+                let mut sumi = [0i32; 8];
                 for j in 0..8 {
-                    let s: i32 = q[j * 32..j * 32 + 32]
-                        .iter()
-                        .zip(&aq[j * 32..j * 32 + 32])
-                        .map(|(&x, &y)| x as i32 * y as i8 as i32)
-                        .sum();
-                    sumi += sc[j] as i32 * s;
-                    summin += mn[j] as i32 * (bsums[2 * j] + bsums[2 * j + 1]);
+                    let l = lane_dots(|e| q[32 * j + e] as i32, &aq[32 * j..32 * j + 32]);
+                    for (s, v) in sumi.iter_mut().zip(l) {
+                        *s += sc[j] as i32 * v;
+                    }
                 }
-                acc += f16_at(wb, 0) * d8 * sumi as f32 - f16_at(wb, 2) * d8 * summin as f32;
+                fma(&mut acc, d8 * f16_at(wb, 0), &sumi);
+                let dmin = -d8 * f16_at(wb, 2);
+                for (m, am) in acc_m.iter_mut().enumerate() {
+                    let pair = |k: usize| mn[k] as i32 * (bsums[2 * k] + bsums[2 * k + 1]);
+                    *am = dmin.mul_add((pair(2 * m) + pair(2 * m + 1)) as f32, *am);
+                }
             }
-            acc
+            hsum8(&acc) + ((acc_m[0] + acc_m[2]) + (acc_m[1] + acc_m[3]))
         }
         GgmlType::Q6_K => {
-            let mut acc = 0f32;
             for (wb, ab) in w.chunks_exact(210).zip(a.chunks_exact(292)) {
-                let (d8, aq, _) = q8k_parts(ab);
+                let (d8, aq, bsums) = q8k_parts(ab);
                 let (q, sc) = unpack_q6k(wb);
-                let mut sumi = 0i32;
-                for j in 0..16 {
-                    let s: i32 = q[j * 16..j * 16 + 16]
-                        .iter()
-                        .zip(&aq[j * 16..j * 16 + 16])
-                        .map(|(&x, &y)| x as i32 * y as i8 as i32)
-                        .sum();
-                    sumi += sc[j] as i32 * s;
+                let mut sumi = [0i32; 8];
+                for c in 0..8 {
+                    // Unsigned values (q + 32); the offset is taken out through the block sums.
+                    let l = lane_dots(|e| q[32 * c + e] as i32 + 32, &aq[32 * c..32 * c + 32]);
+                    for (k, (s, v)) in sumi.iter_mut().zip(l).enumerate() {
+                        *s += sc[2 * c + k / 4] as i32 * v;
+                    }
                 }
-                acc += f16_at(wb, 208) * d8 * sumi as f32;
+                for (k, s) in sumi.iter_mut().enumerate() {
+                    *s -= 32 * (bsums[2 * k] * sc[2 * k] as i32 + bsums[2 * k + 1] * sc[2 * k + 1] as i32);
+                }
+                fma(&mut acc, d8 * f16_at(wb, 208), &sumi);
             }
-            acc
+            hsum8(&acc)
         }
         GgmlType::Q8_1 | GgmlType::Q8_K => {
             debug_assert!(false, "activation type used as weight");

@@ -58,8 +58,7 @@ impl Bpe {
                     // Byte-level tokens map back char by char; anything outside the alphabet
                     // (rare in real vocabularies) is kept as its UTF-8 text.
                     t.chars()
-                        .map(|c| char_to_byte.get(&c).map(|b| vec![*b]).unwrap_or_else(|| c.to_string().into_bytes()))
-                        .flatten()
+                        .flat_map(|c| char_to_byte.get(&c).map(|b| vec![*b]).unwrap_or_else(|| c.to_string().into_bytes()))
                         .collect()
                 }
                 _ => t.as_bytes().to_vec(),
@@ -159,17 +158,15 @@ impl Bpe {
                 prev[next[j]] = i;
             }
             let p = prev[i];
-            if p < n {
-                if let Some(&(r, _)) = self.merges.get(&(ids[p], ids[i])) {
+            if p < n
+                && let Some(&(r, _)) = self.merges.get(&(ids[p], ids[i])) {
                     heap.push(Reverse((r, p, ids[p], ids[i])));
                 }
-            }
             let q = next[i];
-            if q < n {
-                if let Some(&(r, _)) = self.merges.get(&(ids[i], ids[q])) {
+            if q < n
+                && let Some(&(r, _)) = self.merges.get(&(ids[i], ids[q])) {
                     heap.push(Reverse((r, i, ids[i], ids[q])));
                 }
-            }
         }
         let mut i = 0;
         while i < n {

@@ -143,11 +143,10 @@ impl Tokenizer {
         specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
         let mut eog: Vec<u32> = eos.into_iter().collect();
         for name in ["<|im_end|>", "<|endoftext|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "</s>"] {
-            if let Some(&(_, id)) = specials.iter().find(|(t, _)| t == name) {
-                if kinds[id as usize] == TokenKind::Control && !eog.contains(&id) {
+            if let Some(&(_, id)) = specials.iter().find(|(t, _)| t == name)
+                && kinds[id as usize] == TokenKind::Control && !eog.contains(&id) {
                     eog.push(id);
                 }
-            }
         }
         Ok(Self { algo, pieces, kinds, specials, bos, eos, add_bos, eog })
     }

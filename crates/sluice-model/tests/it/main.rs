@@ -1,4 +1,5 @@
 //! Integration tests of the model crate against the real models (fetched by `make test`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code may unwrap")]
 
 mod common;
 mod sanity;

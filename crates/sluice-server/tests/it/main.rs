@@ -1,4 +1,5 @@
 //! HTTP tests of the API through `app().oneshot()`, against the real SmolLM2 model.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code may unwrap")]
 
 mod api;
 mod errors;

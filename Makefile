@@ -1,0 +1,30 @@
+# Two commands: `make run` serves the default model, `make test` runs every test.
+MODEL_FILE := models/SmolLM2-135M-Instruct.Q4_1.gguf
+HOST ?= 127.0.0.1
+PORT ?= 8080
+PYTHON ?= python3
+
+.PHONY: run test models build bench fmt lint
+
+models:
+	scripts/fetch-models.sh smollm2 gemma3
+
+build:
+	cargo build --release -p sluice
+
+run:
+	scripts/fetch-models.sh smollm2
+	cargo build --release -p sluice
+	target/release/sluice serve --model $(MODEL_FILE) --served-model-name smollm2 --host $(HOST) --port $(PORT)
+
+test: models
+	$(PYTHON) -m pip install -q --disable-pip-version-check -r tests/e2e/requirements.txt
+	cargo build -p sluice
+	cargo test --workspace
+	$(PYTHON) tests/e2e/test_openai_client.py
+
+bench:
+	bench/speed.sh
+
+lint:
+	cargo clippy --workspace --all-targets -- -D warnings

@@ -1,0 +1,76 @@
+//! `sluice bench-model`: prompt-processing and decode throughput of the in-process model,
+//! without HTTP, as llama-bench measures llama.cpp (pp: one batch of N prompt tokens; tg: N
+//! single-token steps). Prints one JSON line per test and a table on stderr.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use sluice_model::{KvCache, Logits};
+
+/// Arguments of `sluice bench-model`.
+#[derive(Args)]
+pub struct BenchModelArgs {
+    /// A GGUF file or a Hugging Face model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Compute threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Prompt tokens for the prompt-processing test.
+    #[arg(long, default_value_t = 512)]
+    prompt: usize,
+    /// Generated tokens for the decode test.
+    #[arg(long, default_value_t = 128)]
+    generate: usize,
+    /// Repetitions (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Runs the benchmark.
+pub fn run(args: BenchModelArgs) -> anyhow::Result<()> {
+    let m = sluice_model::load(&args.model, args.threads).with_context(|| format!("cannot load {}", args.model.display()))?;
+    let model = &m.model;
+    let vocab = model.cfg.vocab_size as u32;
+    // Deterministic pseudo-random tokens, as llama-bench uses random tokens.
+    let tokens: Vec<u32> = (0..args.prompt.max(args.generate) as u64)
+        .map(|i| ((i.wrapping_mul(2_654_435_761) >> 7) % vocab as u64) as u32)
+        .collect();
+    // Warm-up: page in the weights.
+    let mut cache = KvCache::new(&model.cfg, 8);
+    model.forward(&tokens[..4], &mut cache, Logits::Last)?;
+    let mut pp = Vec::new();
+    let mut tg = Vec::new();
+    for _ in 0..args.reps.max(1) {
+        let mut cache = KvCache::new(&model.cfg, args.prompt + 1);
+        let t = Instant::now();
+        model.forward(&tokens[..args.prompt], &mut cache, Logits::Last)?;
+        pp.push(args.prompt as f64 / t.elapsed().as_secs_f64());
+        let mut cache = KvCache::new(&model.cfg, args.generate + 1);
+        let t = Instant::now();
+        for &tok in &tokens[..args.generate] {
+            model.forward(&[tok], &mut cache, Logits::Last)?;
+        }
+        tg.push(args.generate as f64 / t.elapsed().as_secs_f64());
+    }
+    let (pp, tg) = (median(pp), median(tg));
+    let out = serde_json::json!({
+        "engine": "sluice", "model": m.name, "threads": args.threads,
+        "pp_tokens": args.prompt, "pp_tok_s": pp, "tg_tokens": args.generate, "tg_tok_s": tg,
+        "kernels": format!("{:?}", model.isa()),
+    });
+    #[expect(clippy::print_stdout, reason = "the benchmark's machine-readable output")]
+    {
+        println!("{out}");
+    }
+    eprintln!("| engine | threads | pp{} tok/s | tg{} tok/s |", args.prompt, args.generate);
+    eprintln!("| sluice | {} | {:.1} | {:.1} |", args.threads, pp, tg);
+    Ok(())
+}

@@ -117,12 +117,24 @@ pub fn matmul(isa: Isa, w: &QMatrix, x: &[f32], out: &mut [f32]) {
     let band = band_rows(rows);
     (0..rows.div_ceil(band)).into_par_iter().for_each(|b| {
         let (r0, r1) = (b * band, ((b + 1) * band).min(rows));
-        for t in 0..n_tok {
-            let a = &xq[t * arb..(t + 1) * arb];
+        let act = |t: usize| &xq[t * arb..(t + 1) * arb];
+        let mut t = 0;
+        // Four tokens at a time: each weight block is decoded once for all four.
+        while t + 4 <= n_tok {
             for r in r0..r1 {
-                let v = quant::vec_dot(isa, w.ty, w.cols, w.row(r), a);
-                // SAFETY: index t*rows + r is in bounds (debug-asserted sizes) and only this
-                // band writes columns r0..r1.
+                let v = quant::vec_dot_x4(isa, w.ty, w.cols, w.row(r), [act(t), act(t + 1), act(t + 2), act(t + 3)]);
+                for (k, v) in v.into_iter().enumerate() {
+                    // SAFETY: index (t+k)*rows + r is in bounds (debug-asserted sizes) and only
+                    // this band writes columns r0..r1.
+                    unsafe { *ptr.at((t + k) * rows + r) = v };
+                }
+            }
+            t += 4;
+        }
+        for t in t..n_tok {
+            for r in r0..r1 {
+                let v = quant::vec_dot(isa, w.ty, w.cols, w.row(r), act(t));
+                // SAFETY: as above.
                 unsafe { *ptr.at(t * rows + r) = v };
             }
         }

@@ -234,3 +234,56 @@ fn bits_to_bytes(bits: u32) -> __m256i {
     let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
     _mm256_cmpeq_epi8(_mm256_and_si256(bytes, mask), mask)
 }
+
+/// Dot products of one weight row with four activation rows at once (each result bit-equal to
+/// `vec_dot` on that row): the weight block is decoded once and four FMA chains run side by
+/// side. `None` for types without a multi-row kernel.
+///
+/// # Safety
+/// As `vec_dot`, for each of the four activation rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_x4(wt: GgmlType, n: usize, w: &[u8], a: [&[u8]; 4]) -> Option<[f32; 4]> {
+    let nb = n / 32;
+    let arb = wt.dot_type().row_bytes(n);
+    if w.len() < wt.row_bytes(n) || a.iter().any(|r| r.len() < arb) {
+        return None;
+    }
+    let wp = w.as_ptr();
+    let ap = [a[0].as_ptr(), a[1].as_ptr(), a[2].as_ptr(), a[3].as_ptr()];
+    let mut acc = [_mm256_setzero_ps(); 4];
+    match wt {
+        GgmlType::Q4_1 => {
+            let mut summs = [0f32; 4];
+            for i in 0..nb {
+                let (wo, ao) = (i * 20, i * 36);
+                let (dw, mw) = (f16_load(w, wo), f16_load(w, wo + 2));
+                // SAFETY: block i lies inside the weight row (length checked above).
+                let x = unsafe { nibbles(wp.add(wo + 4)) };
+                for t in 0..4 {
+                    summs[t] += mw * f16_load(a[t], ao + 2);
+                    // SAFETY: block i lies inside activation row t.
+                    let y = unsafe { load32(ap[t].add(ao + 4)) };
+                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * f16_load(a[t], ao)), mul_sum_us8(x, y), acc[t]);
+                }
+            }
+            Some([hsum(acc[0]) + summs[0], hsum(acc[1]) + summs[1], hsum(acc[2]) + summs[2], hsum(acc[3]) + summs[3]])
+        }
+        GgmlType::Q8_0 => {
+            for i in 0..nb {
+                let o = i * 34;
+                let dw = f16_load(w, o);
+                // SAFETY: as above.
+                let x = unsafe { load32(wp.add(o + 2)) };
+                let ax = _mm256_sign_epi8(x, x);
+                for t in 0..4 {
+                    // SAFETY: as above.
+                    let y = unsafe { load32(ap[t].add(o + 2)) };
+                    let sy = _mm256_sign_epi8(y, x);
+                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * f16_load(a[t], o)), mul_sum_us8(ax, sy), acc[t]);
+                }
+            }
+            Some([hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])])
+        }
+        _ => None,
+    }
+}

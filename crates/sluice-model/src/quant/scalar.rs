@@ -136,12 +136,28 @@ pub fn dequantize_block(ty: GgmlType, blk: &[u8], out: &mut [f32]) {
 }
 
 /// Round half to even, as ggml's SIMD quantizers and `nearest_int` do.
+#[inline(always)]
 fn round_even(v: f32) -> i32 {
     v.round_ties_even() as i32
 }
 
 /// Encodes one block of activations as Q8_0, Q8_1 or Q8_K.
 pub fn quantize_block(ty: GgmlType, x: &[f32], out: &mut [u8]) {
+    quantize_block_impl(ty, x, out)
+}
+
+/// The same, compiled for AVX2 so rounding is an instruction rather than a libm call.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_block_avx2(ty: GgmlType, x: &[f32], out: &mut [u8]) {
+    quantize_block_impl(ty, x, out)
+}
+
+#[inline(always)]
+fn quantize_block_impl(ty: GgmlType, x: &[f32], out: &mut [u8]) {
     match ty {
         GgmlType::Q8_0 | GgmlType::Q8_1 => {
             let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));

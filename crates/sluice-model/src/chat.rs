@@ -70,3 +70,48 @@ impl ChatTemplate {
         .map_err(|e| ModelError::Template(format!("cannot render the chat template: {e}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::{GgufFile, GgufWriter};
+
+    fn tokenizer() -> Tokenizer {
+        let bytes = GgufWriter::default()
+            .string("tokenizer.ggml.model", "gpt2")
+            .strings("tokenizer.ggml.tokens", &["a", "b", "<s>", "</s>"])
+            .strings("tokenizer.ggml.merges", &["a b"])
+            .u32("tokenizer.ggml.bos_token_id", 2)
+            .u32("tokenizer.ggml.eos_token_id", 3)
+            .build();
+        Tokenizer::from_gguf(&GgufFile::from_bytes(bytes).unwrap()).unwrap()
+    }
+
+    fn msg(role: &str, content: &str) -> ChatMessage {
+        ChatMessage { role: role.into(), content: content.into() }
+    }
+
+    #[test]
+    fn renders_with_generation_prompt_and_python_methods() {
+        let t = ChatTemplate::new(
+            "{{ bos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content.strip() }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}",
+            &tokenizer(),
+        )
+        .unwrap();
+        let out = t.render(&[msg("user", "  hi  ")], true).unwrap();
+        assert_eq!(out, "<s><user>hi<assistant>");
+        assert_eq!(t.render(&[msg("user", "hi")], false).unwrap(), "<s><user>hi");
+    }
+
+    #[test]
+    fn template_errors_are_errors_not_panics() {
+        assert!(matches!(ChatTemplate::new("{% for %}", &tokenizer()), Err(ModelError::Template(_))));
+        let t = ChatTemplate::new(
+            "{% if messages[0].role != 'system' %}{{ raise_exception('first message must be system') }}{% endif %}",
+            &tokenizer(),
+        )
+        .unwrap();
+        let e = t.render(&[msg("user", "x")], true).unwrap_err().to_string();
+        assert!(e.contains("first message must be system"), "{e}");
+    }
+}

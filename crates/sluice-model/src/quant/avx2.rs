@@ -217,8 +217,65 @@ pub unsafe fn vec_dot(wt: GgmlType, n: usize, w: &[u8], a: &[u8]) -> Option<f32>
             }
             hsum(acc)
         }
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => float_dot(wt, n, wp, ap),
         _ => return None,
     })
+}
+
+/// Float weights against f32 activations, 4 × 8 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn float_dot(wt: GgmlType, n: usize, wp: *const u8, ap: *const u8) -> f32 {
+    let load_w = |i: usize| -> __m256 {
+        // SAFETY: i + 8 <= n; the caller checked both rows hold n elements.
+        unsafe {
+            match wt {
+                GgmlType::F32 => _mm256_loadu_ps(wp.add(4 * i) as *const f32),
+                GgmlType::F16 => _mm256_cvtph_ps(_mm_loadu_si128(wp.add(2 * i) as *const __m128i)),
+                _ => {
+                    let h = _mm256_cvtepu16_epi32(_mm_loadu_si128(wp.add(2 * i) as *const __m128i));
+                    _mm256_castsi256_ps(_mm256_slli_epi32(h, 16))
+                }
+            }
+        }
+    };
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (k, a) in acc.iter_mut().enumerate() {
+            // SAFETY: as above.
+            let x = unsafe { _mm256_loadu_ps(ap.add(4 * (i + 8 * k)) as *const f32) };
+            *a = _mm256_fmadd_ps(load_w(i + 8 * k), x, *a);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        // SAFETY: as above.
+        let x = unsafe { _mm256_loadu_ps(ap.add(4 * i) as *const f32) };
+        acc[0] = _mm256_fmadd_ps(load_w(i), x, acc[0]);
+        i += 8;
+    }
+    let mut sum = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3])));
+    let mut tail = [0f32; 8];
+    for (j, t) in tail.iter_mut().enumerate().take(n - i) {
+        let mut w = [0f32; 8];
+        // SAFETY: element i + j < n.
+        unsafe { _mm256_storeu_ps(w.as_mut_ptr(), load_w_scalar(wt, wp, i + j)) };
+        // SAFETY: element i + j < n.
+        *t = w[0] * unsafe { *(ap.add(4 * (i + j)) as *const f32) };
+    }
+    sum += tail.iter().sum::<f32>();
+    sum
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_w_scalar(wt: GgmlType, wp: *const u8, i: usize) -> __m256 {
+    let mut v = [0f32; 1];
+    // SAFETY: the caller passes an in-bounds element index.
+    let b = unsafe { std::slice::from_raw_parts(wp.add(i * wt.block_bytes()), wt.block_bytes()) };
+    super::dequantize(wt, b, &mut v);
+    _mm256_set1_ps(v[0])
 }
 
 /// 32 bits as 32 bytes: 0xFF where the bit is set.

@@ -347,6 +347,28 @@ mod tests {
     }
 
     #[test]
+    fn float_weight_kernels_match_exact_dot() {
+        let isa = detect_isa();
+        for n in [8usize, 40, 576, 1000] {
+            let x: Vec<f32> = (0..n).map(|i| ((i * 31 % 97) as f32 - 48.0) / 17.0).collect();
+            let wv: Vec<f32> = (0..n).map(|i| ((i * 57 % 89) as f32 - 44.0) / 23.0).collect();
+            let xb: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+            for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16] {
+                let w: Vec<u8> = match ty {
+                    GgmlType::F32 => wv.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    GgmlType::F16 => wv.iter().flat_map(|v| half::f16::from_f32(*v).to_bits().to_le_bytes()).collect(),
+                    _ => wv.iter().flat_map(|v| half::bf16::from_f32(*v).to_bits().to_le_bytes()).collect(),
+                };
+                let mut wf = vec![0f32; n];
+                dequantize(ty, &w, &mut wf);
+                let exact: f64 = wf.iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum();
+                let got = vec_dot(isa, ty, n, &w, &xb) as f64;
+                assert!((got - exact).abs() < 1e-3 * (1.0 + exact.abs()), "{ty:?} n={n}: {got} vs {exact}");
+            }
+        }
+    }
+
+    #[test]
     fn activation_quantization_round_trips_closely() {
         let x: Vec<f32> = (0..256).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
         for ty in [GgmlType::Q8_0, GgmlType::Q8_1, GgmlType::Q8_K] {

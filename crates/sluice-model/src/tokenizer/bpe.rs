@@ -30,6 +30,11 @@ fn byte_to_char_table() -> [char; 256] {
     table
 }
 
+/// The inverse of GPT-2's byte-to-character map.
+pub(super) fn char_to_byte_map() -> HashMap<char, u8> {
+    byte_to_char_table().iter().enumerate().map(|(b, c)| (*c, b as u8)).collect()
+}
+
 pub(super) struct Bpe {
     /// Regexes applied in sequence: each splits the pieces the previous one produced.
     pre: Vec<Regex>,
@@ -46,10 +51,7 @@ impl Bpe {
         pre: &str,
     ) -> Result<(Self, Vec<Vec<u8>>)> {
         let table = byte_to_char_table();
-        let mut char_to_byte = HashMap::with_capacity(256);
-        for (b, c) in table.iter().enumerate() {
-            char_to_byte.insert(*c, b as u8);
-        }
+        let char_to_byte = char_to_byte_map();
         let pieces: Vec<Vec<u8>> = tokens
             .iter()
             .zip(kinds)

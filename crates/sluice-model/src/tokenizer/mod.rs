@@ -4,6 +4,7 @@
 //! caller asks for special-token parsing (chat templates do; raw user text does not).
 
 mod bpe;
+pub(crate) mod hf;
 mod spm;
 
 use std::collections::HashMap;
@@ -44,6 +45,8 @@ impl TokenKind {
 enum Algorithm {
     Bpe(bpe::Bpe),
     Spm(spm::Spm),
+    /// A Hugging Face `tokenizer.json`; `raw` encodes special-token text as plain text.
+    Hf { plain: Box<tokenizers::Tokenizer>, raw: Box<tokenizers::Tokenizer> },
 }
 
 /// Converts text to token ids and back.
@@ -132,6 +135,18 @@ impl Tokenizer {
             other => return Err(tok_err(format!("unsupported tokenizer model {other:?} (supported: gpt2, llama)"))),
         };
         let add_bos = f.get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(default_add_bos);
+        Ok(Self::assemble(algo, pieces, kinds, &tokens, bos, eos, add_bos))
+    }
+
+    fn assemble(
+        algo: Algorithm,
+        pieces: Vec<Vec<u8>>,
+        kinds: Vec<TokenKind>,
+        tokens: &[String],
+        bos: Option<u32>,
+        eos: Option<u32>,
+        add_bos: bool,
+    ) -> Self {
         let mut specials: Vec<(String, u32)> = tokens
             .iter()
             .enumerate()
@@ -148,7 +163,7 @@ impl Tokenizer {
                     eog.push(id);
                 }
         }
-        Ok(Self { algo, pieces, kinds, specials, bos, eos, add_bos, eog })
+        Self { algo, pieces, kinds, specials, bos, eos, add_bos, eog }
     }
 
     /// Vocabulary size.
@@ -169,6 +184,10 @@ impl Tokenizer {
     /// Token ids of `text`, without BOS. With `parse_special`, special-token texts in `text`
     /// become their ids; without, they are tokenized as plain text.
     pub fn encode(&self, text: &str, parse_special: bool) -> Vec<u32> {
+        if let Algorithm::Hf { plain, raw } = &self.algo {
+            let t = if parse_special { plain } else { raw };
+            return t.encode(text, false).map(|e| e.get_ids().to_vec()).unwrap_or_default();
+        }
         let mut out = Vec::new();
         // SentencePiece adds its space prefix to text at the start and after special tokens.
         let mut after_special = true;
@@ -182,6 +201,7 @@ impl Tokenizer {
                     match &self.algo {
                         Algorithm::Bpe(b) => b.encode(t, &mut out),
                         Algorithm::Spm(s) => s.encode(t, after_special, &mut out),
+                        Algorithm::Hf { .. } => {}
                     }
                     after_special = false;
                 }

@@ -35,7 +35,7 @@ impl PartialOrd for Candidate {
     }
 }
 
-fn parse_byte_token(t: &str) -> Option<u8> {
+pub(super) fn parse_byte_token(t: &str) -> Option<u8> {
     let hex = t.strip_prefix("<0x")?.strip_suffix('>')?;
     if hex.len() != 2 {
         return None;

@@ -4,3 +4,4 @@
 mod common;
 mod sanity;
 mod golden;
+mod hf_dir;

@@ -251,7 +251,7 @@ pub fn vec_dot_x4(isa: Isa, wt: GgmlType, n: usize, w: &[u8], a: [&[u8]; 4]) -> 
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 {
         // SAFETY: `Isa::Avx2` is only produced by `detect_isa` after checking the features.
-        if let Some(v) = unsafe { avx2::vec_dot_x4(wt, n, w, a) } {
+        if let Some(v) = unsafe { avx2::dot_rows::<4>(wt, n, w, a) } {
             return v;
         }
     }
@@ -267,7 +267,7 @@ pub fn vec_dot(isa: Isa, wt: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 {
         // SAFETY: `Isa::Avx2` is only produced by `detect_isa` after checking the features.
-        if let Some(v) = unsafe { avx2::vec_dot(wt, n, w, a) } {
+        if let Some([v]) = unsafe { avx2::dot_rows::<1>(wt, n, w, [a]) } {
             return v;
         }
     }

@@ -5,3 +5,4 @@ mod common;
 mod sanity;
 mod golden;
 mod hf_dir;
+mod arch;

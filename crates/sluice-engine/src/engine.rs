@@ -34,6 +34,8 @@ impl Default for EngineConfig {
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct GenerateRequest {
+    /// Identifies the request (and choice) in logs.
+    pub request_id: String,
     /// Prompt token ids (non-empty; BOS included when the model wants one).
     pub prompt: Vec<u32>,
     /// Tokens to generate at most (prompt + this must fit the context window).
@@ -259,7 +261,23 @@ impl Worker {
             if reason == FinishReason::Cancelled {
                 self.stats.cancelled.fetch_add(1, Ordering::AcqRel);
             }
+            // Every request is accounted for here, including those whose client left.
+            tracing::info!(
+                request_id = %req.request_id,
+                model = %self.model.name,
+                finish = reason.as_str(),
+                prompt_tokens = usage.prompt_tokens,
+                completion_tokens = usage.completion_tokens,
+                queue_ms = usage.queue_time.as_millis() as u64,
+                ttft_ms = usage.time_to_first_token.as_millis() as u64,
+                total_ms = usage.total_time.as_millis() as u64,
+                "request finished"
+            );
             let _ = events.send(Event::Done { finish: reason, text, usage });
+        };
+        let fail = |e: EngineError| {
+            tracing::warn!(request_id = %req.request_id, error = %e, kind = e.kind(), "request failed");
+            let _ = events.send(Event::Error(e));
         };
         let tok = &self.model.tokenizer;
         let mut cache = KvCache::new(&self.model.model.cfg, req.prompt.len() + req.max_tokens);
@@ -270,10 +288,7 @@ impl Worker {
             }
             logits = match self.forward(chunk, &mut cache, Logits::Last) {
                 Ok(l) => l,
-                Err(e) => {
-                    let _ = events.send(Event::Error(e));
-                    return;
-                }
+                Err(e) => return fail(e),
             };
         }
         self.stats.prompt_tokens.fetch_add(req.prompt.len() as u64, Ordering::AcqRel);
@@ -311,10 +326,7 @@ impl Worker {
             }
             logits = match self.forward(&[id], &mut cache, Logits::Last) {
                 Ok(l) => l,
-                Err(e) => {
-                    let _ = events.send(Event::Error(e));
-                    return;
-                }
+                Err(e) => return fail(e),
             };
         }
     }

@@ -110,15 +110,22 @@ async fn run(state: AppState, body: Result<Bytes, BytesRejection>) -> Result<Res
     let text = template.render(&messages(&req)?, true).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let prompt = model.tokenizer.encode_prompt(&text, true);
     let max_tokens = params::resolve_max_tokens(prompt.len(), settings.max_tokens, model.model.cfg.context_length)?;
+    let id = generate::request_id("chatcmpl");
     let reqs = (0..settings.n)
         .map(|i| {
             let mut sampling = settings.sampling.clone();
             sampling.seed = sampling.seed.map(|s| s.wrapping_add(i as u64));
-            GenerateRequest { prompt: prompt.clone(), max_tokens, sampling, stop: settings.stop.clone(), ignore_eos: settings.ignore_eos }
+            GenerateRequest {
+                request_id: format!("{id}/{i}"),
+                prompt: prompt.clone(),
+                max_tokens,
+                sampling,
+                stop: settings.stop.clone(),
+                ignore_eos: settings.ignore_eos,
+            }
         })
         .collect();
     let streams = generate::submit_all(&served.engine, reqs)?;
-    let id = generate::request_id("chatcmpl");
     let created = generate::unix_now();
     let want_logprobs = lp_k.is_some();
     if settings.stream {
@@ -143,7 +150,6 @@ async fn run(state: AppState, body: Result<Bytes, BytesRejection>) -> Result<Res
         .into_iter()
         .enumerate()
         .map(|(i, o)| {
-            generate::log_usage(&id, &served.name, i, o.finish, &o.usage);
             usage.completion_tokens += o.usage.completion_tokens as u32;
             ChatChoice {
                 index: i as u32,
@@ -225,7 +231,6 @@ impl StreamRenderer for ChatStream {
                 }
             }
             Event::Done { finish, text, usage } => {
-                generate::log_usage(&self.id, &self.model, index, finish, &usage);
                 self.usage.completion_tokens += usage.completion_tokens as u32;
                 if !text.is_empty() {
                     out.push(self.delta(index, Some(text), None, None));

@@ -43,6 +43,7 @@ async fn run(state: AppState, body: Result<Bytes, BytesRejection>) -> Result<Res
         return Err(ApiError::invalid("prompt", "`prompt` must not be an empty list"));
     }
     let echo = req.echo.unwrap_or(false);
+    let id = generate::request_id("cmpl");
     let mut reqs = Vec::new();
     let mut prompt_tokens = 0u32;
     for p in &prompts {
@@ -57,6 +58,7 @@ async fn run(state: AppState, body: Result<Bytes, BytesRejection>) -> Result<Res
             let mut sampling = settings.sampling.clone();
             sampling.seed = sampling.seed.map(|s| s.wrapping_add(i as u64));
             reqs.push(GenerateRequest {
+                request_id: format!("{id}/{}", reqs.len()),
                 prompt: ids.clone(),
                 max_tokens,
                 sampling,
@@ -66,7 +68,6 @@ async fn run(state: AppState, body: Result<Bytes, BytesRejection>) -> Result<Res
         }
     }
     let streams = generate::submit_all(&served.engine, reqs)?;
-    let id = generate::request_id("cmpl");
     let created = generate::unix_now();
     let n = settings.n as usize;
     let echo_text: Vec<String> = (0..streams.len()).map(|i| if echo { prompts[i / n].clone() } else { String::new() }).collect();
@@ -92,7 +93,6 @@ async fn run(state: AppState, body: Result<Bytes, BytesRejection>) -> Result<Res
         .into_iter()
         .enumerate()
         .map(|(i, o)| {
-            generate::log_usage(&id, &served.name, i, o.finish, &o.usage);
             usage.completion_tokens += o.usage.completion_tokens as u32;
             let logprobs = req.logprobs.map(|_| {
                 let mut lp = CompletionLogprobs::default();
@@ -176,7 +176,6 @@ impl StreamRenderer for CompletionStream {
                 vec![self.chunk(vec![CompletionChoice { index: index as u32, text, finish_reason: None, logprobs: lp }], None)]
             }
             Event::Done { finish, text, usage } => {
-                generate::log_usage(&self.id, &self.model, index, finish, &usage);
                 self.usage.completion_tokens += usage.completion_tokens as u32;
                 let choice = CompletionChoice {
                     index: index as u32,

@@ -127,19 +127,3 @@ pub fn finish_label(f: FinishReason) -> String {
     }
     .to_string()
 }
-
-/// Logs one finished choice: sizes and timings, never text.
-pub fn log_usage(request_id: &str, model: &str, index: usize, finish: FinishReason, u: &RequestUsage) {
-    tracing::info!(
-        request_id,
-        model,
-        choice = index,
-        finish = finish.as_str(),
-        prompt_tokens = u.prompt_tokens,
-        completion_tokens = u.completion_tokens,
-        queue_ms = u.queue_time.as_millis() as u64,
-        ttft_ms = u.time_to_first_token.as_millis() as u64,
-        total_ms = u.total_time.as_millis() as u64,
-        "request finished"
-    );
-}

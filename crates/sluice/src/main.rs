@@ -58,6 +58,7 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     if let Command::BenchModel(args) = cli.command {
@@ -114,6 +115,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "model loaded"
     );
     let name = args.served_model_name.clone().unwrap_or_else(|| loaded.name.clone());
+    let mut loaded = loaded;
+    loaded.name = name.clone();
     let engine = EngineHandle::start(
         Arc::new(loaded),
         EngineConfig { max_waiting: args.max_waiting, prefill_chunk: args.prefill_chunk },

@@ -282,7 +282,7 @@ impl GgufFile {
         let mut tensors = BTreeMap::new();
         for (name, dims, type_id, rel) in raw {
             let ggml_type = GgmlType::from_id(type_id).ok_or_else(|| ModelError::UnsupportedTensorType {
-                type_name: format!("id {type_id}"),
+                type_name: GgmlType::name_of_id(type_id),
                 tensor: name.clone(),
             })?;
             let n: u64 = dims
@@ -483,6 +483,22 @@ mod tests {
                 let _ = GgufFile::from_bytes(b);
             }
         }
+    }
+
+    #[test]
+    fn version_2_parses_and_unknown_types_are_named() {
+        let mut b = sample();
+        b[4] = 2;
+        assert_eq!(GgufFile::from_bytes(b).unwrap().version, 2);
+        let data = vec![0u8; 64];
+        let mut w = GgufWriter::default();
+        w.tensor("blk.0.ffn_up.weight", &[256], GgmlType::Q4_K, data);
+        let mut b = w.build();
+        // The tensor type id (u32 after name and dims) is rewritten to Q2_K (10).
+        let at = b.windows(4).position(|x| x == 12u32.to_le_bytes()).unwrap();
+        b[at..at + 4].copy_from_slice(&10u32.to_le_bytes());
+        let e = GgufFile::from_bytes(b).unwrap_err().to_string();
+        assert_eq!(e, "unsupported tensor type Q2_K in tensor blk.0.ffn_up.weight");
     }
 
     #[test]

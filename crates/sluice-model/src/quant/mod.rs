@@ -68,6 +68,20 @@ impl GgmlType {
         })
     }
 
+    /// The ggml name of a type id, including types we do not implement (for error messages).
+    pub fn name_of_id(id: u32) -> String {
+        if let Some(t) = Self::from_id(id) {
+            return t.name().to_string();
+        }
+        let known = [
+            (4, "Q4_2"), (5, "Q4_3"), (10, "Q2_K"), (11, "Q3_K"), (16, "IQ2_XXS"), (17, "IQ2_XS"),
+            (18, "IQ3_XXS"), (19, "IQ1_S"), (20, "IQ4_NL"), (21, "IQ3_S"), (22, "IQ2_S"), (23, "IQ4_XS"),
+            (24, "I8"), (25, "I16"), (26, "I32"), (27, "I64"), (28, "F64"), (29, "IQ1_M"), (34, "TQ1_0"),
+            (35, "TQ2_0"), (39, "MXFP4"),
+        ];
+        known.iter().find(|(i, _)| *i == id).map(|(_, n)| n.to_string()).unwrap_or_else(|| format!("#{id}"))
+    }
+
     /// The ggml type id.
     pub fn id(self) -> u32 {
         match self {

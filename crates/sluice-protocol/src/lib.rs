@@ -166,6 +166,13 @@ pub struct Usage {
     pub total_tokens: u32,
 }
 
+impl Usage {
+    /// Counts with their total.
+    pub fn new(prompt_tokens: u32, completion_tokens: u32) -> Self {
+        Self { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens }
+    }
+}
+
 /// One alternative in `top_logprobs`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TopLogprob {

@@ -4,7 +4,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::response::{IntoResponse, Response};
-use sluice_engine::{Event, GenerateRequest, Logprobs};
+use sluice_engine::{Event, Logprobs};
 use sluice_model::{ChatMessage, Tokenizer};
 use sluice_protocol::{
     ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatDelta,
@@ -111,20 +111,7 @@ async fn run(state: AppState, body: Result<Bytes, BytesRejection>) -> Result<Res
     let prompt = model.tokenizer.encode_prompt(&text, true);
     let max_tokens = params::resolve_max_tokens(prompt.len(), settings.max_tokens, model.model.cfg.context_length)?;
     let id = generate::request_id("chatcmpl");
-    let reqs = (0..settings.n)
-        .map(|i| {
-            let mut sampling = settings.sampling.clone();
-            sampling.seed = sampling.seed.map(|s| s.wrapping_add(i as u64));
-            GenerateRequest {
-                request_id: format!("{id}/{i}"),
-                prompt: prompt.clone(),
-                max_tokens,
-                sampling,
-                stop: settings.stop.clone(),
-                ignore_eos: settings.ignore_eos,
-            }
-        })
-        .collect();
+    let reqs = settings.choices(&id, 0, &prompt, max_tokens);
     let streams = generate::submit_all(&served.engine, reqs)?;
     let created = generate::unix_now();
     let want_logprobs = lp_k.is_some();
@@ -165,7 +152,7 @@ async fn run(state: AppState, body: Result<Bytes, BytesRejection>) -> Result<Res
             }
         })
         .collect();
-    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+    let usage = Usage::new(usage.prompt_tokens, usage.completion_tokens);
     let body = ChatCompletionResponse {
         id: id.clone(),
         object: "chat.completion".into(),
@@ -248,8 +235,6 @@ impl StreamRenderer for ChatStream {
         if !self.include_usage {
             return Vec::new();
         }
-        let mut u = self.usage;
-        u.total_tokens = u.prompt_tokens + u.completion_tokens;
-        vec![self.chunk(Vec::new(), Some(u))]
+        vec![self.chunk(Vec::new(), Some(Usage::new(self.usage.prompt_tokens, self.usage.completion_tokens)))]
     }
 }

@@ -6,7 +6,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::response::{IntoResponse, Response};
-use sluice_engine::{EngineHandle, Event, GenerateRequest, Logprobs};
+use sluice_engine::{EngineHandle, Event, Logprobs};
 use sluice_protocol::{CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, Usage};
 
 use crate::AppState;
@@ -54,18 +54,7 @@ async fn run(state: AppState, body: Result<Bytes, BytesRejection>) -> Result<Res
         prompt_tokens += ids.len() as u32;
         let max_tokens = params::resolve_max_tokens(ids.len(), settings.max_tokens, model.model.cfg.context_length)
             .map_err(|e| ApiError { param: Some("prompt".into()), ..e })?;
-        for i in 0..settings.n {
-            let mut sampling = settings.sampling.clone();
-            sampling.seed = sampling.seed.map(|s| s.wrapping_add(i as u64));
-            reqs.push(GenerateRequest {
-                request_id: format!("{id}/{}", reqs.len()),
-                prompt: ids.clone(),
-                max_tokens,
-                sampling,
-                stop: settings.stop.clone(),
-                ignore_eos: settings.ignore_eos,
-            });
-        }
+        reqs.extend(settings.choices(&id, reqs.len(), &ids, max_tokens));
     }
     let streams = generate::submit_all(&served.engine, reqs)?;
     let created = generate::unix_now();
@@ -113,7 +102,7 @@ async fn run(state: AppState, body: Result<Bytes, BytesRejection>) -> Result<Res
             }
         })
         .collect();
-    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+    let usage = Usage::new(usage.prompt_tokens, usage.completion_tokens);
     let body = CompletionResponse {
         id: id.clone(),
         object: "text_completion".into(),
@@ -193,8 +182,6 @@ impl StreamRenderer for CompletionStream {
         if !self.include_usage {
             return Vec::new();
         }
-        let mut u = self.usage;
-        u.total_tokens = u.prompt_tokens + u.completion_tokens;
-        vec![self.chunk(Vec::new(), Some(u))]
+        vec![self.chunk(Vec::new(), Some(Usage::new(self.usage.prompt_tokens, self.usage.completion_tokens)))]
     }
 }

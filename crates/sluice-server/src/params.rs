@@ -2,7 +2,7 @@
 //! Every rejection names the parameter.
 
 use serde::de::DeserializeOwned;
-use sluice_engine::SamplingParams;
+use sluice_engine::{GenerateRequest, SamplingParams};
 use sluice_protocol::SamplingFields;
 
 use crate::error::ApiError;
@@ -128,6 +128,27 @@ pub fn validate(f: &SamplingFields, logprobs: Option<u32>) -> Result<Generation,
         include_usage: f.stream_options.as_ref().is_some_and(|o| o.include_usage),
         ignore_eos: f.ignore_eos.unwrap_or(false),
     })
+}
+
+impl Generation {
+    /// The engine requests for the `n` choices of one prompt; choice `i` samples with
+    /// `seed + i`, so a seeded request is reproducible and its choices still differ.
+    pub fn choices(&self, request_id: &str, first_index: usize, prompt: &[u32], max_tokens: usize) -> Vec<GenerateRequest> {
+        (0..self.n as usize)
+            .map(|i| {
+                let mut sampling = self.sampling.clone();
+                sampling.seed = sampling.seed.map(|s| s.wrapping_add(i as u64));
+                GenerateRequest {
+                    request_id: format!("{request_id}/{}", first_index + i),
+                    prompt: prompt.to_vec(),
+                    max_tokens,
+                    sampling,
+                    stop: self.stop.clone(),
+                    ignore_eos: self.ignore_eos,
+                }
+            })
+            .collect()
+    }
 }
 
 /// Tokens to generate for a prompt: the request's limit, checked against the window, or

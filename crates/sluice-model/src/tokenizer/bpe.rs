@@ -179,3 +179,37 @@ impl Bpe {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vocab() -> (Vec<String>, Vec<TokenKind>) {
+        let table = byte_to_char_table();
+        let mut tokens: Vec<String> = (0..256).map(|b| table[b].to_string()).collect();
+        tokens.push("ab".into());
+        tokens.push("Ġab".into());
+        let kinds = vec![TokenKind::Normal; tokens.len()];
+        (tokens, kinds)
+    }
+
+    #[test]
+    fn every_pre_tokenizer_compiles_and_splits() {
+        let (tokens, kinds) = vocab();
+        for pre in ["default", "gpt2", "smollm", "llama3", "llama-bpe", "qwen2"] {
+            let (b, pieces) = Bpe::new(&tokens, &kinds, &["a b".into(), "Ġ ab".into()], pre).unwrap();
+            let mut out = Vec::new();
+            b.encode("ab ab 123\n\n  x", &mut out);
+            let text: Vec<u8> = out.iter().flat_map(|&t| pieces[t as usize].clone()).collect();
+            assert_eq!(text, b"ab ab 123\n\n  x", "{pre}");
+            assert_eq!(out[0], 256, "{pre}: merges apply");
+        }
+    }
+
+    #[test]
+    fn smollm_splits_digits_individually() {
+        let (tokens, kinds) = vocab();
+        let (b, _) = Bpe::new(&tokens, &kinds, &[], "smollm").unwrap();
+        assert_eq!(b.split("ab123 4"), vec!["ab", "1", "2", "3", " ", "4"]);
+    }
+}

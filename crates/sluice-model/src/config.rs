@@ -73,6 +73,8 @@ pub struct ModelConfig {
     pub rope_theta_local: f32,
     /// Rotary pairing.
     pub rope_style: RopeStyle,
+    /// Linear rope scaling: positions are multiplied by this (1 = none).
+    pub rope_freq_scale: f32,
     /// Sliding window (tokens) for the layers that use one.
     pub sliding_window: Option<usize>,
     /// Per layer: whether it uses the sliding window.
@@ -128,6 +130,13 @@ impl ModelConfig {
             None
         };
         let layer_is_sliding = (0..n_layers).map(|il| sliding_window.is_some() && il % 6 < 5).collect();
+        let rope_freq_scale = match f.get_str(&k("rope.scaling.type")) {
+            None | Some("none") => 1.0,
+            Some("linear") => 1.0 / f.get_f64(&k("rope.scaling.factor")).unwrap_or(1.0) as f32,
+            Some(other) => {
+                return Err(ModelError::MissingOrInvalid(format!("rope scaling: type {other:?} is not supported yet")));
+            }
+        };
         let gemma = arch == Arch::Gemma3;
         let cfg = Self {
             arch,
@@ -147,6 +156,7 @@ impl ModelConfig {
                 rope_theta
             },
             rope_style: if arch == Arch::Llama { RopeStyle::Interleaved } else { RopeStyle::HalfSplit },
+            rope_freq_scale,
             sliding_window,
             layer_is_sliding,
             embed_scale: if gemma { (d_model as f32).sqrt() } else { 1.0 },

@@ -101,6 +101,7 @@ fn model_config(raw: &RawConfig) -> Result<ModelConfig> {
         rope_theta,
         rope_theta_local: if gemma { raw.rope_local_base_freq.unwrap_or(10000.0) } else { rope_theta },
         rope_style: RopeStyle::HalfSplit,
+        rope_freq_scale: 1.0,
         sliding_window,
         layer_is_sliding,
         embed_scale: if gemma { (raw.hidden_size as f32).sqrt() } else { 1.0 },

@@ -31,12 +31,23 @@ pub struct Rope {
     theta_scale: f32,
     half: usize,
     style: RopeStyle,
+    /// Linear position scaling (1 = none).
+    freq_scale: f32,
+    /// Per-pair divisors of the angle (Llama 3.1's `rope_freqs`), if any.
+    freq_factors: Option<Vec<f32>>,
 }
 
 impl Rope {
     /// Tables for `head_dim`-wide heads rotated with base `theta`.
     pub fn new(head_dim: usize, theta: f32, style: RopeStyle) -> Self {
-        Self { theta_scale: theta.powf(-2.0 / head_dim as f32), half: head_dim / 2, style }
+        Self { theta_scale: theta.powf(-2.0 / head_dim as f32), half: head_dim / 2, style, freq_scale: 1.0, freq_factors: None }
+    }
+
+    /// With linear position scaling and per-pair frequency divisors (`head_dim / 2` of them).
+    pub fn scaled(mut self, freq_scale: f32, freq_factors: Option<Vec<f32>>) -> Self {
+        self.freq_scale = freq_scale;
+        self.freq_factors = freq_factors;
+        self
     }
 
     /// Rotates every head of one token's projection `x` (`n_heads × head_dim`) at `pos`.
@@ -45,8 +56,9 @@ impl Rope {
         let mut table = [(0f32, 0f32); 256];
         let table = &mut table[..half.min(256)];
         let mut angle = pos as f32;
-        for t in table.iter_mut() {
-            *t = angle.sin_cos();
+        for (i, t) in table.iter_mut().enumerate() {
+            let ff = self.freq_factors.as_ref().map_or(1.0, |f| f[i]);
+            *t = (self.freq_scale * (angle / ff)).sin_cos();
             angle *= self.theta_scale;
         }
         for head in x.chunks_exact_mut(half * 2) {
@@ -209,6 +221,23 @@ mod tests {
             let n0: f32 = orig.iter().map(|v| v * v).sum();
             let n1: f32 = x.iter().map(|v| v * v).sum();
             assert!((n0 - n1).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn rope_scaling_and_frequency_factors_slow_rotation_down() {
+        let x: Vec<f32> = (0..8).map(|i| i as f32 * 0.3 - 1.0).collect();
+        let plain = Rope::new(8, 10000.0, RopeStyle::HalfSplit);
+        let mut at1 = x.clone();
+        plain.apply(&mut at1, 1);
+        let linear = Rope::new(8, 10000.0, RopeStyle::HalfSplit).scaled(0.5, None);
+        let mut at2 = x.clone();
+        linear.apply(&mut at2, 2);
+        let factors = Rope::new(8, 10000.0, RopeStyle::HalfSplit).scaled(1.0, Some(vec![2.0; 4]));
+        let mut at2f = x.clone();
+        factors.apply(&mut at2f, 2);
+        for ((a, b), c) in at1.iter().zip(&at2).zip(&at2f) {
+            assert!((a - b).abs() < 1e-6 && (a - c).abs() < 1e-6, "{a} {b} {c}");
         }
     }
 

@@ -119,8 +119,11 @@ impl Model {
             .thread_name(|i| format!("sluice-compute-{i}"))
             .build()
             .map_err(|e| ModelError::InvalidInput(format!("cannot start compute threads: {e}")))?;
+        // Llama 3.1-style frequency factors apply to the global rotary base.
+        let freq_factors =
+            if src.has("rope_freqs.weight") { Some(src.vector("rope_freqs.weight", cfg.head_dim / 2)?) } else { None };
         Ok(Self {
-            rope_global: Rope::new(cfg.head_dim, cfg.rope_theta, cfg.rope_style),
+            rope_global: Rope::new(cfg.head_dim, cfg.rope_theta, cfg.rope_style).scaled(cfg.rope_freq_scale, freq_factors),
             rope_local: Rope::new(cfg.head_dim, cfg.rope_theta_local, cfg.rope_style),
             output_norm: src.vector("output_norm.weight", d)?,
             cfg,

@@ -87,7 +87,13 @@ impl Bpe {
             "smollm" => vec![r"\p{N}", GPT2_PATTERN],
             "llama3" | "llama-bpe" | "llama-v3" | "falcon3" => vec![LLAMA3_PATTERN],
             "qwen2" | "deepseek-r1-qwen" => vec![QWEN2_PATTERN],
-            _ => vec![GPT2_PATTERN],
+            "default" | "gpt2" | "gpt-2" | "mpt" | "olmo" => vec![GPT2_PATTERN],
+            // A wrong pre-tokenizer silently changes every prompt: refuse instead.
+            other => {
+                return Err(tok_err(format!(
+                    "unsupported pre-tokenizer {other:?} (supported: gpt2, smollm, llama3/llama-bpe, qwen2)"
+                )));
+            }
         };
         let pre = patterns
             .into_iter()

@@ -121,11 +121,24 @@ pub fn matmul(isa: Isa, w: &QMatrix, x: &[f32], out: &mut [f32]) {
         let mut t = 0;
         // Four tokens at a time: each weight block is decoded once for all four.
         while t + 4 <= n_tok {
-            for r in r0..r1 {
-                let v = quant::vec_dot_x4(isa, w.ty, w.cols, w.row(r), [act(t), act(t + 1), act(t + 2), act(t + 3)]);
+            let acts = [act(t), act(t + 1), act(t + 2), act(t + 3)];
+            let mut r = r0;
+            // Two rows × four tokens per tile: each activation block is loaded once per pair.
+            while r + 2 <= r1 {
+                let v = quant::vec_dot_2x4(isa, w.ty, w.cols, [w.row(r), w.row(r + 1)], acts);
+                for (dr, row) in v.into_iter().enumerate() {
+                    for (k, v) in row.into_iter().enumerate() {
+                        // SAFETY: index (t+k)*rows + r+dr is in bounds (debug-asserted sizes)
+                        // and only this band writes columns r0..r1.
+                        unsafe { *ptr.at((t + k) * rows + r + dr) = v };
+                    }
+                }
+                r += 2;
+            }
+            if r < r1 {
+                let v = quant::vec_dot_x4(isa, w.ty, w.cols, w.row(r), acts);
                 for (k, v) in v.into_iter().enumerate() {
-                    // SAFETY: index (t+k)*rows + r is in bounds (debug-asserted sizes) and only
-                    // this band writes columns r0..r1.
+                    // SAFETY: as above.
                     unsafe { *ptr.at((t + k) * rows + r) = v };
                 }
             }

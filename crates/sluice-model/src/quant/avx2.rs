@@ -66,8 +66,8 @@ pub unsafe fn dot_rows<const R: usize>(wt: GgmlType, n: usize, w: &[u8], a: [&[u
     // SAFETY (all arms): lengths checked above; the CPU features are the caller's contract.
     unsafe {
         Some(match wt {
-            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => q8_family::<R>(wt, n, w, a, ap),
-            GgmlType::Q4_1 => q4_1::<R>(n, w, a, ap),
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => q8_family::<1, R>(wt, n, [w], a, ap)[0],
+            GgmlType::Q4_1 => q4_1::<1, R>(n, [w], a, ap)[0],
             GgmlType::Q4_K => q4_k::<R>(n, w, a, ap),
             GgmlType::Q6_K => q6_k::<R>(n, w, a, ap),
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 if R == 1 => {
@@ -80,63 +80,107 @@ pub unsafe fn dot_rows<const R: usize>(wt: GgmlType, n: usize, w: &[u8], a: [&[u
     }
 }
 
+/// Dot products of two weight rows with `R` activation rows (a 2 × R register tile: each
+/// activation block is loaded once for both rows), bit-equal per pair to the scalar kernel.
+/// `None` for types without a tiled kernel.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_tile<const R: usize>(wt: GgmlType, n: usize, w: [&[u8]; 2], a: [&[u8]; R]) -> Option<[[f32; R]; 2]> {
+    let arb = wt.dot_type().row_bytes(n);
+    if w.iter().any(|r| r.len() < wt.row_bytes(n)) || a.iter().any(|r| r.len() < arb) {
+        return None;
+    }
+    let ap = a.map(<[u8]>::as_ptr);
+    // SAFETY: lengths checked above; the CPU features are the caller's contract.
+    unsafe {
+        match wt {
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => Some(q8_family::<2, R>(wt, n, w, a, ap)),
+            GgmlType::Q4_1 => Some(q4_1::<2, R>(n, w, a, ap)),
+            _ => None,
+        }
+    }
+}
+
 /// Blocks of 32 with one f16 scale and signed values: Q4_0 (value - 8), Q5_0 (value - 16),
-/// Q8_0 (bytes), against Q8_0 activations.
+/// Q8_0 (bytes), against Q8_0 activations; `W` weight rows × `R` activation rows.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8_family<const R: usize>(wt: GgmlType, n: usize, w: &[u8], a: [&[u8]; R], ap: [*const u8; R]) -> [f32; R] {
-    let wp = w.as_ptr();
+unsafe fn q8_family<const W: usize, const R: usize>(
+    wt: GgmlType,
+    n: usize,
+    w: [&[u8]; W],
+    a: [&[u8]; R],
+    ap: [*const u8; R],
+) -> [[f32; R]; W] {
     let bb = wt.block_bytes();
-    let mut acc = [_mm256_setzero_ps(); R];
+    let mut acc = [[_mm256_setzero_ps(); R]; W];
     for i in 0..n / 32 {
         let (wo, ao) = (i * bb, i * 34);
-        let dw = f16_load(w, wo);
-        // SAFETY: block i lies inside the weight row.
-        let x = unsafe {
-            match wt {
-                GgmlType::Q4_0 => _mm256_sub_epi8(nibbles(wp.add(wo + 2)), _mm256_set1_epi8(8)),
-                GgmlType::Q5_0 => {
-                    let qh = u32::from_le_bytes([w[wo + 2], w[wo + 3], w[wo + 4], w[wo + 5]]);
-                    // Value - 16 as a signed byte: set the high nibble where the fifth bit is clear.
-                    let hi = _mm256_andnot_si256(bits_to_bytes(qh), _mm256_set1_epi8(0xF0u8 as i8));
-                    _mm256_or_si256(nibbles(wp.add(wo + 6)), hi)
+        let mut xs = [_mm256_setzero_si256(); W];
+        let mut dws = [0f32; W];
+        for (k, row) in w.iter().enumerate() {
+            let wp = row.as_ptr();
+            dws[k] = f16_load(row, wo);
+            // SAFETY: block i lies inside every weight row.
+            xs[k] = unsafe {
+                match wt {
+                    GgmlType::Q4_0 => _mm256_sub_epi8(nibbles(wp.add(wo + 2)), _mm256_set1_epi8(8)),
+                    GgmlType::Q5_0 => {
+                        let qh = u32::from_le_bytes([row[wo + 2], row[wo + 3], row[wo + 4], row[wo + 5]]);
+                        // Value - 16 as a signed byte: set the high nibble where the fifth bit is clear.
+                        let hi = _mm256_andnot_si256(bits_to_bytes(qh), _mm256_set1_epi8(0xF0u8 as i8));
+                        _mm256_or_si256(nibbles(wp.add(wo + 6)), hi)
+                    }
+                    _ => load32(wp.add(wo + 2)),
                 }
-                _ => load32(wp.add(wo + 2)),
-            }
-        };
-        let ax = _mm256_sign_epi8(x, x);
+            };
+        }
         for r in 0..R {
             // SAFETY: block i lies inside activation row r.
             let y = unsafe { load32(ap[r].add(ao + 2)) };
-            let d = _mm256_set1_ps(dw * f16_load(a[r], ao));
-            acc[r] = _mm256_fmadd_ps(d, mul_sum_us8(ax, _mm256_sign_epi8(y, x)), acc[r]);
+            let da = f16_load(a[r], ao);
+            for k in 0..W {
+                let x = xs[k];
+                let prod = mul_sum_us8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+                acc[k][r] = _mm256_fmadd_ps(_mm256_set1_ps(dws[k] * da), prod, acc[k][r]);
+            }
         }
     }
-    acc.map(|v| hsum(v))
+    acc.map(|row| row.map(|v| hsum(v)))
 }
 
-/// Q4_1 against Q8_1: scale and min per 32 values.
+/// Q4_1 against Q8_1: scale and min per 32 values; `W` weight rows × `R` activation rows.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_1<const R: usize>(n: usize, w: &[u8], a: [&[u8]; R], ap: [*const u8; R]) -> [f32; R] {
-    let wp = w.as_ptr();
-    let mut acc = [_mm256_setzero_ps(); R];
-    let mut summs = [0f32; R];
+unsafe fn q4_1<const W: usize, const R: usize>(n: usize, w: [&[u8]; W], a: [&[u8]; R], ap: [*const u8; R]) -> [[f32; R]; W] {
+    let mut acc = [[_mm256_setzero_ps(); R]; W];
+    let mut summs = [[0f32; R]; W];
     for i in 0..n / 32 {
         let (wo, ao) = (i * 20, i * 36);
-        let (dw, mw) = (f16_load(w, wo), f16_load(w, wo + 2));
-        // SAFETY: block i lies inside the weight row.
-        let x = unsafe { nibbles(wp.add(wo + 4)) };
+        let mut xs = [_mm256_setzero_si256(); W];
+        let mut dm = [(0f32, 0f32); W];
+        for (k, row) in w.iter().enumerate() {
+            dm[k] = (f16_load(row, wo), f16_load(row, wo + 2));
+            // SAFETY: block i lies inside every weight row.
+            xs[k] = unsafe { nibbles(row.as_ptr().add(wo + 4)) };
+        }
         for r in 0..R {
-            summs[r] += mw * f16_load(a[r], ao + 2);
+            let (da, sa) = (f16_load(a[r], ao), f16_load(a[r], ao + 2));
             // SAFETY: block i lies inside activation row r.
             let y = unsafe { load32(ap[r].add(ao + 4)) };
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * f16_load(a[r], ao)), mul_sum_us8(x, y), acc[r]);
+            for k in 0..W {
+                summs[k][r] += dm[k].1 * sa;
+                acc[k][r] = _mm256_fmadd_ps(_mm256_set1_ps(dm[k].0 * da), mul_sum_us8(xs[k], y), acc[k][r]);
+            }
         }
     }
-    let mut out = [0f32; R];
-    for r in 0..R {
-        out[r] = hsum(acc[r]) + summs[r];
+    let mut out = [[0f32; R]; W];
+    for k in 0..W {
+        for r in 0..R {
+            out[k][r] = hsum(acc[k][r]) + summs[k][r];
+        }
     }
     out
 }

@@ -272,6 +272,20 @@ pub fn vec_dot_x4(isa: Isa, wt: GgmlType, n: usize, w: &[u8], a: [&[u8]; 4]) -> 
     a.map(|row| vec_dot(isa, wt, n, w, row))
 }
 
+/// Dot products of two weight rows with four activation rows: `out[k][t]` is row `k` against
+/// activation `t`, bit-equal to `vec_dot`.
+#[inline]
+pub fn vec_dot_2x4(isa: Isa, wt: GgmlType, n: usize, w: [&[u8]; 2], a: [&[u8]; 4]) -> [[f32; 4]; 2] {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        // SAFETY: `Isa::Avx2` is only produced by `detect_isa` after checking the features.
+        if let Some(v) = unsafe { avx2::dot_tile::<4>(wt, n, w, a) } {
+            return v;
+        }
+    }
+    w.map(|row| vec_dot_x4(isa, wt, n, row, a))
+}
+
 /// Dot product of one weight row (`n` elements of `wt`) with an activation row already encoded
 /// in `wt.dot_type()`.
 #[inline]
@@ -353,6 +367,8 @@ mod tests {
                 let fast = vec_dot(isa, ty, n, &w, &xq);
                 let x4 = vec_dot_x4(isa, ty, n, &w, [&xq, &xq, &xq, &xq]);
                 assert!(x4.iter().all(|v| v.to_bits() == fast.to_bits()), "{ty:?}: x4 {x4:?} vs {fast}");
+                let tile = vec_dot_2x4(isa, ty, n, [&w, &w], [&xq, &xq, &xq, &xq]);
+                assert!(tile.iter().flatten().all(|v| v.to_bits() == fast.to_bits()), "{ty:?}: 2x4 {tile:?}");
                 let tol = 1e-4 * (1.0 + exact.abs());
                 assert!((scalar as f64 - exact).abs() < tol, "{ty:?}: scalar {scalar} vs exact {exact}");
                 assert_eq!(fast.to_bits(), scalar.to_bits(), "{ty:?} seed {seed}: simd {fast} vs scalar {scalar}");

@@ -145,17 +145,7 @@ pub fn matmul(isa: Isa, w: &QMatrix, x: &[f32], out: &mut [f32]) {
             t += 4;
         }
         for t in t..n_tok {
-            let mut r = r0;
-            while r + 2 <= r1 {
-                let [v0, v1] = quant::vec_dot_2x1(isa, w.ty, w.cols, [w.row(r), w.row(r + 1)], act(t));
-                // SAFETY: as above.
-                unsafe {
-                    *ptr.at(t * rows + r) = v0;
-                    *ptr.at(t * rows + r + 1) = v1;
-                }
-                r += 2;
-            }
-            if r < r1 {
+            for r in r0..r1 {
                 let v = quant::vec_dot(isa, w.ty, w.cols, w.row(r), act(t));
                 // SAFETY: as above.
                 unsafe { *ptr.at(t * rows + r) = v };

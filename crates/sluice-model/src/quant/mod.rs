@@ -286,20 +286,6 @@ pub fn vec_dot_2x4(isa: Isa, wt: GgmlType, n: usize, w: [&[u8]; 2], a: [&[u8]; 4
     w.map(|row| vec_dot_x4(isa, wt, n, row, a))
 }
 
-/// Dot products of two weight rows with one activation row, bit-equal to `vec_dot`
-/// (two independent accumulation chains: better latency hiding in decode).
-#[inline]
-pub fn vec_dot_2x1(isa: Isa, wt: GgmlType, n: usize, w: [&[u8]; 2], a: &[u8]) -> [f32; 2] {
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
-        // SAFETY: `Isa::Avx2` is only produced by `detect_isa` after checking the features.
-        if let Some([[x], [y]]) = unsafe { avx2::dot_tile::<1>(wt, n, w, [a]) } {
-            return [x, y];
-        }
-    }
-    w.map(|row| vec_dot(isa, wt, n, row, a))
-}
-
 /// Dot product of one weight row (`n` elements of `wt`) with an activation row already encoded
 /// in `wt.dot_type()`.
 #[inline]
@@ -381,8 +367,6 @@ mod tests {
                 let fast = vec_dot(isa, ty, n, &w, &xq);
                 let x4 = vec_dot_x4(isa, ty, n, &w, [&xq, &xq, &xq, &xq]);
                 assert!(x4.iter().all(|v| v.to_bits() == fast.to_bits()), "{ty:?}: x4 {x4:?} vs {fast}");
-                let pair = vec_dot_2x1(isa, ty, n, [&w, &w], &xq);
-                assert!(pair.iter().all(|v| v.to_bits() == fast.to_bits()), "{ty:?}: 2x1 {pair:?}");
                 let tile = vec_dot_2x4(isa, ty, n, [&w, &w], [&xq, &xq, &xq, &xq]);
                 assert!(tile.iter().flatten().all(|v| v.to_bits() == fast.to_bits()), "{ty:?}: 2x4 {tile:?}");
                 let tol = 1e-4 * (1.0 + exact.abs());

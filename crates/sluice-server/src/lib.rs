@@ -116,6 +116,14 @@ async fn not_found() -> ApiError {
     ApiError { status: StatusCode::NOT_FOUND, code: Some("not_found"), ..ApiError::bad_request("No such endpoint") }
 }
 
+async fn method_not_allowed() -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        code: Some("method_not_allowed"),
+        ..ApiError::bad_request("This endpoint does not accept this HTTP method")
+    }
+}
+
 /// The router with every endpoint.
 pub fn app(state: AppState) -> Router {
     Router::new()
@@ -125,5 +133,6 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }

@@ -84,4 +84,7 @@ async fn unknown_route_is_an_openai_error() {
     let r = call(&s, "GET", "/v1/nothing", "").await;
     assert_eq!(r.status, 404);
     error_of(&r);
+    let r = call(&s, "GET", "/v1/chat/completions", "").await;
+    assert_eq!(r.status, 405);
+    error_of(&r);
 }

@@ -91,7 +91,7 @@ pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes,
 }
 
 async fn run(state: AppState, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
-    let body = body.map_err(|e| ApiError::bad_request(format!("Cannot read the request body: {e}")))?;
+    let body = params::read_body(body)?;
     let req: ChatCompletionRequest = parse_body(&body)?;
     let served = state.model(&req.model)?;
     let lp_k = match (req.logprobs, req.top_logprobs) {

@@ -33,7 +33,7 @@ pub async fn completions(State(state): State<AppState>, body: Result<Bytes, Byte
 }
 
 async fn run(state: AppState, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
-    let body = body.map_err(|e| ApiError::bad_request(format!("Cannot read the request body: {e}")))?;
+    let body = params::read_body(body)?;
     let req: CompletionRequest = parse_body(&body)?;
     let served = state.model(&req.model)?;
     let settings = params::validate(&req.sampling, req.logprobs)?;

@@ -14,6 +14,11 @@ pub const MAX_STOPS: usize = 16;
 /// Most alternatives per token in log-probabilities.
 pub const MAX_TOP_LOGPROBS: u32 = 20;
 
+/// The request body, or an OpenAI-shaped error with the extractor's status (413 when too large).
+pub fn read_body(body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>) -> Result<axum::body::Bytes, ApiError> {
+    body.map_err(|e| ApiError { status: e.status(), ..ApiError::bad_request(format!("Cannot read the request body: {}", e.body_text())) })
+}
+
 /// Parses a generation request body into `T`; errors say what is wrong and where. The shared
 /// sampling fields are checked on their own first, because serde loses the field path inside a
 /// flattened struct and we want every error to name its parameter.

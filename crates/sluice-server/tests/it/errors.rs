@@ -16,6 +16,10 @@ async fn malformed_json_is_a_400() {
     assert!(error_of(&r).0.contains("not valid JSON"));
     let r = call(&s, "POST", "/v1/completions", "[1, 2]").await;
     assert_eq!(r.status, 400);
+    let huge = format!("{{\"model\": \"{MODEL}\", \"prompt\": \"{}\"}}", "x".repeat(3 << 20));
+    let r = call(&s, "POST", "/v1/completions", &huge).await;
+    assert_eq!(r.status, 413);
+    error_of(&r);
 }
 
 #[tokio::test]

@@ -67,14 +67,17 @@ impl Bpe {
             })
             .collect();
         let lookup = build_lookup(&pieces);
-        let mut byte_token = [u32::MAX; 256];
-        for b in 0..256usize {
-            let key = table[b].to_string();
-            let id = tokens.iter().position(|t| *t == key);
-            byte_token[b] = id.map(|i| i as u32).or_else(|| lookup.get(&vec![b as u8]).copied()).unwrap_or(u32::MAX);
-        }
         let text_to_id: HashMap<&str, u32> =
-            tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i as u32)).collect();
+            tokens.iter().enumerate().rev().map(|(i, t)| (t.as_str(), i as u32)).collect();
+        let mut byte_token = [u32::MAX; 256];
+        for (b, slot) in byte_token.iter_mut().enumerate() {
+            let key = table[b].to_string();
+            *slot = text_to_id
+                .get(key.as_str())
+                .copied()
+                .or_else(|| lookup.get(&vec![b as u8]).copied())
+                .unwrap_or(u32::MAX);
+        }
         let mut merge_map = HashMap::with_capacity(merges.len());
         for (rank, m) in merges.iter().enumerate() {
             let Some((a, b)) = m.split_once(' ') else { continue };

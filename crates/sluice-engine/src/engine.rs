@@ -238,8 +238,9 @@ impl Worker {
             let events = job.events.clone();
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| self.generate(job)));
             if outcome.is_err() {
-                tracing::error!("engine: a request panicked; the engine keeps serving");
                 let _ = events.send(Event::Error(EngineError::Model("internal engine error".into())));
+                // Even logging may be what failed: the engine thread must survive it.
+                let _ = std::panic::catch_unwind(|| tracing::error!("engine: a request panicked; the engine keeps serving"));
             }
             self.stats.running.fetch_sub(1, Ordering::AcqRel);
             self.stats.finished.fetch_add(1, Ordering::AcqRel);
@@ -261,6 +262,7 @@ impl Worker {
             if reason == FinishReason::Cancelled {
                 self.stats.cancelled.fetch_add(1, Ordering::AcqRel);
             }
+            let _ = events.send(Event::Done { finish: reason, text, usage });
             // Every request is accounted for here, including those whose client left.
             tracing::info!(
                 request_id = %req.request_id,
@@ -273,7 +275,6 @@ impl Worker {
                 total_ms = usage.total_time.as_millis() as u64,
                 "request finished"
             );
-            let _ = events.send(Event::Done { finish: reason, text, usage });
         };
         let fail = |e: EngineError| {
             tracing::warn!(request_id = %req.request_id, error = %e, kind = e.kind(), "request failed");

@@ -57,7 +57,7 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
@@ -72,6 +72,21 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => rt.block_on(serve(args)),
         Command::BenchModel(_) => Ok(()),
+    }
+}
+
+/// Stderr that drops what it cannot write: a closed log pipe must never take the server down
+/// (the default writer reports its own failure on stderr, which panics when stderr is gone).
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
     }
 }
 

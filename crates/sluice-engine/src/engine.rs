@@ -128,6 +128,17 @@ pub struct EngineStats {
     pub generated_tokens: AtomicU64,
     /// Prompt tokens processed in total.
     pub prompt_tokens: AtomicU64,
+    /// Set when the engine thread has exited (it should not, while handles exist).
+    pub stopped: AtomicBool,
+}
+
+/// Marks the engine stopped when the worker thread ends, however it ends.
+struct StoppedOnDrop(Arc<EngineStats>);
+
+impl Drop for StoppedOnDrop {
+    fn drop(&mut self) {
+        self.0.stopped.store(true, Ordering::Release);
+    }
 }
 
 struct Job {
@@ -194,6 +205,11 @@ impl EngineHandle {
         Ok(Self { tx, capacity, stats, model })
     }
 
+    /// Whether the engine thread is running.
+    pub fn is_alive(&self) -> bool {
+        !self.stats.stopped.load(Ordering::Acquire)
+    }
+
     /// Queues a request; fails at once when the queue is full.
     pub fn submit(&self, req: GenerateRequest) -> Result<RequestStream, EngineError> {
         let ctx = self.model.model.cfg.context_length;
@@ -232,6 +248,7 @@ struct Worker {
 
 impl Worker {
     fn run(self, rx: Receiver<Job>) {
+        let _guard = StoppedOnDrop(self.stats.clone());
         while let Ok(job) = rx.recv() {
             self.stats.waiting.fetch_sub(1, Ordering::AcqRel);
             self.stats.running.fetch_add(1, Ordering::AcqRel);

@@ -90,7 +90,11 @@ async fn health() -> impl IntoResponse {
 
 async fn ready(State(state): State<AppState>) -> Response {
     match state.inner.served.get() {
-        Some(s) => axum::Json(serde_json::json!({ "status": "ready", "model": s.name })).into_response(),
+        Some(s) if s.engine.is_alive() => {
+            axum::Json(serde_json::json!({ "status": "ready", "model": s.name })).into_response()
+        }
+        Some(_) => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({ "status": "engine stopped" })))
+            .into_response(),
         None => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({ "status": "loading" }))).into_response(),
     }
 }

@@ -37,15 +37,22 @@ pub fn dot(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     reduce_lanes(&acc)
 }
 
-/// `out[d] = Σ_p w[p] · v(p)[d]` where `v(p)` is the `d`-wide row of position `p`, lane-ordered.
-/// `scratch` holds `LANES × out.len()` floats.
-pub fn weighted_sum(isa: Isa, w: &[f32], v: impl Fn(usize) -> *const f32, out: &mut [f32], scratch: &mut Vec<f32>) {
+/// `out[d] = Σ_{p ≥ first} w[p] · v(p)[d]` where `v(p)` is the `d`-wide row of position `p`,
+/// lane-ordered by absolute position. `scratch` holds `LANES × out.len()` floats.
+pub fn weighted_sum(
+    isa: Isa,
+    first: usize,
+    w: &[f32],
+    v: impl Fn(usize) -> *const f32,
+    out: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
     let d = out.len();
     scratch.clear();
     scratch.resize(LANES * d, 0.0);
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 && d.is_multiple_of(8) {
-        for (p, &wp) in w.iter().enumerate() {
+        for (p, &wp) in w.iter().enumerate().skip(first) {
             let acc = &mut scratch[(p % LANES) * d..(p % LANES + 1) * d];
             // SAFETY: AVX2/FMA detected; `v(p)` points at `d` readable floats (caller contract).
             unsafe { avx2::axpy(acc, wp, v(p)) };
@@ -53,7 +60,7 @@ pub fn weighted_sum(isa: Isa, w: &[f32], v: impl Fn(usize) -> *const f32, out: &
         return finish(scratch, out);
     }
     let _ = isa;
-    for (p, &wp) in w.iter().enumerate() {
+    for (p, &wp) in w.iter().enumerate().skip(first) {
         let acc = &mut scratch[(p % LANES) * d..(p % LANES + 1) * d];
         // SAFETY: `v(p)` points at `d` readable floats (caller contract).
         let row = unsafe { std::slice::from_raw_parts(v(p), d) };
@@ -135,8 +142,8 @@ mod tests {
         let w: Vec<f32> = (0..45).map(|i| 1.0 / (i as f32 + 1.0)).collect();
         let rows: Vec<f32> = (0..45 * 16).map(|i| (i % 7) as f32 - 3.0).collect();
         let (mut o1, mut o2, mut s) = (vec![0f32; 16], vec![0f32; 16], Vec::new());
-        weighted_sum(isa, &w, |p| rows[p * 16..].as_ptr(), &mut o1, &mut s);
-        weighted_sum(Isa::Scalar, &w, |p| rows[p * 16..].as_ptr(), &mut o2, &mut s);
+        weighted_sum(isa, 0, &w, |p| rows[p * 16..].as_ptr(), &mut o1, &mut s);
+        weighted_sum(Isa::Scalar, 0, &w, |p| rows[p * 16..].as_ptr(), &mut o2, &mut s);
         assert_eq!(o1, o2);
         for d in 0..16 {
             let naive: f32 = (0..45).map(|p| w[p] * rows[p * 16 + d]).sum();

@@ -1,30 +1,68 @@
-//! A contiguous per-sequence key/value cache: `[layer][position][kv_head × head_dim]`, f32.
-//! The model reads and writes it but does not own it, so the engine decides its lifetime
-//! (the paged, shared block pool replaces this in the batching engine).
+//! Paged key/value memory: per layer, `num_blocks × block_size` rows of `n_kv_heads × head_dim`
+//! floats for keys and as many for values. Which block holds which positions of which sequence
+//! is the caller's business (a block table per sequence, from `sluice-kv`); the model only
+//! reads and writes rows through those tables. Memory is reserved zeroed, so untouched blocks
+//! cost address space, not resident memory.
+//!
+//! `KvCache` is the single-sequence convenience on top: its own blocks, in order.
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 
-/// Keys and values of one sequence, for positions `0..len`.
+/// Keys and values of every block of one engine.
 #[derive(Debug)]
-pub struct KvCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
-    kv_dim: usize,
-    capacity: usize,
-    len: usize,
+pub struct PagedKv {
+    pub(crate) k: Vec<Vec<f32>>,
+    pub(crate) v: Vec<Vec<f32>>,
+    pub(crate) block_size: usize,
+    num_blocks: usize,
 }
 
-impl KvCache {
-    /// A cache for up to `capacity` positions (allocated lazily as it fills).
-    pub fn new(cfg: &ModelConfig, capacity: usize) -> Self {
+impl PagedKv {
+    /// Memory for `num_blocks` blocks of `block_size` positions.
+    pub fn new(cfg: &ModelConfig, num_blocks: usize, block_size: usize) -> Self {
+        let rows = num_blocks * block_size.max(1);
+        let kv_dim = cfg.kv_dim();
         Self {
-            k: vec![Vec::new(); cfg.n_layers],
-            v: vec![Vec::new(); cfg.n_layers],
-            kv_dim: cfg.kv_dim(),
-            capacity,
-            len: 0,
+            k: (0..cfg.n_layers).map(|_| vec![0f32; rows * kv_dim]).collect(),
+            v: (0..cfg.n_layers).map(|_| vec![0f32; rows * kv_dim]).collect(),
+            block_size: block_size.max(1),
+            num_blocks,
         }
+    }
+
+    /// Bytes one block occupies (keys and values of every layer).
+    pub fn bytes_per_block(cfg: &ModelConfig, block_size: usize) -> usize {
+        2 * cfg.n_layers * block_size * cfg.kv_dim() * std::mem::size_of::<f32>()
+    }
+
+    /// Blocks available.
+    pub fn num_blocks(&self) -> usize {
+        self.num_blocks
+    }
+
+    /// Positions per block.
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+}
+
+/// One sequence's keys and values in blocks of its own (used by single-sequence callers).
+#[derive(Debug)]
+pub struct KvCache {
+    pub(crate) paged: PagedKv,
+    pub(crate) table: Vec<u32>,
+    len: usize,
+    capacity: usize,
+}
+
+const SINGLE_BLOCK: usize = 16;
+
+impl KvCache {
+    /// A cache for up to `capacity` positions.
+    pub fn new(cfg: &ModelConfig, capacity: usize) -> Self {
+        let blocks = capacity.div_ceil(SINGLE_BLOCK).max(1);
+        Self { paged: PagedKv::new(cfg, blocks, SINGLE_BLOCK), table: (0..blocks as u32).collect(), len: 0, capacity }
     }
 
     /// Positions filled so far.
@@ -45,10 +83,6 @@ impl KvCache {
     /// Forgets positions from `len` on (e.g. to reuse a common prefix).
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
-        for (k, v) in self.k.iter_mut().zip(self.v.iter_mut()) {
-            k.truncate(self.len * self.kv_dim);
-            v.truncate(self.len * self.kv_dim);
-        }
     }
 
     pub(crate) fn check_room(&self, n_new: usize) -> Result<()> {
@@ -61,26 +95,7 @@ impl KvCache {
         Ok(())
     }
 
-    /// Appends this step's keys and values for `layer` (`n × kv_dim` each).
-    pub(crate) fn append(&mut self, layer: usize, k: &[f32], v: &[f32]) {
-        debug_assert_eq!(self.k[layer].len(), self.len * self.kv_dim);
-        self.k[layer].extend_from_slice(k);
-        self.v[layer].extend_from_slice(v);
-    }
-
-    /// All cached keys and values of `layer`, including those appended this step.
-    pub(crate) fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
-        (&self.k[layer], &self.v[layer])
-    }
-
-    /// Marks `n` appended positions as committed (after every layer appended them).
     pub(crate) fn advance(&mut self, n: usize) {
         self.len += n;
-        debug_assert!(self.k.iter().all(|k| k.len() == self.len * self.kv_dim));
-    }
-
-    /// Bytes held.
-    pub fn byte_size(&self) -> usize {
-        self.k.iter().chain(&self.v).map(|b| b.capacity() * 4).sum()
     }
 }

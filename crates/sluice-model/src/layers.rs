@@ -125,16 +125,30 @@ pub fn softmax(x: &mut [f32]) {
     }
 }
 
-/// What one attention call reads: a sequence's cached keys/values for one layer.
+/// A query token of an attention call: its position and which sequence (block table) it
+/// belongs to.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnToken {
+    /// Position in its sequence.
+    pub pos: usize,
+    /// Index into `AttentionInput::tables`.
+    pub seq: usize,
+}
+
+/// What one attention call reads: the step's queries and one layer's paged keys/values.
 pub struct AttentionInput<'a> {
     /// Queries, `n_tok × (n_heads × head_dim)`, already rotated and scaled as the model wants.
     pub q: &'a [f32],
-    /// Cached keys, `positions × (n_kv_heads × head_dim)`, including this step's tokens.
+    /// The layer's key rows (`rows × kv_dim`), this step's keys already written.
     pub k_cache: &'a [f32],
-    /// Cached values, same layout.
+    /// The layer's value rows, same layout.
     pub v_cache: &'a [f32],
-    /// Position of the first query token.
-    pub start_pos: usize,
+    /// One entry per query token.
+    pub tokens: &'a [AttnToken],
+    /// Block table of each sequence in the step.
+    pub tables: &'a [&'a [u32]],
+    /// Positions per block.
+    pub block_size: usize,
     /// Query heads.
     pub n_heads: usize,
     /// Key/value heads.
@@ -145,6 +159,14 @@ pub struct AttentionInput<'a> {
     pub scale: f32,
     /// Only keys within this many positions back are visible (sliding window), if set.
     pub window: Option<usize>,
+}
+
+impl AttentionInput<'_> {
+    /// Row of position `pos` of sequence `seq` in the layer buffers.
+    #[inline]
+    pub fn row(&self, seq: usize, pos: usize) -> usize {
+        self.tables[seq][pos / self.block_size] as usize * self.block_size + pos % self.block_size
+    }
 }
 
 /// Softmax whose normalising sum is taken in 8-wide float groups accumulated in f64 (the
@@ -165,8 +187,8 @@ fn softmax_grouped(x: &mut [f32]) {
     x.iter_mut().for_each(|v| *v *= inv);
 }
 
-/// Causal attention: `out` (`n_tok × n_heads × head_dim`) for each query token over keys
-/// `[max(0, pos - window + 1), pos]`. Parallel over (token, head).
+/// Causal attention: `out` (`n_tok × n_heads × head_dim`) for each query token over its own
+/// sequence's keys `[max(0, pos - window + 1), pos]`. Parallel over (token, head).
 pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
     let hd = inp.head_dim;
     let q_dim = inp.n_heads * hd;
@@ -176,7 +198,7 @@ pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
         || (Vec::new(), Vec::new()),
         |(scores, scratch), (idx, o)| {
             let (t, h) = (idx / inp.n_heads, idx % inp.n_heads);
-            let pos = inp.start_pos + t;
+            let AttnToken { pos, seq } = inp.tokens[t];
             let first = match inp.window {
                 Some(w) => (pos + 1).saturating_sub(w),
                 None => 0,
@@ -185,7 +207,8 @@ pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
             let kvh = h / group;
             scores.clear();
             scores.extend((first..=pos).map(|p| {
-                let k = &inp.k_cache[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
+                let r = inp.row(seq, p);
+                let k = &inp.k_cache[r * kv_dim + kvh * hd..r * kv_dim + (kvh + 1) * hd];
                 attn::dot(isa, q, k) * inp.scale
             }));
             softmax_grouped(scores);
@@ -195,9 +218,11 @@ pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
             weights.extend_from_slice(scores);
             attn::weighted_sum(
                 isa,
+                first,
                 &weights,
-                // SAFETY: p <= pos < cached positions, so the row lies inside v_cache.
-                |p| unsafe { v_base.add(p * kv_dim + kvh * hd) },
+                // SAFETY: rows of positions <= pos were written and lie inside v_cache (block
+                // tables are validated by the model before attention runs).
+                |p| unsafe { v_base.add(inp.row(seq, p) * kv_dim + kvh * hd) },
                 o,
                 scratch,
             );
@@ -251,7 +276,9 @@ mod tests {
             q: &q,
             k_cache: &k,
             v_cache: &v,
-            start_pos: 0,
+            tokens: &[AttnToken { pos: 0, seq: 0 }],
+            tables: &[&[0]],
+            block_size: 1,
             n_heads: 2,
             n_kv_heads: 1,
             head_dim: 2,

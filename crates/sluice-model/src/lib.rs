@@ -15,10 +15,10 @@ pub mod quant;
 pub mod tokenizer;
 pub mod weights;
 
-pub use cache::KvCache;
+pub use cache::{KvCache, PagedKv};
 pub use chat::{ChatMessage, ChatTemplate};
 pub use config::{Arch, ModelConfig};
 pub use error::{ModelError, Result};
 pub use loader::{LoadedModel, load};
-pub use model::{Logits, Model};
+pub use model::{BatchSeq, Logits, Model};
 pub use tokenizer::{StreamDecoder, Tokenizer};

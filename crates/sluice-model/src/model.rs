@@ -7,10 +7,10 @@
 
 use std::sync::Arc;
 
-use crate::cache::KvCache;
+use crate::cache::{KvCache, PagedKv};
 use crate::config::{Arch, ModelConfig};
 use crate::error::{ModelError, Result};
-use crate::layers::{self, AttentionInput, Rope};
+use crate::layers::{self, AttentionInput, AttnToken, Rope};
 use crate::quant::{self, Isa};
 use crate::weights::{QMatrix, matmul};
 
@@ -40,6 +40,19 @@ struct Layer {
     up: QMatrix,
     down: QMatrix,
     post_ffn_norm: Option<Vec<f32>>,
+}
+
+/// One sequence's part of a batched forward pass.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchSeq<'a> {
+    /// New tokens, at positions `start_pos..`.
+    pub tokens: &'a [u32],
+    /// Position of the first new token (tokens before it are in the KV blocks).
+    pub start_pos: usize,
+    /// Block ids holding this sequence's positions, in order.
+    pub block_table: &'a [u32],
+    /// Which logits to return, if any.
+    pub logits: Option<Logits>,
 }
 
 /// Which positions of a forward pass need logits.
@@ -173,34 +186,67 @@ impl Model {
     /// Runs `tokens` (the next positions of the sequence in `cache`) and returns logits,
     /// `vocab_size` per requested position.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>> {
-        if tokens.is_empty() {
-            return Err(ModelError::InvalidInput("no tokens to run".into()));
-        }
-        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
-            return Err(ModelError::InvalidInput(format!("token id {t} outside the vocabulary")));
-        }
         cache.check_room(tokens.len())?;
-        Ok(self.pool.install(|| self.forward_inner(tokens, cache, which)))
+        let seq = BatchSeq { tokens, start_pos: cache.len(), block_table: &cache.table, logits: Some(which) };
+        let mut out = self.forward_batch(&[seq], &mut cache.paged)?;
+        cache.advance(tokens.len());
+        Ok(out.pop().unwrap_or_default())
     }
 
-    fn forward_inner(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Vec<f32> {
+    /// One step over several sequences at once: their new tokens are concatenated (no padding)
+    /// and run through one pass; each token's keys and values land in its sequence's blocks and
+    /// its attention reads only that sequence. Returns, per sequence, the logits it asked for
+    /// (empty when `logits` is `None`).
+    pub fn forward_batch(&self, seqs: &[BatchSeq<'_>], kv: &mut PagedKv) -> Result<Vec<Vec<f32>>> {
+        let mut n = 0;
+        for s in seqs {
+            if s.tokens.is_empty() {
+                return Err(ModelError::InvalidInput("a sequence in the batch has no tokens".into()));
+            }
+            if let Some(&t) = s.tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+                return Err(ModelError::InvalidInput(format!("token id {t} outside the vocabulary")));
+            }
+            let end = s.start_pos + s.tokens.len();
+            if end > s.block_table.len() * kv.block_size || s.block_table.iter().any(|&b| b as usize >= kv.num_blocks()) {
+                return Err(ModelError::InvalidInput(format!(
+                    "block table of {} blocks cannot hold {end} positions",
+                    s.block_table.len()
+                )));
+            }
+            n += s.tokens.len();
+        }
+        if n == 0 {
+            return Err(ModelError::InvalidInput("no tokens to run".into()));
+        }
+        Ok(self.pool.install(|| self.forward_inner(seqs, n, kv)))
+    }
+
+    fn forward_inner(&self, seqs: &[BatchSeq<'_>], n: usize, kv: &mut PagedKv) -> Vec<Vec<f32>> {
         let c = &self.cfg;
-        let (n, d) = (tokens.len(), c.d_model);
-        let start = cache.len();
+        let d = c.d_model;
+        let tokens: Vec<AttnToken> = seqs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| (0..s.tokens.len()).map(move |j| AttnToken { pos: s.start_pos + j, seq: i }))
+            .collect();
+        let tables: Vec<&[u32]> = seqs.iter().map(|s| s.block_table).collect();
         let mut x = vec![0f32; n * d];
-        for (row, &t) in x.chunks_exact_mut(d).zip(tokens) {
+        for (row, &t) in x.chunks_exact_mut(d).zip(seqs.iter().flat_map(|s| s.tokens)) {
             self.tok_embd.dequantize_row(t as usize, row);
             if c.embed_scale != 1.0 {
                 row.iter_mut().for_each(|v| *v *= c.embed_scale);
             }
         }
+        let (q_dim, kv_dim) = (c.q_dim(), c.kv_dim());
         let mut h = vec![0f32; n * d];
-        let mut q = vec![0f32; n * c.q_dim()];
-        let mut k = vec![0f32; n * c.kv_dim()];
-        let mut v = vec![0f32; n * c.kv_dim()];
-        let mut attn = vec![0f32; n * c.q_dim()];
+        let mut q = vec![0f32; n * q_dim];
+        let mut k = vec![0f32; n * kv_dim];
+        let mut v = vec![0f32; n * kv_dim];
+        let mut attn = vec![0f32; n * q_dim];
         let mut gate = vec![0f32; n * c.ffn_dim];
         let mut up = vec![0f32; n * c.ffn_dim];
+        let bs = kv.block_size;
+        let row_of = |t: &AttnToken| tables[t.seq][t.pos / bs] as usize * bs + t.pos % bs;
         for (il, l) in self.layers.iter().enumerate() {
             h.copy_from_slice(&x);
             layers::rms_norm(&mut h, &l.attn_norm, c.rms_eps);
@@ -218,19 +264,22 @@ impl Model {
             }
             let sliding = c.layer_is_sliding[il];
             let rope = if sliding { &self.rope_local } else { &self.rope_global };
-            for t in 0..n {
-                rope.apply(&mut q[t * c.q_dim()..(t + 1) * c.q_dim()], start + t);
-                rope.apply(&mut k[t * c.kv_dim()..(t + 1) * c.kv_dim()], start + t);
+            for (t, tok) in tokens.iter().enumerate() {
+                rope.apply(&mut q[t * q_dim..(t + 1) * q_dim], tok.pos);
+                rope.apply(&mut k[t * kv_dim..(t + 1) * kv_dim], tok.pos);
+                let r = row_of(tok);
+                kv.k[il][r * kv_dim..(r + 1) * kv_dim].copy_from_slice(&k[t * kv_dim..(t + 1) * kv_dim]);
+                kv.v[il][r * kv_dim..(r + 1) * kv_dim].copy_from_slice(&v[t * kv_dim..(t + 1) * kv_dim]);
             }
-            cache.append(il, &k, &v);
-            let (kc, vc) = cache.layer(il);
             layers::attention(
                 self.isa,
                 &AttentionInput {
                     q: &q,
-                    k_cache: kc,
-                    v_cache: vc,
-                    start_pos: start,
+                    k_cache: &kv.k[il],
+                    v_cache: &kv.v[il],
+                    tokens: &tokens,
+                    tables: &tables,
+                    block_size: bs,
                     n_heads: c.n_heads,
                     n_kv_heads: c.n_kv_heads,
                     head_dim: c.head_dim,
@@ -255,18 +304,36 @@ impl Model {
             }
             x.iter_mut().zip(&h).for_each(|(a, b)| *a += b);
         }
-        cache.advance(n);
-        let rows = match which {
-            Logits::Last => &mut x[(n - 1) * d..],
-            Logits::All => &mut x[..],
-        };
-        layers::rms_norm(rows, &self.output_norm, c.rms_eps);
-        let mut logits = vec![0f32; rows.len() / d * c.vocab_size];
-        matmul(self.isa, &self.output, rows, &mut logits);
-        if let Some(cap) = c.final_logit_softcap {
-            logits.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
+        // Gather the rows that need logits, run the head once over all of them.
+        let mut rows = Vec::new();
+        let mut counts = Vec::with_capacity(seqs.len());
+        let mut offset = 0;
+        for s in seqs {
+            let len = s.tokens.len();
+            let range = match s.logits {
+                None => offset..offset,
+                Some(Logits::Last) => offset + len - 1..offset + len,
+                Some(Logits::All) => offset..offset + len,
+            };
+            counts.push(range.len());
+            rows.extend_from_slice(&x[range.start * d..range.end * d]);
+            offset += len;
         }
-        logits
+        let mut logits = vec![0f32; rows.len() / d * c.vocab_size];
+        if !rows.is_empty() {
+            layers::rms_norm(&mut rows, &self.output_norm, c.rms_eps);
+            matmul(self.isa, &self.output, &rows, &mut logits);
+            if let Some(cap) = c.final_logit_softcap {
+                logits.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
+            }
+        }
+        let mut out = Vec::with_capacity(seqs.len());
+        let mut at = 0;
+        for k in counts {
+            out.push(logits[at * c.vocab_size..(at + k) * c.vocab_size].to_vec());
+            at += k;
+        }
+        out
     }
 }
 

@@ -6,3 +6,4 @@ mod sanity;
 mod golden;
 mod hf_dir;
 mod arch;
+mod batch;

@@ -161,13 +161,6 @@ pub struct AttentionInput<'a> {
     pub window: Option<usize>,
 }
 
-impl AttentionInput<'_> {
-    /// Row of position `pos` of sequence `seq` in the layer buffers.
-    #[inline]
-    pub fn row(&self, seq: usize, pos: usize) -> usize {
-        self.tables[seq][pos / self.block_size] as usize * self.block_size + pos % self.block_size
-    }
-}
 
 /// Softmax whose normalising sum is taken in 8-wide float groups accumulated in f64 (the
 /// reference's order).
@@ -195,8 +188,8 @@ pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
     let kv_dim = inp.n_kv_heads * hd;
     let group = inp.n_heads / inp.n_kv_heads;
     out.par_chunks_mut(hd).enumerate().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(scores, scratch), (idx, o)| {
+        || (Vec::new(), Vec::new(), Vec::new()),
+        |(scores, scratch, rows), (idx, o)| {
             let (t, h) = (idx / inp.n_heads, idx % inp.n_heads);
             let AttnToken { pos, seq } = inp.tokens[t];
             let first = match inp.window {
@@ -205,9 +198,16 @@ pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
             };
             let q = &inp.q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
             let kvh = h / group;
+            // Rows of positions 0..=pos, block by block (no division per position).
+            rows.clear();
+            let bs = inp.block_size;
+            for (bi, &b) in inp.tables[seq].iter().enumerate().take(pos / bs + 1) {
+                let base = b as usize * bs;
+                let n = (pos + 1 - bi * bs).min(bs);
+                rows.extend(base..base + n);
+            }
             scores.clear();
-            scores.extend((first..=pos).map(|p| {
-                let r = inp.row(seq, p);
+            scores.extend(rows[first..=pos].iter().map(|&r| {
                 let k = &inp.k_cache[r * kv_dim + kvh * hd..r * kv_dim + (kvh + 1) * hd];
                 attn::dot(isa, q, k) * inp.scale
             }));
@@ -222,7 +222,7 @@ pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
                 &weights,
                 // SAFETY: rows of positions <= pos were written and lie inside v_cache (block
                 // tables are validated by the model before attention runs).
-                |p| unsafe { v_base.add(inp.row(seq, p) * kv_dim + kvh * hd) },
+                |p| unsafe { v_base.add(rows[p] * kv_dim + kvh * hd) },
                 o,
                 scratch,
             );

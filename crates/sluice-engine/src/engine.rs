@@ -1,33 +1,48 @@
-//! The engine thread. It owns the model and runs one request at a time (continuous batching
-//! replaces this loop later); requests arrive over a bounded channel, each gets its own event
-//! stream and a cancellation token that is checked before every forward pass, so a dropped
-//! client stops costing compute within one step.
+//! The engine's public face: configuration, requests, per-request event streams and the handle
+//! that submits to the engine thread (`worker`). Requests arrive over a channel; admission is
+//! bounded (a full queue is refused at once); each request gets its own event stream and a
+//! cancellation token that the engine checks before every step, so a dropped client stops
+//! costing compute — and frees its KV blocks — within one step.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
-use sluice_model::{KvCache, LoadedModel, Logits, StreamDecoder};
+use sluice_model::{LoadedModel, PagedKv};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::error::EngineError;
-use crate::sampling::{Logprobs, Sampler, SamplingParams};
-use crate::stop::StopMatcher;
+use crate::sampling::{Logprobs, SamplingParams};
+use crate::worker::Worker;
 
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// Requests that may wait for the engine; beyond this `submit` fails with `QueueFull`.
     pub max_waiting: usize,
-    /// Prompt tokens per prefill forward pass.
-    pub prefill_chunk: usize,
+    /// Tokens per step (prefill chunks and decodes together).
+    pub max_num_batched_tokens: usize,
+    /// Sequences per step.
+    pub max_num_seqs: usize,
+    /// Bytes of KV memory (sets the number of blocks).
+    pub kv_cache_bytes: usize,
+    /// Positions per KV block.
+    pub block_size: usize,
+    /// Reuse cached prompt prefixes across requests of the same namespace.
+    pub prefix_caching: bool,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { max_waiting: 64, prefill_chunk: 512 }
+        Self {
+            max_waiting: 64,
+            max_num_batched_tokens: 512,
+            max_num_seqs: 32,
+            kv_cache_bytes: 1 << 30,
+            block_size: 16,
+            prefix_caching: true,
+        }
     }
 }
 
@@ -46,6 +61,8 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Keep going past end-of-sequence tokens.
     pub ignore_eos: bool,
+    /// Prefix-cache namespace chosen by the server (never taken from the request body).
+    pub cache_salt: Vec<u8>,
 }
 
 /// Why generation ended.
@@ -130,10 +147,20 @@ pub struct EngineStats {
     pub prompt_tokens: AtomicU64,
     /// Set when the engine thread has exited (it should not, while handles exist).
     pub stopped: AtomicBool,
+    /// Sequences preempted (blocks reclaimed, recomputed later).
+    pub preemptions: AtomicU64,
+    /// KV blocks in the pool.
+    pub kv_blocks_total: AtomicUsize,
+    /// KV blocks held by live sequences.
+    pub kv_blocks_used: AtomicUsize,
+    /// Prompt tokens looked up in the prefix cache.
+    pub prefix_queried_tokens: AtomicU64,
+    /// Prompt tokens found there.
+    pub prefix_hit_tokens: AtomicU64,
 }
 
 /// Marks the engine stopped when the worker thread ends, however it ends.
-struct StoppedOnDrop(Arc<EngineStats>);
+pub(crate) struct StoppedOnDrop(pub(crate) Arc<EngineStats>);
 
 impl Drop for StoppedOnDrop {
     fn drop(&mut self) {
@@ -141,11 +168,11 @@ impl Drop for StoppedOnDrop {
     }
 }
 
-struct Job {
-    req: GenerateRequest,
-    events: UnboundedSender<Event>,
-    cancel: Arc<AtomicBool>,
-    queued_at: Instant,
+pub(crate) struct Job {
+    pub(crate) req: GenerateRequest,
+    pub(crate) events: UnboundedSender<Event>,
+    pub(crate) cancel: Arc<AtomicBool>,
+    pub(crate) queued_at: Instant,
 }
 
 /// The receiving end of one request; dropping it cancels the request.
@@ -179,6 +206,8 @@ impl Drop for RequestStream {
 pub struct EngineHandle {
     tx: SyncSender<Job>,
     capacity: usize,
+    block_size: usize,
+    num_blocks: usize,
     /// What the engine is doing.
     pub stats: Arc<EngineStats>,
     /// The model it serves.
@@ -192,17 +221,33 @@ impl std::fmt::Debug for EngineHandle {
 }
 
 impl EngineHandle {
-    /// Starts the engine thread for `model`.
+    /// Starts the engine thread for `model`, with KV memory sized from `cfg.kv_cache_bytes`.
     pub fn start(model: Arc<LoadedModel>, cfg: EngineConfig) -> Result<Self, EngineError> {
         let capacity = cfg.max_waiting.max(1);
-        let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
+        let block_size = cfg.block_size.max(1);
+        let per_block = PagedKv::bytes_per_block(&model.model.cfg, block_size);
+        let num_blocks = cfg.kv_cache_bytes / per_block.max(1);
+        if num_blocks == 0 {
+            return Err(EngineError::InvalidRequest(format!(
+                "the KV cache budget of {} bytes holds no block ({per_block} bytes each)",
+                cfg.kv_cache_bytes
+            )));
+        }
+        // The waiting bound is enforced at submit; the channel only needs room for it.
+        let (tx, rx) = std::sync::mpsc::sync_channel(capacity + 1);
         let stats = Arc::new(EngineStats::default());
-        let worker = Worker { model: model.clone(), cfg, stats: stats.clone() };
+        stats.kv_blocks_total.store(num_blocks, Ordering::Release);
+        let worker = Worker::new(model.clone(), cfg, num_blocks, stats.clone());
         std::thread::Builder::new()
             .name("sluice-engine".into())
             .spawn(move || worker.run(rx))
             .map_err(|e| EngineError::Model(format!("cannot start the engine thread: {e}")))?;
-        Ok(Self { tx, capacity, stats, model })
+        Ok(Self { tx, capacity, block_size, num_blocks, stats, model })
+    }
+
+    /// Positions the KV pool can hold in total.
+    pub fn kv_capacity_tokens(&self) -> usize {
+        self.num_blocks * self.block_size
     }
 
     /// Whether the engine thread is running.
@@ -223,10 +268,24 @@ impl EngineHandle {
                 req.max_tokens
             )));
         }
+        // A sequence must fit the whole KV pool on its own, or preemption could never finish it.
+        let need = req.prompt.len() + req.max_tokens;
+        if need > self.kv_capacity_tokens() {
+            return Err(EngineError::InvalidRequest(format!(
+                "{need} tokens (prompt + max tokens) exceed the KV cache of {} tokens; lower max_tokens or raise --kv-cache-memory",
+                self.kv_capacity_tokens()
+            )));
+        }
+        // Reserve a waiting slot atomically; the worker releases it when the request starts.
+        let reserved = self.stats.waiting.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+            (w < self.capacity).then_some(w + 1)
+        });
+        if reserved.is_err() {
+            return Err(EngineError::QueueFull { capacity: self.capacity });
+        }
         let (events_tx, events_rx) = unbounded_channel();
         let cancel = Arc::new(AtomicBool::new(false));
         let job = Job { req, events: events_tx, cancel: cancel.clone(), queued_at: Instant::now() };
-        self.stats.waiting.fetch_add(1, Ordering::AcqRel);
         match self.tx.try_send(job) {
             Ok(()) => Ok(RequestStream { events: events_rx, cancel }),
             Err(e) => {
@@ -240,112 +299,3 @@ impl EngineHandle {
     }
 }
 
-struct Worker {
-    model: Arc<LoadedModel>,
-    cfg: EngineConfig,
-    stats: Arc<EngineStats>,
-}
-
-impl Worker {
-    fn run(self, rx: Receiver<Job>) {
-        let _guard = StoppedOnDrop(self.stats.clone());
-        while let Ok(job) = rx.recv() {
-            self.stats.waiting.fetch_sub(1, Ordering::AcqRel);
-            self.stats.running.fetch_add(1, Ordering::AcqRel);
-            let events = job.events.clone();
-            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| self.generate(job)));
-            if outcome.is_err() {
-                let _ = events.send(Event::Error(EngineError::Model("internal engine error".into())));
-                // Even logging may be what failed: the engine thread must survive it.
-                let _ = std::panic::catch_unwind(|| tracing::error!("engine: a request panicked; the engine keeps serving"));
-            }
-            self.stats.running.fetch_sub(1, Ordering::AcqRel);
-            self.stats.finished.fetch_add(1, Ordering::AcqRel);
-        }
-    }
-
-    fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>, EngineError> {
-        self.stats.steps.fetch_add(1, Ordering::AcqRel);
-        self.model.model.forward(tokens, cache, which).map_err(|e| EngineError::Model(e.to_string()))
-    }
-
-    fn generate(&self, job: Job) {
-        let Job { req, events, cancel, queued_at } = job;
-        let started = Instant::now();
-        let mut usage = RequestUsage { prompt_tokens: req.prompt.len(), queue_time: started - queued_at, ..Default::default() };
-        let cancelled = || cancel.load(Ordering::Acquire) || events.is_closed();
-        let finish = |reason: FinishReason, text: String, mut usage: RequestUsage| {
-            usage.total_time = started.elapsed();
-            if reason == FinishReason::Cancelled {
-                self.stats.cancelled.fetch_add(1, Ordering::AcqRel);
-            }
-            let _ = events.send(Event::Done { finish: reason, text, usage });
-            // Every request is accounted for here, including those whose client left.
-            tracing::info!(
-                request_id = %req.request_id,
-                model = %self.model.name,
-                finish = reason.as_str(),
-                prompt_tokens = usage.prompt_tokens,
-                completion_tokens = usage.completion_tokens,
-                queue_ms = usage.queue_time.as_millis() as u64,
-                ttft_ms = usage.time_to_first_token.as_millis() as u64,
-                total_ms = usage.total_time.as_millis() as u64,
-                "request finished"
-            );
-        };
-        let fail = |e: EngineError| {
-            tracing::warn!(request_id = %req.request_id, error = %e, kind = e.kind(), "request failed");
-            let _ = events.send(Event::Error(e));
-        };
-        let tok = &self.model.tokenizer;
-        let mut cache = KvCache::new(&self.model.model.cfg, req.prompt.len() + req.max_tokens);
-        let mut logits = Vec::new();
-        for chunk in req.prompt.chunks(self.cfg.prefill_chunk.max(1)) {
-            if cancelled() {
-                return finish(FinishReason::Cancelled, String::new(), usage);
-            }
-            logits = match self.forward(chunk, &mut cache, Logits::Last) {
-                Ok(l) => l,
-                Err(e) => return fail(e),
-            };
-        }
-        self.stats.prompt_tokens.fetch_add(req.prompt.len() as u64, Ordering::AcqRel);
-        let mut sampler = Sampler::new(req.sampling.clone(), &req.prompt);
-        let mut decoder = StreamDecoder::default();
-        let mut stops = StopMatcher::new(req.stop.clone());
-        loop {
-            let (id, logprobs) = sampler.sample(&mut logits);
-            usage.completion_tokens += 1;
-            self.stats.generated_tokens.fetch_add(1, Ordering::AcqRel);
-            if usage.completion_tokens == 1 {
-                usage.time_to_first_token = started.elapsed();
-            }
-            if !req.ignore_eos && tok.is_end_of_generation(id) {
-                let _ = events.send(Event::Token { id, text: String::new(), logprobs });
-                let tail = decoder.finish();
-                let (text, _) = stops.push(&tail);
-                return finish(FinishReason::Stop, text + &stops.flush(), usage);
-            }
-            let piece = decoder.push(tok.token_bytes(id, false));
-            let (text, stopped) = stops.push(&piece);
-            let _ = events.send(Event::Token { id, text, logprobs });
-            if stopped {
-                return finish(FinishReason::Stop, String::new(), usage);
-            }
-            if usage.completion_tokens >= req.max_tokens {
-                let tail = decoder.finish();
-                let (text, stopped) = stops.push(&tail);
-                let text = if stopped { text } else { text + &stops.flush() };
-                let reason = if stopped { FinishReason::Stop } else { FinishReason::Length };
-                return finish(reason, text, usage);
-            }
-            if cancelled() {
-                return finish(FinishReason::Cancelled, String::new(), usage);
-            }
-            logits = match self.forward(&[id], &mut cache, Logits::Last) {
-                Ok(l) => l,
-                Err(e) => return fail(e),
-            };
-        }
-    }
-}

@@ -7,6 +7,9 @@ use sluice_protocol::SamplingFields;
 
 use crate::error::ApiError;
 
+/// Prefix-cache namespace of unauthenticated requests.
+pub const DEFAULT_CACHE_NAMESPACE: &[u8] = b"sluice:default";
+
 /// Most choices one request may ask for.
 pub const MAX_N: u32 = 16;
 /// Most stop sequences.
@@ -150,6 +153,8 @@ impl Generation {
                     sampling,
                     stop: self.stop.clone(),
                     ignore_eos: self.ignore_eos,
+                    // One namespace until API keys exist; tenancy will pass the tenant here.
+                    cache_salt: DEFAULT_CACHE_NAMESPACE.to_vec(),
                 }
             })
             .collect()

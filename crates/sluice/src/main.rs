@@ -47,9 +47,44 @@ struct ServeArgs {
     /// Requests that may wait for the engine before new ones get 503.
     #[arg(long, default_value_t = 64)]
     max_waiting: usize,
-    /// Prompt tokens per prefill step.
+    /// Tokens per engine step (prefill chunks and decodes together).
     #[arg(long, default_value_t = 512)]
-    prefill_chunk: usize,
+    max_num_batched_tokens: usize,
+    /// Sequences per engine step.
+    #[arg(long, default_value_t = 32)]
+    max_num_seqs: usize,
+    /// KV cache memory, e.g. 512MiB or 2GiB.
+    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
+    kv_cache_memory: usize,
+    /// Positions per KV block.
+    #[arg(long, default_value_t = 16)]
+    block_size: usize,
+    /// Do not reuse cached prompt prefixes.
+    #[arg(long)]
+    no_prefix_cache: bool,
+}
+
+/// Parses sizes like `512MiB`, `2GiB`, `1GB`, `65536`.
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
+    let mul: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => return Err(format!("unknown size unit {other:?} in {s:?} (use B, KiB, MiB, GiB, KB, MB, GB)")),
+    };
+    let bytes = n * mul;
+    if !(1.0..1e15).contains(&bytes) {
+        return Err(format!("size {s:?} out of range"));
+    }
+    Ok(bytes as usize)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -132,11 +167,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let name = args.served_model_name.clone().unwrap_or_else(|| loaded.name.clone());
     let mut loaded = loaded;
     loaded.name = name.clone();
-    let engine = EngineHandle::start(
-        Arc::new(loaded),
-        EngineConfig { max_waiting: args.max_waiting, prefill_chunk: args.prefill_chunk },
-    )
-    .context("cannot start the engine")?;
+    let engine_cfg = EngineConfig {
+        max_waiting: args.max_waiting,
+        max_num_batched_tokens: args.max_num_batched_tokens,
+        max_num_seqs: args.max_num_seqs,
+        kv_cache_bytes: args.kv_cache_memory,
+        block_size: args.block_size,
+        prefix_caching: !args.no_prefix_cache,
+    };
+    let engine = EngineHandle::start(Arc::new(loaded), engine_cfg).context("cannot start the engine")?;
+    tracing::info!(
+        kv_cache = format_bytes(args.kv_cache_memory),
+        kv_tokens = engine.kv_capacity_tokens(),
+        max_num_seqs = args.max_num_seqs,
+        max_num_batched_tokens = args.max_num_batched_tokens,
+        prefix_caching = !args.no_prefix_cache,
+        "engine started"
+    );
     state.set_model(ServedModel { name: name.clone(), engine });
     tracing::info!(model = %name, "serving OpenAI-compatible API on http://{addr}/v1");
     server.await.context("server task failed")?.context("server error")?;

@@ -31,8 +31,12 @@ async fn a_dropped_stream_stops_the_engine_within_a_step() {
     let first = body.frame().await.unwrap().unwrap();
     assert!(!first.data_ref().unwrap().is_empty());
     drop(body);
-    wait_until("engine idle after cancel", || engine.stats.running.load(Ordering::Acquire) == 0).await;
-    assert_eq!(engine.stats.cancelled.load(Ordering::Acquire), 1);
+    wait_until("request cancelled and engine idle", || {
+        engine.stats.cancelled.load(Ordering::Acquire) == 1 && engine.stats.running.load(Ordering::Acquire) == 0
+    })
+    .await;
+    // Its KV blocks went back to the pool.
+    assert_eq!(engine.stats.kv_blocks_used.load(Ordering::Acquire), 0);
     let generated = engine.stats.generated_tokens.load(Ordering::Acquire);
     assert!(generated < 100, "engine kept generating after the client left: {generated} tokens");
     let steps = engine.stats.steps.load(Ordering::Acquire);
@@ -42,7 +46,7 @@ async fn a_dropped_stream_stops_the_engine_within_a_step() {
 
 #[tokio::test]
 async fn a_full_queue_answers_503_with_retry_after() {
-    let (s, engine) = state_with(EngineConfig { max_waiting: 1, ..Default::default() });
+    let (s, engine) = state_with(EngineConfig { max_waiting: 1, max_num_seqs: 1, ..Default::default() });
     let long = json!({"model": MODEL, "prompt": "Go:", "max_tokens": 400, "ignore_eos": true});
     let s1 = s.clone();
     let l1 = long.clone();

@@ -157,6 +157,8 @@ pub struct EngineStats {
     pub prefix_queried_tokens: AtomicU64,
     /// Prompt tokens found there.
     pub prefix_hit_tokens: AtomicU64,
+    /// Latency histograms.
+    pub latency: crate::metrics::Latencies,
 }
 
 /// Marks the engine stopped when the worker thread ends, however it ends.

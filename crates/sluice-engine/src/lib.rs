@@ -4,6 +4,7 @@
 
 mod engine;
 mod error;
+pub mod metrics;
 pub mod sampling;
 mod sequence;
 pub mod stop;

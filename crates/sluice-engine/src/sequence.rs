@@ -8,7 +8,7 @@ use std::time::Instant;
 use sluice_model::{StreamDecoder, Tokenizer};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::engine::{Event, FinishReason, GenerateRequest, Job, RequestUsage};
+use crate::engine::{EngineStats, Event, FinishReason, GenerateRequest, Job, RequestUsage};
 use crate::error::EngineError;
 use crate::sampling::{Logprobs, Sampler};
 use crate::stop::StopMatcher;
@@ -26,10 +26,12 @@ pub(crate) struct SeqRuntime {
     queued_at: Instant,
     /// When the scheduler first gave it a step (None while waiting).
     pub(crate) first_scheduled: Option<Instant>,
+    last_token_at: Option<Instant>,
+    stats: Arc<EngineStats>,
 }
 
 impl SeqRuntime {
-    pub(crate) fn new(job: Job) -> (Self, GenerateRequest) {
+    pub(crate) fn new(job: Job, stats: Arc<EngineStats>) -> (Self, GenerateRequest) {
         let Job { req, events, cancel, queued_at } = job;
         let rt = Self {
             request_id: req.request_id.clone(),
@@ -43,6 +45,8 @@ impl SeqRuntime {
             usage: RequestUsage { prompt_tokens: req.prompt.len(), ..Default::default() },
             queued_at,
             first_scheduled: None,
+            last_token_at: None,
+            stats,
         };
         (rt, req)
     }
@@ -66,9 +70,15 @@ impl SeqRuntime {
     /// event has then been sent).
     pub(crate) fn on_token(&mut self, tok: &Tokenizer, model: &str, id: u32, logprobs: Option<Logprobs>) -> Option<FinishReason> {
         self.usage.completion_tokens += 1;
-        if self.usage.completion_tokens == 1 {
-            self.usage.time_to_first_token = self.queued_at.elapsed();
+        let now = Instant::now();
+        match self.last_token_at {
+            None => {
+                self.usage.time_to_first_token = now - self.queued_at;
+                self.stats.latency.ttft.observe(self.usage.time_to_first_token.as_secs_f64());
+            }
+            Some(prev) => self.stats.latency.itl.observe((now - prev).as_secs_f64()),
         }
+        self.last_token_at = Some(now);
         if !self.ignore_eos && tok.is_end_of_generation(id) {
             let _ = self.events.send(Event::Token { id, text: String::new(), logprobs });
             let tail = self.decoder.finish();
@@ -98,6 +108,9 @@ impl SeqRuntime {
     /// Sends the final event and logs the request (every request ends here or in `fail`).
     pub(crate) fn finish(&mut self, reason: FinishReason, text: String, model: &str) {
         self.usage.total_time = self.queued_at.elapsed();
+        if reason != FinishReason::Cancelled {
+            self.stats.latency.e2e.observe(self.usage.total_time.as_secs_f64());
+        }
         let usage = self.usage;
         let _ = self.events.send(Event::Done { finish: reason, text, usage });
         tracing::info!(

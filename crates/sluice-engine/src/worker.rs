@@ -82,7 +82,7 @@ impl Worker {
     fn admit(&mut self, job: Job) {
         let id = SeqId(self.next_id);
         self.next_id += 1;
-        let (rt, req) = SeqRuntime::new(job);
+        let (rt, req) = SeqRuntime::new(job, self.stats.clone());
         let new = NewSeq { id, prompt: req.prompt, salt: req.cache_salt, priority: 0 };
         if self.scheduler.add(new).is_ok() {
             self.seqs.insert(id, rt);
@@ -99,6 +99,8 @@ impl Worker {
         self.scheduler.remove(id);
         if let Some(rt) = self.seqs.remove(&id) {
             self.release_waiting_slot(&rt);
+            // Gauges first, so whoever sees the request counted also sees its blocks freed.
+            self.publish();
             self.stats.finished.fetch_add(1, Ordering::AcqRel);
         }
     }

@@ -5,6 +5,7 @@ mod chat;
 mod completions;
 pub mod error;
 mod generate;
+mod metrics;
 pub mod params;
 
 use std::sync::{Arc, OnceLock};
@@ -65,6 +66,11 @@ impl AppState {
     /// Publishes the loaded model; later calls are ignored.
     pub fn set_model(&self, served: ServedModel) {
         let _ = self.inner.served.set(served);
+    }
+
+    /// The served model, once loaded.
+    pub fn served(&self) -> Option<&ServedModel> {
+        self.inner.served.get()
     }
 
     /// The served model if `name` names it; 404 for another name, 503 while loading.
@@ -134,6 +140,7 @@ pub fn app(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/v1/models", get(models))
+        .route("/metrics", get(metrics::metrics))
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
         .fallback(not_found)

@@ -134,3 +134,31 @@ async fn models_health_and_ready() {
     assert_eq!(r.status, 503);
     assert!(r.headers.contains_key("retry-after"));
 }
+
+#[tokio::test]
+async fn metrics_report_requests_tokens_and_latency() {
+    let (s, engine) = state_with(sluice_engine::EngineConfig::default());
+    post(&s, "/v1/completions", json!({"model": MODEL, "prompt": "Hello there", "max_tokens": 5, "temperature": 0, "ignore_eos": true})).await;
+    // The engine books the request just after sending its last event.
+    for _ in 0..200 {
+        if engine.stats.finished.load(std::sync::atomic::Ordering::Acquire) == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let r = call(&s, "GET", "/metrics", "").await;
+    assert_eq!(r.status, 200);
+    assert!(r.headers["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let line = |name: &str| -> f64 {
+        let prefix = format!("{name}{{model_name=\"{MODEL}\"}} ");
+        r.text.lines().find_map(|l| l.strip_prefix(prefix.as_str())).unwrap_or_else(|| panic!("{name} missing:\n{}", r.text)).parse().unwrap()
+    };
+    assert_eq!(line("sluice:generation_tokens_total"), 5.0);
+    assert_eq!(line("sluice:prompt_tokens_total"), 2.0);
+    assert_eq!(line("sluice:requests_finished_total"), 1.0);
+    assert_eq!(line("sluice:num_requests_running"), 0.0);
+    assert_eq!(line("sluice:kv_cache_usage_perc"), 0.0);
+    assert_eq!(line("sluice:time_to_first_token_seconds_count"), 1.0);
+    assert_eq!(line("sluice:inter_token_latency_seconds_count"), 4.0);
+    assert_eq!(line("sluice:e2e_request_latency_seconds_count"), 1.0);
+}

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+mod bench;
 mod bench_model;
 
 use anyhow::Context;
@@ -25,6 +26,8 @@ enum Command {
     Serve(ServeArgs),
     /// Measure the model's prompt-processing and decode speed in process.
     BenchModel(bench_model::BenchModelArgs),
+    /// Load-test any OpenAI-compatible server (throughput, TTFT, TPOT, ITL, goodput).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -107,6 +110,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => rt.block_on(serve(args)),
         Command::BenchModel(_) => Ok(()),
+        Command::Bench(args) => rt.block_on(bench::run(args)),
     }
 }
 

@@ -159,7 +159,9 @@ async fn one(client: &reqwest::Client, args: &BenchArgs, w: &Work) -> Outcome {
     let fail = |kind: String| Outcome { error: Some(kind), ..Default::default() };
     let resp = match req.send().await {
         Ok(r) => r,
-        Err(e) => return fail(if e.is_connect() { "connect".into() } else { "request".into() }),
+        Err(e) if e.is_connect() => return fail("connect".into()),
+        Err(e) if e.is_timeout() => return fail("timeout".into()),
+        Err(e) => return fail(format!("request: {}", std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string()))),
     };
     if !resp.status().is_success() {
         return fail(format!("http_{}", resp.status().as_u16()));
@@ -225,7 +227,9 @@ fn summary(mut v: Vec<f64>) -> Value {
 }
 
 async fn run_setting(args: Arc<BenchArgs>, concurrency: usize, work: Vec<Work>) -> Value {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency.max(1)).build().unwrap_or_default();
+    // A fresh connection per request: some servers close idle keep-alive connections in ways
+    // that surface as spurious client errors, and a local connect costs microseconds.
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap_or_default();
     let total = work.len();
     let done = Arc::new(AtomicUsize::new(0));
     let work = Arc::new(work);

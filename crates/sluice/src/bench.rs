@@ -322,9 +322,13 @@ async fn run_setting(args: Arc<BenchArgs>, concurrency: usize, work: Vec<Work>) 
     })
 }
 
-fn workload(args: &BenchArgs, n: usize) -> Vec<Work> {
-    let mut rng = StdRng::seed_from_u64(args.seed);
-    let prefix = if args.shared_prefix_tokens > 0 { words(&mut rng, args.shared_prefix_tokens) + " " } else { String::new() };
+/// Prompts for one setting. Each setting gets its own prompts (seeded by its index), so one
+/// setting never hits the prefix cache warmed by another; the shared prefix stays shared.
+fn workload(args: &BenchArgs, setting: usize, n: usize) -> Vec<Work> {
+    let mut prefix_rng = StdRng::seed_from_u64(args.seed);
+    let mut rng = StdRng::seed_from_u64(args.seed.wrapping_add(1 + setting as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let prefix =
+        if args.shared_prefix_tokens > 0 { words(&mut prefix_rng, args.shared_prefix_tokens) + " " } else { String::new() };
     (0..n)
         .map(|i| {
             let len = spread(&mut rng, args.prompt_tokens, args.prompt_spread);
@@ -346,13 +350,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let args = Arc::new(args);
     let settings: Vec<usize> = if args.request_rate.is_some() { vec![0] } else { args.concurrency.clone() };
     let mut results = Vec::new();
-    for &c in &settings {
+    for (setting, &c) in settings.iter().enumerate() {
         let n = args.num_requests.unwrap_or((4 * c).max(8));
         match args.request_rate {
             Some(r) => eprintln!("request rate {r}/s, {n} requests"),
             None => eprintln!("concurrency {c}, {n} requests"),
         }
-        results.push(run_setting(args.clone(), c, workload(&args, n)).await);
+        results.push(run_setting(args.clone(), c, workload(&args, setting, n)).await);
     }
     eprintln!(
         "\n| setting | ok | err | req/s | out tok/s | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms | ITL p99 ms | e2e p50 s | goodput req/s |"

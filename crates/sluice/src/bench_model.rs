@@ -27,6 +27,9 @@ pub struct BenchModelArgs {
     /// Repetitions (the median is reported).
     #[arg(long, default_value_t = 3)]
     reps: usize,
+    /// Also measure batched decode: this many sequences, one token each per step.
+    #[arg(long, default_value_t = 0)]
+    batch: usize,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -40,7 +43,7 @@ pub fn run(args: BenchModelArgs) -> anyhow::Result<()> {
     let model = &m.model;
     let vocab = model.cfg.vocab_size as u32;
     // Deterministic pseudo-random tokens, as llama-bench uses random tokens.
-    let tokens: Vec<u32> = (0..args.prompt.max(args.generate) as u64)
+    let tokens: Vec<u32> = (0..args.prompt.max(args.generate).max(80) as u64)
         .map(|i| ((i.wrapping_mul(2_654_435_761) >> 7) % vocab as u64) as u32)
         .collect();
     // Warm-up: page in the weights.
@@ -61,9 +64,11 @@ pub fn run(args: BenchModelArgs) -> anyhow::Result<()> {
         tg.push(args.generate as f64 / t.elapsed().as_secs_f64());
     }
     let (pp, tg) = (median(pp), median(tg));
+    let batched = if args.batch > 0 { Some(batched_decode(model, &tokens, &args)?) } else { None };
     let out = serde_json::json!({
         "engine": "sluice", "model": m.name, "threads": args.threads,
         "pp_tokens": args.prompt, "pp_tok_s": pp, "tg_tokens": args.generate, "tg_tok_s": tg,
+        "batch": args.batch, "batched_tg_tok_s": batched,
         "kernels": format!("{:?}", model.isa()),
     });
     #[expect(clippy::print_stdout, reason = "the benchmark's machine-readable output")]
@@ -72,5 +77,32 @@ pub fn run(args: BenchModelArgs) -> anyhow::Result<()> {
     }
     eprintln!("| engine | threads | pp{} tok/s | tg{} tok/s |", args.prompt, args.generate);
     eprintln!("| sluice | {} | {:.1} | {:.1} |", args.threads, pp, tg);
+    if let Some(b) = batched {
+        eprintln!("batched decode, {} sequences: {b:.1} tok/s", args.batch);
+    }
     Ok(())
+}
+
+/// Decode throughput with `args.batch` sequences stepping together (64-token contexts).
+fn batched_decode(model: &sluice_model::Model, tokens: &[u32], args: &BenchModelArgs) -> anyhow::Result<f64> {
+    let ctx = 64;
+    let steps = args.generate;
+    let block = 16;
+    let per_seq = (ctx + steps).div_ceil(block);
+    let mut kv = sluice_model::PagedKv::new(&model.cfg, per_seq * args.batch, block);
+    let tables: Vec<Vec<u32>> = (0..args.batch).map(|s| ((s * per_seq) as u32..((s + 1) * per_seq) as u32).collect()).collect();
+    let prompts: Vec<&[u32]> = (0..args.batch).map(|s| &tokens[s % 8..s % 8 + ctx]).collect();
+    for s in 0..args.batch {
+        let seq = sluice_model::BatchSeq { tokens: prompts[s], start_pos: 0, block_table: &tables[s], logits: None };
+        model.forward_batch(&[seq], &mut kv)?;
+    }
+    let t = Instant::now();
+    for step in 0..steps {
+        let toks: Vec<[u32; 1]> = (0..args.batch).map(|s| [tokens[(s + step) % tokens.len()]]).collect();
+        let batch: Vec<sluice_model::BatchSeq<'_>> = (0..args.batch)
+            .map(|s| sluice_model::BatchSeq { tokens: &toks[s], start_pos: ctx + step, block_table: &tables[s], logits: Some(Logits::Last) })
+            .collect();
+        model.forward_batch(&batch, &mut kv)?;
+    }
+    Ok((steps * args.batch) as f64 / t.elapsed().as_secs_f64())
 }

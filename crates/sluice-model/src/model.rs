@@ -1,6 +1,7 @@
 //! The decoder-only transformer shared by every supported architecture. One forward pass takes
-//! a run of new tokens of one sequence, appends their keys/values to the caller's cache and
-//! returns logits for the positions asked for.
+//! the new tokens of one or several sequences (concatenated, no padding), writes their keys and
+//! values into paged KV memory through each sequence's block table, and returns logits for the
+//! positions asked for.
 //!
 //! Shapes: activations are `[n_tok × d_model]` row-major; Q is `[n_tok × n_heads·head_dim]`,
 //! K/V `[n_tok × n_kv_heads·head_dim]`; weight matrices are `[out × in]` (`QMatrix`).

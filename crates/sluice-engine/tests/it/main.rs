@@ -51,6 +51,18 @@ async fn run(engine: &EngineHandle, req: GenerateRequest) -> Vec<u32> {
     panic!("stream ended without Done");
 }
 
+/// Waits until the engine has booked `n` finished requests (it does so just after sending each
+/// request's last event, after updating its gauges).
+async fn settle(engine: &EngineHandle, n: u64) {
+    for _ in 0..500 {
+        if engine.stats.finished.load(Ordering::Acquire) >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("engine did not book {n} finished requests");
+}
+
 fn prompts() -> Vec<(String, usize)> {
     let base = [
         "The capital of France is",
@@ -107,6 +119,7 @@ async fn sixteen_concurrent_requests_match_their_solo_runs() {
         assert_eq!(g, w, "request {i} ({:?})", cases[i].0);
     }
     assert!(engine.stats.steps.load(Ordering::Acquire) < want.iter().map(|w| w.len() as u64).sum::<u64>(), "not batched");
+    settle(&engine, cases.len() as u64).await;
     assert_eq!(engine.stats.kv_blocks_used.load(Ordering::Acquire), 0, "blocks leaked");
 }
 
@@ -122,6 +135,7 @@ async fn a_tiny_pool_preempts_and_still_matches() {
     let got = concurrent(&engine, &m, &cases).await;
     assert_eq!(got, want);
     assert!(engine.stats.preemptions.load(Ordering::Acquire) > 0, "the pool was meant to be too small");
+    settle(&engine, cases.len() as u64).await;
     assert_eq!(engine.stats.kv_blocks_used.load(Ordering::Acquire), 0, "blocks leaked");
 }
 
@@ -131,14 +145,18 @@ async fn a_prefix_cache_hit_gives_the_same_output_as_a_miss() {
     let prompt = "You are a careful assistant. Answer briefly and precisely. Question: what is the capital of Italy? Answer:";
     let engine = EngineHandle::start(m.clone(), EngineConfig::default()).unwrap();
     let miss = run(&engine, request(&m, prompt, 12, b"a")).await;
+    // The blocks become shareable when the engine books the request.
+    settle(&engine, 1).await;
     let queried = engine.stats.prefix_queried_tokens.load(Ordering::Acquire);
     assert_eq!(engine.stats.prefix_hit_tokens.load(Ordering::Acquire), 0);
     let hit = run(&engine, request(&m, prompt, 12, b"a")).await;
+    settle(&engine, 2).await;
     let hits = engine.stats.prefix_hit_tokens.load(Ordering::Acquire);
     assert!(hits >= 16, "expected a prefix hit, got {hits} of {queried} tokens");
     assert_eq!(hit, miss);
     // Another namespace never hits the first one's blocks.
     let other = run(&engine, request(&m, prompt, 12, b"b")).await;
+    settle(&engine, 3).await;
     assert_eq!(engine.stats.prefix_hit_tokens.load(Ordering::Acquire), hits);
     assert_eq!(other, miss);
 }

@@ -23,7 +23,7 @@ fn reduce_lanes(acc: &[f32; LANES]) -> f32 {
 #[inline]
 pub fn dot(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 && a.len() == b.len() && a.len().is_multiple_of(LANES) {
+    if isa.has_avx2() && a.len() == b.len() && a.len().is_multiple_of(LANES) {
         // SAFETY: AVX2/FMA were detected (Isa::Avx2) and the lengths are checked.
         return unsafe { avx2::dot(a, b) };
     }
@@ -51,7 +51,7 @@ pub fn weighted_sum(
     scratch.clear();
     scratch.resize(LANES * d, 0.0);
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 && d.is_multiple_of(8) {
+    if isa.has_avx2() && d.is_multiple_of(8) {
         for (p, &wp) in w.iter().enumerate().skip(first) {
             let acc = &mut scratch[(p % LANES) * d..(p % LANES + 1) * d];
             // SAFETY: AVX2/FMA detected; `v(p)` points at `d` readable floats (caller contract).

@@ -8,7 +8,7 @@
 
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
-pub mod avx2;
+pub mod x86;
 
 use half::{bf16, f16};
 
@@ -214,7 +214,7 @@ pub fn quantize_activation(ty: GgmlType, x: &[f32], out: &mut [u8]) {
         }
         GgmlType::Q8_0 | GgmlType::Q8_1 | GgmlType::Q8_K => {
             let be = ty.block_elems();
-            let fast = detect_isa() == Isa::Avx2;
+            let fast = detect_isa().has_avx2();
             for (blk, xs) in out.chunks_exact_mut(ty.block_bytes()).zip(x.chunks_exact(be)) {
                 #[cfg(target_arch = "x86_64")]
                 if fast {
@@ -237,6 +237,15 @@ pub enum Isa {
     Scalar,
     /// x86-64 AVX2 + FMA + F16C.
     Avx2,
+    /// AVX2 kernels using AVX-512 VNNI byte dot products.
+    Avx512Vnni,
+}
+
+impl Isa {
+    /// Whether AVX2 + FMA + F16C code may run.
+    pub fn has_avx2(self) -> bool {
+        matches!(self, Self::Avx2 | Self::Avx512Vnni)
+    }
 }
 
 /// The best kernel family this CPU supports (detected once).
@@ -252,6 +261,13 @@ fn detect_isa_uncached() -> Isa {
             && std::is_x86_feature_detected!("fma")
             && std::is_x86_feature_detected!("f16c")
         {
+            if std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512vl")
+                && std::is_x86_feature_detected!("avx512vnni")
+            {
+                return Isa::Avx512Vnni;
+            }
             return Isa::Avx2;
         }
     }
@@ -263,9 +279,14 @@ fn detect_isa_uncached() -> Isa {
 #[inline]
 pub fn vec_dot_x4(isa: Isa, wt: GgmlType, n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
-        // SAFETY: `Isa::Avx2` is only produced by `detect_isa` after checking the features.
-        if let Some(v) = unsafe { avx2::dot_rows::<4>(wt, n, w, a) } {
+    {
+        // SAFETY: these `Isa` values are only produced by `detect_isa` after checking the features.
+        let fast = match isa {
+            Isa::Avx512Vnni => unsafe { x86::avx512vnni::dot_rows::<4>(wt, n, w, a) },
+            Isa::Avx2 => unsafe { x86::avx2::dot_rows::<4>(wt, n, w, a) },
+            Isa::Scalar => None,
+        };
+        if let Some(v) = fast {
             return v;
         }
     }
@@ -277,9 +298,14 @@ pub fn vec_dot_x4(isa: Isa, wt: GgmlType, n: usize, w: &[u8], a: [&[u8]; 4]) -> 
 #[inline]
 pub fn vec_dot_2x4(isa: Isa, wt: GgmlType, n: usize, w: [&[u8]; 2], a: [&[u8]; 4]) -> [[f32; 4]; 2] {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
-        // SAFETY: `Isa::Avx2` is only produced by `detect_isa` after checking the features.
-        if let Some(v) = unsafe { avx2::dot_tile::<4>(wt, n, w, a) } {
+    {
+        // SAFETY: these `Isa` values are only produced by `detect_isa` after checking the features.
+        let fast = match isa {
+            Isa::Avx512Vnni => unsafe { x86::avx512vnni::dot_tile::<4>(wt, n, w, a) },
+            Isa::Avx2 => unsafe { x86::avx2::dot_tile::<4>(wt, n, w, a) },
+            Isa::Scalar => None,
+        };
+        if let Some(v) = fast {
             return v;
         }
     }
@@ -293,9 +319,14 @@ pub fn vec_dot(isa: Isa, wt: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
     debug_assert_eq!(w.len(), wt.row_bytes(n));
     debug_assert_eq!(a.len(), wt.dot_type().row_bytes(n));
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
-        // SAFETY: `Isa::Avx2` is only produced by `detect_isa` after checking the features.
-        if let Some([v]) = unsafe { avx2::dot_rows::<1>(wt, n, w, [a]) } {
+    {
+        // SAFETY: these `Isa` values are only produced by `detect_isa` after checking the features.
+        let fast = match isa {
+            Isa::Avx512Vnni => unsafe { x86::avx512vnni::dot_rows::<1>(wt, n, w, [a]) },
+            Isa::Avx2 => unsafe { x86::avx2::dot_rows::<1>(wt, n, w, [a]) },
+            Isa::Scalar => None,
+        };
+        if let Some([v]) = fast {
             return v;
         }
     }
@@ -364,11 +395,17 @@ mod tests {
                 dequantize(dt, &xq, &mut xf);
                 let exact: f64 = wf.iter().zip(&xf).map(|(a, b)| *a as f64 * *b as f64).sum();
                 let scalar = scalar::vec_dot(ty, n, &w, &xq);
+                // Every kernel family this CPU can run, against the scalar reference.
+                let families = [isa, if isa.has_avx2() { Isa::Avx2 } else { isa }];
                 let fast = vec_dot(isa, ty, n, &w, &xq);
-                let x4 = vec_dot_x4(isa, ty, n, &w, [&xq, &xq, &xq, &xq]);
-                assert!(x4.iter().all(|v| v.to_bits() == fast.to_bits()), "{ty:?}: x4 {x4:?} vs {fast}");
-                let tile = vec_dot_2x4(isa, ty, n, [&w, &w], [&xq, &xq, &xq, &xq]);
-                assert!(tile.iter().flatten().all(|v| v.to_bits() == fast.to_bits()), "{ty:?}: 2x4 {tile:?}");
+                for isa in families {
+                    let one = vec_dot(isa, ty, n, &w, &xq);
+                    assert_eq!(one.to_bits(), scalar.to_bits(), "{ty:?} {isa:?}: {one} vs scalar {scalar}");
+                    let x4 = vec_dot_x4(isa, ty, n, &w, [&xq, &xq, &xq, &xq]);
+                    assert!(x4.iter().all(|v| v.to_bits() == fast.to_bits()), "{ty:?} {isa:?}: x4 {x4:?} vs {fast}");
+                    let tile = vec_dot_2x4(isa, ty, n, [&w, &w], [&xq, &xq, &xq, &xq]);
+                    assert!(tile.iter().flatten().all(|v| v.to_bits() == fast.to_bits()), "{ty:?} {isa:?}: 2x4 {tile:?}");
+                }
                 let tol = 1e-4 * (1.0 + exact.abs());
                 assert!((scalar as f64 - exact).abs() < tol, "{ty:?}: scalar {scalar} vs exact {exact}");
                 assert_eq!(fast.to_bits(), scalar.to_bits(), "{ty:?} seed {seed}: simd {fast} vs scalar {scalar}");

@@ -1,20 +1,24 @@
-//! AVX2 + FMA + F16C dot-product kernels (same arithmetic as `scalar`, integer sums exact).
-//! Every function here is `unsafe` because it requires those CPU features; callers check them
-//! once through `detect_isa`.
+//! x86 dot-product kernels (same arithmetic as `scalar`, integer sums exact), compiled twice
+//! from one source: `avx2` (AVX2 + FMA + F16C) and `avx512vnni` (the same 256-bit code with
+//! VNNI's fused multiply-add of bytes, which produces identical lane sums in fewer
+//! instructions). Every function is `unsafe` because it requires its CPU features; callers
+//! check them once through `detect_isa`.
 
+macro_rules! x86_kernels {
+    ($features:literal, $vnni:literal) => {
 use std::arch::x86_64::*;
 
-use super::GgmlType;
+use crate::quant::GgmlType;
 
 #[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
+#[target_feature(enable = $features)]
 fn f16_load(b: &[u8], i: usize) -> f32 {
     let bits = u16::from_le_bytes([b[i], b[i + 1]]);
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
 #[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
+#[target_feature(enable = $features)]
 fn hsum(v: __m256) -> f32 {
     let lo = _mm256_castps256_ps128(v);
     let hi = _mm256_extractf128_ps(v, 1);
@@ -26,7 +30,7 @@ fn hsum(v: __m256) -> f32 {
 
 /// 32 nibbles of 16 bytes as 32 bytes in element order (low nibbles, then high nibbles).
 #[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
+#[target_feature(enable = $features)]
 unsafe fn nibbles(p: *const u8) -> __m256i {
     // SAFETY: the caller passes a pointer to 16 readable bytes.
     let tmp = unsafe { _mm_loadu_si128(p as *const __m128i) };
@@ -36,14 +40,22 @@ unsafe fn nibbles(p: *const u8) -> __m256i {
 
 /// Sum of unsigned(x) * signed(y) over 32 byte pairs, as 8 floats.
 #[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
+#[target_feature(enable = $features)]
 fn mul_sum_us8(x: __m256i, y: __m256i) -> __m256 {
-    let dot = _mm256_maddubs_epi16(x, y);
-    _mm256_cvtepi32_ps(_mm256_madd_epi16(dot, _mm256_set1_epi16(1)))
+    if $vnni {
+        // One instruction for the same 8 lane sums (no 16-bit intermediate, same integers).
+        #[allow(unused_unsafe, reason = "needed only in the copy compiled without VNNI, where this branch is dead")]
+        // SAFETY: this branch only runs in the copy compiled with the VNNI target features.
+        let sums = unsafe { _mm256_dpbusd_epi32(_mm256_setzero_si256(), x, y) };
+        _mm256_cvtepi32_ps(sums)
+    } else {
+        let dot = _mm256_maddubs_epi16(x, y);
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(dot, _mm256_set1_epi16(1)))
+    }
 }
 
 #[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
+#[target_feature(enable = $features)]
 unsafe fn load32(p: *const u8) -> __m256i {
     // SAFETY: the caller passes a pointer to 32 readable bytes.
     unsafe { _mm256_loadu_si256(p as *const __m256i) }
@@ -55,7 +67,7 @@ unsafe fn load32(p: *const u8) -> __m256i {
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
+#[target_feature(enable = $features)]
 pub unsafe fn dot_rows<const R: usize>(wt: GgmlType, n: usize, w: &[u8], a: [&[u8]; R]) -> Option<[f32; R]> {
     // Checked here so the pointer arithmetic in the kernels stays inside every slice.
     let arb = wt.dot_type().row_bytes(n);
@@ -86,7 +98,7 @@ pub unsafe fn dot_rows<const R: usize>(wt: GgmlType, n: usize, w: &[u8], a: [&[u
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
+#[target_feature(enable = $features)]
 pub unsafe fn dot_tile<const R: usize>(wt: GgmlType, n: usize, w: [&[u8]; 2], a: [&[u8]; R]) -> Option<[[f32; R]; 2]> {
     let arb = wt.dot_type().row_bytes(n);
     if w.iter().any(|r| r.len() < wt.row_bytes(n)) || a.iter().any(|r| r.len() < arb) {
@@ -106,7 +118,7 @@ pub unsafe fn dot_tile<const R: usize>(wt: GgmlType, n: usize, w: [&[u8]; 2], a:
 /// Blocks of 32 with one f16 scale and signed values: Q4_0 (value - 8), Q5_0 (value - 16),
 /// Q8_0 (bytes), against Q8_0 activations; `W` weight rows × `R` activation rows.
 #[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
+#[target_feature(enable = $features)]
 unsafe fn q8_family<const W: usize, const R: usize>(
     wt: GgmlType,
     n: usize,
@@ -153,7 +165,7 @@ unsafe fn q8_family<const W: usize, const R: usize>(
 
 /// Q4_1 against Q8_1: scale and min per 32 values; `W` weight rows × `R` activation rows.
 #[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
+#[target_feature(enable = $features)]
 unsafe fn q4_1<const W: usize, const R: usize>(n: usize, w: [&[u8]; W], a: [&[u8]; R], ap: [*const u8; R]) -> [[f32; R]; W] {
     let mut acc = [[_mm256_setzero_ps(); R]; W];
     let mut summs = [[0f32; R]; W];
@@ -191,7 +203,7 @@ fn q8k_scale(a: &[u8], ao: usize) -> f32 {
 
 /// Q4_K against Q8_K: 256-value super-blocks, 8 sub-blocks with 6-bit scales and mins.
 #[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
+#[target_feature(enable = $features)]
 unsafe fn q4_k<const R: usize>(n: usize, w: &[u8], a: [&[u8]; R], ap: [*const u8; R]) -> [f32; R] {
     let wp = w.as_ptr();
     let low = _mm256_set1_epi8(0x0F);
@@ -203,7 +215,7 @@ unsafe fn q4_k<const R: usize>(n: usize, w: &[u8], a: [&[u8]; R], ap: [*const u8
         let mut sc = [0i16; 8];
         let mut mn = [0i16; 8];
         for j in 0..8 {
-            let (s, m) = super::scalar::scale_min_k4(j, &w[wo + 4..wo + 16]);
+            let (s, m) = crate::quant::scalar::scale_min_k4(j, &w[wo + 4..wo + 16]);
             sc[j] = s as i16;
             mn[j] = m as i16;
         }
@@ -245,7 +257,7 @@ unsafe fn q4_k<const R: usize>(n: usize, w: &[u8], a: [&[u8]; R], ap: [*const u8
 
 /// Q6_K against Q8_K: 256-value super-blocks, 16 signed 8-bit scales, values 0..63 offset by 32.
 #[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
+#[target_feature(enable = $features)]
 unsafe fn q6_k<const R: usize>(n: usize, w: &[u8], a: [&[u8]; R], ap: [*const u8; R]) -> [f32; R] {
     let wp = w.as_ptr();
     let (m15, m3) = (_mm256_set1_epi8(15), _mm256_set1_epi8(3));
@@ -295,7 +307,7 @@ unsafe fn q6_k<const R: usize>(n: usize, w: &[u8], a: [&[u8]; R], ap: [*const u8
 
 /// Float weights against f32 activations, 4 × 8 lanes.
 #[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
+#[target_feature(enable = $features)]
 fn float_dot(wt: GgmlType, n: usize, wp: *const u8, ap: *const u8) -> f32 {
     let load_w = |i: usize| -> __m256 {
         // SAFETY: i + 8 <= n; the caller checked both rows hold n elements.
@@ -340,18 +352,18 @@ fn float_dot(wt: GgmlType, n: usize, wp: *const u8, ap: *const u8) -> f32 {
 }
 
 #[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
+#[target_feature(enable = $features)]
 unsafe fn load_w_scalar(wt: GgmlType, wp: *const u8, i: usize) -> __m256 {
     let mut v = [0f32; 1];
     // SAFETY: the caller passes an in-bounds element index.
     let b = unsafe { std::slice::from_raw_parts(wp.add(i * wt.block_bytes()), wt.block_bytes()) };
-    super::dequantize(wt, b, &mut v);
+    crate::quant::dequantize(wt, b, &mut v);
     _mm256_set1_ps(v[0])
 }
 
 /// 32 bits as 32 bytes: 0xFF where the bit is set.
 #[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
+#[target_feature(enable = $features)]
 fn bits_to_bytes(bits: u32) -> __m256i {
     let v = _mm256_set1_epi32(bits as i32);
     // Byte i takes source byte i / 8.
@@ -363,3 +375,16 @@ fn bits_to_bytes(bits: u32) -> __m256i {
     _mm256_cmpeq_epi8(_mm256_and_si256(bytes, mask), mask)
 }
 
+
+    };
+}
+
+/// AVX2 + FMA + F16C.
+pub mod avx2 {
+    x86_kernels!("avx2,fma,f16c", false);
+}
+
+/// AVX2 + FMA + F16C + AVX-512 VNNI (on 256-bit vectors).
+pub mod avx512vnni {
+    x86_kernels!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", true);
+}

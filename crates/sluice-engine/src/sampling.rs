@@ -104,6 +104,9 @@ impl Sampler {
         }
     }
 
+    /// Draws from the filtered distribution. Sorting the whole vocabulary per token would cost
+    /// milliseconds on the engine thread, so only what the filters need is ordered: top-k is a
+    /// selection, and top-p / min-p sort a prefix that widens until their cut-off falls in it.
     fn draw(&mut self, logits: &[f32]) -> u32 {
         let p = &self.params;
         let inv_t = 1.0 / p.temperature;
@@ -112,40 +115,53 @@ impl Sampler {
         if cand.is_empty() {
             return argmax(logits);
         }
-        cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if p.top_k > 0 && p.top_k < cand.len() {
+            cand.select_nth_unstable_by(p.top_k - 1, desc);
             cand.truncate(p.top_k);
         }
-        let max = cand[0].1;
-        let mut probs: Vec<f32> = cand.iter().map(|(_, l)| (l - max).exp()).collect();
-        let sum: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|x| *x /= sum);
-        let mut keep = probs.len();
-        if p.min_p > 0.0 {
-            let floor = probs[0] * p.min_p;
-            keep = keep.min(probs.iter().take_while(|&&x| x >= floor).count().max(1));
-        }
-        if p.top_p < 1.0 {
-            let mut acc = 0.0;
-            let mut n = 0;
-            for &x in &probs[..keep] {
-                acc += x;
-                n += 1;
-                if acc >= p.top_p {
+        let max = cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
+        let sum: f32 = cand.iter().map(|(_, l)| (l - max).exp()).sum();
+        let prob = |l: f32| (l - max).exp() / sum;
+        let mut keep = cand.len();
+        if p.top_p < 1.0 || p.min_p > 0.0 {
+            let mut sorted = 0;
+            let mut width = 64.min(cand.len());
+            loop {
+                if width < cand.len() {
+                    cand[sorted..].select_nth_unstable_by(width - 1 - sorted, desc);
+                }
+                cand[sorted..width].sort_unstable_by(desc);
+                sorted = width;
+                let floor = prob(cand[0].1) * p.min_p;
+                let mut acc = 0.0;
+                let cut = cand[..sorted].iter().position(|c| {
+                    let x = prob(c.1);
+                    let below_floor = p.min_p > 0.0 && x < floor;
+                    acc += x;
+                    below_floor || (p.top_p < 1.0 && acc - x >= p.top_p)
+                });
+                if let Some(c) = cut {
+                    keep = c.max(1);
                     break;
                 }
+                if sorted == cand.len() {
+                    break;
+                }
+                width = (width * 8).min(cand.len());
             }
-            keep = n.max(1);
         }
-        let total: f32 = probs[..keep].iter().sum();
+        let kept = &cand[..keep];
+        let total: f32 = kept.iter().map(|c| prob(c.1)).sum();
         let mut r = self.rng.random::<f32>() * total;
-        for (i, &x) in probs[..keep].iter().enumerate() {
+        for c in kept {
+            let x = prob(c.1);
             if r < x {
-                return cand[i].0;
+                return c.0;
             }
             r -= x;
         }
-        cand[keep - 1].0
+        kept[keep - 1].0
     }
 }
 
@@ -219,6 +235,32 @@ mod tests {
         for _ in 0..20 {
             assert_eq!(s.sample(&mut logits()).0, 1);
         }
+    }
+
+    #[test]
+    fn large_vocabulary_draws_stay_inside_the_nucleus() {
+        let logits: Vec<f32> = (0..50_000u32).map(|i| ((i.wrapping_mul(2_654_435_761) >> 16) % 1000) as f32 / 90.0).collect();
+        // Reference nucleus by a full sort.
+        let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+        order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+        let max = logits[order[0] as usize];
+        let z: f32 = logits.iter().map(|l| (l - max).exp()).sum();
+        let mut acc = 0.0;
+        let n = order.iter().take_while(|&&t| {
+            let before = acc;
+            acc += (logits[t as usize] - max).exp() / z;
+            before < 0.3
+        });
+        let nucleus: std::collections::HashSet<u32> = n.copied().collect();
+        assert!(nucleus.len() > 64, "the nucleus should need a widened prefix ({})", nucleus.len());
+        let mut s = Sampler::new(SamplingParams { top_p: 0.3, seed: Some(9), ..Default::default() }, &[]);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..300 {
+            let t = s.sample(&mut logits.clone()).0;
+            assert!(nucleus.contains(&t), "token {t} outside the top-p nucleus");
+            seen.insert(t);
+        }
+        assert!(seen.len() > 20, "draws should spread over the nucleus");
     }
 
     #[test]

@@ -1,0 +1,538 @@
+//! One attempt at one target, under that target's timeouts, and the forwarding of a committed
+//! stream. A stream commits at its first generated token: anything that fails before is
+//! retried elsewhere without the client noticing; a failure after ends the client's stream
+//! with an error event that names the backend, and the usage so far is recorded.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+use crate::backend::{Api, BodyStream, TransportError, UpstreamRequest};
+use crate::sse::SseReader;
+use crate::target::{AttemptGuard, Target};
+
+/// Largest non-streamed response body we read.
+const MAX_BODY: usize = 32 << 20;
+
+/// Tokens counted for one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsageCount {
+    /// Prompt tokens (the backend's count, or our estimate when it gave none).
+    pub prompt_tokens: u64,
+    /// Generated tokens (the backend's count, or streamed chunks counted).
+    pub completion_tokens: u64,
+    /// The backend reported these numbers itself.
+    pub reported: bool,
+}
+
+/// The facts of a finished request, for its log line and the usage record.
+#[derive(Debug, Clone)]
+pub struct Settled {
+    /// Request id.
+    pub request_id: String,
+    /// Client-facing model.
+    pub model: String,
+    /// The backend that answered (or failed last).
+    pub backend: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// `ok`, `upstream_error`, `stream_failed`, `client_gone`, …
+    pub outcome: &'static str,
+    /// HTTP status the client got.
+    pub status: u16,
+    /// Token counts.
+    pub usage: UsageCount,
+    /// Arrival to end.
+    pub latency: Duration,
+    /// Arrival to first token (streams).
+    pub ttft: Option<Duration>,
+}
+
+impl Settled {
+    /// Writes the request's structured log line and books its tokens on the target.
+    pub fn record(&self, target: Option<&Target>) {
+        if let Some(t) = target {
+            t.stats.prompt_tokens.fetch_add(self.usage.prompt_tokens, Ordering::Relaxed);
+            t.stats.completion_tokens.fetch_add(self.usage.completion_tokens, Ordering::Relaxed);
+        }
+        tracing::info!(
+            target: "sluice::request",
+            request_id = %self.request_id,
+            model = %self.model,
+            backend = %self.backend,
+            attempts = self.attempts,
+            outcome = self.outcome,
+            status = self.status,
+            prompt_tokens = self.usage.prompt_tokens,
+            completion_tokens = self.usage.completion_tokens,
+            usage_reported = self.usage.reported,
+            latency_ms = self.latency.as_secs_f64() * 1e3,
+            ttft_ms = self.ttft.map(|d| d.as_secs_f64() * 1e3),
+            "request"
+        );
+    }
+}
+
+/// What the client gets from a successful attempt.
+#[derive(Debug)]
+pub enum Reply {
+    /// A whole response (any status the backend chose that is not worth retrying).
+    Complete {
+        /// HTTP status.
+        status: u16,
+        /// JSON body.
+        body: Bytes,
+    },
+    /// Server-sent-event payloads; the stream ends after `[DONE]` or an error event.
+    Stream(mpsc::Receiver<String>),
+}
+
+/// Why an attempt failed.
+#[derive(Debug, Clone)]
+pub struct AttemptFailure {
+    /// What happened.
+    pub detail: String,
+    /// Another attempt may succeed.
+    pub retryable: bool,
+    /// The backend asked us to wait.
+    pub retry_after: Option<Duration>,
+    /// It was a timeout.
+    pub timed_out: bool,
+    /// The prompt does not fit this backend: try a larger one.
+    pub too_long: bool,
+}
+
+impl AttemptFailure {
+    fn retry(detail: impl Into<String>) -> Self {
+        Self { detail: detail.into(), retryable: true, retry_after: None, timed_out: false, too_long: false }
+    }
+
+    fn timeout(what: &str, d: Duration) -> Self {
+        Self { timed_out: true, ..Self::retry(format!("{what} timed out after {} ms", d.as_millis())) }
+    }
+}
+
+/// Everything an attempt needs besides the target.
+#[derive(Debug, Clone)]
+pub struct AttemptInput {
+    /// Endpoint.
+    pub api: Api,
+    /// Body with the target's model name.
+    pub body: Bytes,
+    /// Streaming request.
+    pub stream: bool,
+    /// The client asked for the usage chunk (we always ask upstream for it).
+    pub client_wants_usage: bool,
+    /// Our prompt estimate, used when the backend reports no usage.
+    pub prompt_estimate: u64,
+    /// When the request arrived.
+    pub arrived: Instant,
+    /// Facts for the final log line of a stream.
+    pub settled: Settled,
+}
+
+#[derive(Deserialize)]
+struct UsagePeek {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+}
+
+#[derive(Deserialize)]
+struct BodyPeek {
+    usage: Option<UsagePeek>,
+}
+
+#[derive(Deserialize)]
+struct ChoicePeek {
+    #[serde(default)]
+    delta: Option<DeltaPeek>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct DeltaPeek {
+    #[serde(default)]
+    content: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ChunkPeek {
+    #[serde(default)]
+    choices: Vec<ChoicePeek>,
+    #[serde(default)]
+    usage: Option<UsagePeek>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+/// What one streamed payload carries.
+enum Payload {
+    Done,
+    /// An error event from the backend.
+    Error(String),
+    /// A chunk: tokens in it, whether it ends a choice, usage if it is the usage chunk.
+    Chunk { tokens: u64, finishes: bool, usage: Option<(u64, u64)> },
+    /// Not JSON we understand: forwarded as is.
+    Other,
+}
+
+fn classify(p: &str) -> Payload {
+    if p.trim() == "[DONE]" {
+        return Payload::Done;
+    }
+    match serde_json::from_str::<ChunkPeek>(p) {
+        Ok(c) if c.error.is_some() => Payload::Error(
+            c.error
+                .as_ref()
+                .and_then(|e| e.get("message"))
+                .and_then(|m| m.as_str())
+                .unwrap_or("error event")
+                .to_string(),
+        ),
+        Ok(c) => {
+            let mut tokens = 0;
+            let mut finishes = false;
+            for ch in &c.choices {
+                let text = ch.delta.as_ref().and_then(|d| d.content.as_deref()).or(ch.text.as_deref());
+                if text.is_some_and(|t| !t.is_empty()) {
+                    tokens += 1;
+                }
+                finishes |= ch.finish_reason.is_some();
+            }
+            Payload::Chunk { tokens, finishes, usage: c.usage.map(|u| (u.prompt_tokens, u.completion_tokens)) }
+        }
+        Err(_) => Payload::Other,
+    }
+}
+
+async fn read_all(mut body: BodyStream) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        if out.len() + chunk.len() > MAX_BODY {
+            return Err(format!("response larger than {MAX_BODY} bytes"));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+fn snippet(body: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&body[..body.len().min(300)]);
+    // Prefer the OpenAI error message when there is one.
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error")?.get("message")?.as_str().map(str::to_string))
+        .unwrap_or_else(|| s.into_owned())
+}
+
+/// A non-2xx answer: retry, move on, or hand it to the client.
+fn judge_status(guard: AttemptGuard, status: u16, retry_after: Option<Duration>, body: Vec<u8>) -> Result<Reply, AttemptFailure> {
+    let detail = format!("HTTP {status}: {}", snippet(&body));
+    match status {
+        429 => {
+            // Alive but busy: not a breaker failure.
+            guard.neutral();
+            Err(AttemptFailure { retry_after, ..AttemptFailure::retry(detail) })
+        }
+        408 | 500..=599 => {
+            guard.fail();
+            Err(AttemptFailure { retry_after, ..AttemptFailure::retry(detail) })
+        }
+        400 if String::from_utf8_lossy(&body).contains("context_length_exceeded") => {
+            guard.neutral();
+            Err(AttemptFailure { retryable: false, too_long: true, ..AttemptFailure::retry(detail) })
+        }
+        _ => {
+            // The client's mistake (or the backend's final word): pass it through.
+            guard.neutral();
+            Ok(Reply::Complete { status, body: Bytes::from(body) })
+        }
+    }
+}
+
+/// Runs one attempt. A streamed reply keeps `guard` in its forwarding task until it ends.
+pub async fn attempt(guard: AttemptGuard, input: AttemptInput) -> Result<(Reply, Option<UsageCount>), AttemptFailure> {
+    let target = guard.target().clone();
+    let t = target.cfg.timeouts;
+    let start = Instant::now();
+    let sent = timeout(t.first_token.min(t.total), target.backend.send(UpstreamRequest { api: input.api, body: input.body.clone() })).await;
+    let resp = match sent {
+        Err(_) => {
+            guard.fail();
+            return Err(AttemptFailure::timeout("waiting for the response", t.first_token.min(t.total)));
+        }
+        Ok(Err(e)) => {
+            guard.fail();
+            let detail = match e {
+                TransportError::Connect(m) | TransportError::Request(m) => m,
+            };
+            return Err(AttemptFailure::retry(detail));
+        }
+        Ok(Ok(r)) => r,
+    };
+    let rest = t.total.saturating_sub(start.elapsed());
+    if !(200..300).contains(&resp.status) {
+        let body = match timeout(rest, read_all(resp.body)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                guard.fail();
+                return Err(AttemptFailure::retry(format!("HTTP {} and the body broke: {e}", resp.status)));
+            }
+            Err(_) => {
+                guard.fail();
+                return Err(AttemptFailure::timeout("reading the error body", t.total));
+            }
+        };
+        return judge_status(guard, resp.status, resp.retry_after, body).map(|r| (r, None));
+    }
+    if !input.stream {
+        let body = match timeout(rest, read_all(resp.body)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                guard.fail();
+                return Err(AttemptFailure::retry(format!("the response body broke: {e}")));
+            }
+            Err(_) => {
+                guard.fail();
+                return Err(AttemptFailure::timeout("the response", t.total));
+            }
+        };
+        let usage = serde_json::from_slice::<BodyPeek>(&body).ok().and_then(|b| b.usage).map(|u| UsageCount {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            reported: true,
+        });
+        guard.succeed(start.elapsed());
+        return Ok((Reply::Complete { status: resp.status, body: Bytes::from(body) }, usage));
+    }
+    // Stream: read until the first token before committing to this backend.
+    let mut sse = SseReader::new(resp.body);
+    let mut held = Vec::new();
+    let mut usage = UsageCount { prompt_tokens: input.prompt_estimate, ..Default::default() };
+    let first_deadline = start + t.first_token.min(t.total);
+    loop {
+        let left = first_deadline.saturating_duration_since(Instant::now());
+        let next = match timeout(left, sse.next()).await {
+            Err(_) => {
+                guard.fail();
+                return Err(AttemptFailure::timeout("the first token", t.first_token.min(t.total)));
+            }
+            Ok(n) => n,
+        };
+        let payload = match next {
+            None => {
+                guard.fail();
+                return Err(AttemptFailure::retry("the stream ended before the first token"));
+            }
+            Some(Err(e)) => {
+                guard.fail();
+                return Err(AttemptFailure::retry(format!("the stream broke before the first token: {e}")));
+            }
+            Some(Ok(p)) => p,
+        };
+        match classify(&payload) {
+            Payload::Error(m) => {
+                guard.fail();
+                return Err(AttemptFailure::retry(format!("error event before the first token: {m}")));
+            }
+            Payload::Done => {
+                held.push(payload);
+                break;
+            }
+            Payload::Chunk { tokens, finishes, usage: u } => {
+                usage.completion_tokens += tokens;
+                if let Some((p, c)) = u {
+                    usage = UsageCount { prompt_tokens: p, completion_tokens: c, reported: true };
+                    if !input.client_wants_usage {
+                        continue;
+                    }
+                }
+                held.push(payload);
+                if tokens > 0 || finishes {
+                    break;
+                }
+            }
+            Payload::Other => held.push(payload),
+        }
+    }
+    let ttft = input.arrived.elapsed();
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(forward_stream(guard, sse, held, tx, input, usage, start, ttft));
+    Ok((Reply::Stream(rx), None))
+}
+
+/// Forwards a committed stream to the client until `[DONE]`, a failure, or the client leaving.
+#[expect(clippy::too_many_arguments, reason = "the parts of one committed stream, moved into its task")]
+async fn forward_stream(
+    guard: AttemptGuard,
+    mut sse: SseReader,
+    held: Vec<String>,
+    tx: mpsc::Sender<String>,
+    input: AttemptInput,
+    mut usage: UsageCount,
+    start: Instant,
+    ttft: Duration,
+) {
+    let target: Arc<Target> = guard.target().clone();
+    let t = target.cfg.timeouts;
+    let deadline = start + t.total;
+    let mut settled = input.settled;
+    settled.ttft = Some(ttft);
+    let mut done = false;
+    let mut counted_from_usage = usage.reported;
+    for p in held {
+        done |= p.trim() == "[DONE]";
+        if tx.send(p).await.is_err() {
+            return finish(settled, usage, "client_gone", Some(&target), None);
+        }
+    }
+    let mut failure: Option<String> = None;
+    while !done {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let wait = t.idle.min(left);
+        let next = tokio::select! {
+            n = timeout(wait, sse.next()) => n,
+            _ = tx.closed() => {
+                drop(guard); // the attempt is abandoned, not failed
+                return finish(settled, usage, "client_gone", Some(&target), None);
+            }
+        };
+        let payload = match next {
+            Err(_) if left <= t.idle => {
+                failure = Some(format!("the total timeout of {} ms passed", t.total.as_millis()));
+                break;
+            }
+            Err(_) => {
+                failure = Some(format!("no event for {} ms (idle timeout)", t.idle.as_millis()));
+                break;
+            }
+            Ok(None) => {
+                failure = Some("the stream ended without [DONE]".into());
+                break;
+            }
+            Ok(Some(Err(e))) => {
+                failure = Some(format!("the stream broke: {e}"));
+                break;
+            }
+            Ok(Some(Ok(p))) => p,
+        };
+        match classify(&payload) {
+            Payload::Done => done = true,
+            Payload::Error(m) => {
+                failure = Some(format!("error event: {m}"));
+                break;
+            }
+            Payload::Chunk { tokens, usage: u, .. } => {
+                if !counted_from_usage {
+                    usage.completion_tokens += tokens;
+                }
+                if let Some((p, c)) = u {
+                    usage = UsageCount { prompt_tokens: p, completion_tokens: c, reported: true };
+                    counted_from_usage = true;
+                    if !input.client_wants_usage {
+                        continue;
+                    }
+                }
+            }
+            Payload::Other => {}
+        }
+        if tx.send(payload).await.is_err() {
+            drop(guard);
+            return finish(settled, usage, "client_gone", Some(&target), None);
+        }
+    }
+    match failure {
+        None => {
+            guard.succeed(ttft.min(start.elapsed()));
+            finish(settled, usage, "ok", Some(&target), None);
+        }
+        Some(why) => {
+            guard.fail();
+            let message = format!(
+                "Backend `{}` failed mid-stream after {} tokens: {why}",
+                target.name(),
+                usage.completion_tokens
+            );
+            let event = serde_json::json!({
+                "error": { "message": message, "type": "server_error", "param": null, "code": "backend_stream_failed" }
+            });
+            let _ = tx.send(event.to_string()).await;
+            finish(settled, usage, "stream_failed", Some(&target), Some(message));
+        }
+    }
+}
+
+fn finish(mut s: Settled, usage: UsageCount, outcome: &'static str, target: Option<&Target>, error: Option<String>) {
+    s.usage = usage;
+    s.outcome = outcome;
+    s.latency = s.latency.max(Duration::ZERO);
+    if let Some(e) = error {
+        tracing::warn!(request_id = %s.request_id, backend = %s.backend, error = %e, "stream failed after its first token");
+    }
+    s.record(target);
+}
+
+/// Jittered exponential backoff before retry `n` (1-based): `base × 2^(n-1)`, capped, times a
+/// factor in [0.5, 1.5).
+pub fn backoff(n: u32, base: Duration, max: Duration) -> Duration {
+    use std::sync::atomic::AtomicU64;
+    static STATE: AtomicU64 = AtomicU64::new(0x9e37_79b9_7f4a_7c15);
+    let mut x = STATE.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+        ^ (Instant::now().elapsed().as_nanos() as u64);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    let unit = (x >> 11) as f64 / (1u64 << 53) as f64;
+    let exp = base.saturating_mul(1u32 << (n.saturating_sub(1)).min(16)).min(max);
+    exp.mul_f64(0.5 + unit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let base = Duration::from_millis(20);
+        let max = Duration::from_millis(100);
+        for _ in 0..100 {
+            let b1 = backoff(1, base, max);
+            assert!(b1 >= Duration::from_millis(10) && b1 < Duration::from_millis(30), "{b1:?}");
+            let b5 = backoff(5, base, max);
+            assert!(b5 >= Duration::from_millis(50) && b5 < Duration::from_millis(150), "{b5:?}");
+        }
+        let distinct: std::collections::HashSet<_> = (0..20).map(|_| backoff(2, base, max)).collect();
+        assert!(distinct.len() > 10, "jittered");
+    }
+
+    #[test]
+    fn payloads_are_classified() {
+        assert!(matches!(classify("[DONE]"), Payload::Done));
+        assert!(matches!(classify(r#"{"error":{"message":"boom"}}"#), Payload::Error(m) if m == "boom"));
+        assert!(matches!(
+            classify(r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#),
+            Payload::Chunk { tokens: 0, finishes: false, usage: None }
+        ));
+        assert!(matches!(
+            classify(r#"{"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}"#),
+            Payload::Chunk { tokens: 1, finishes: false, .. }
+        ));
+        assert!(matches!(
+            classify(r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#),
+            Payload::Chunk { usage: Some((3, 5)), .. }
+        ));
+        assert!(matches!(classify(r#"{"choices":[{"text":"x","finish_reason":"length"}]}"#), Payload::Chunk { tokens: 1, finishes: true, .. }));
+    }
+}

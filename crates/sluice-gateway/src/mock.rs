@@ -64,7 +64,17 @@ impl Default for MockBehaviour {
 struct Shared {
     behaviour: Mutex<MockBehaviour>,
     requests: AtomicU64,
+    open_streams: AtomicU64,
     name: String,
+}
+
+/// Counts a streamed body while it is alive (dropped when the client goes away or it ends).
+struct OpenStream(Arc<Shared>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.open_streams.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A running mock upstream.
@@ -85,7 +95,7 @@ impl MockUpstream {
     pub async fn start_on(name: &str, behaviour: MockBehaviour, addr: SocketAddr) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared { behaviour: Mutex::new(behaviour), requests: AtomicU64::new(0), name: name.into() });
+        let shared = Arc::new(Shared { behaviour: Mutex::new(behaviour), requests: AtomicU64::new(0), open_streams: AtomicU64::new(0), name: name.into() });
         let router = Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/completions", post(completions))
@@ -134,6 +144,11 @@ impl MockUpstream {
     /// Requests received so far.
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::Relaxed)
+    }
+
+    /// Streamed responses still being sent.
+    pub fn open_streams(&self) -> u64 {
+        self.shared.open_streams.load(Ordering::Relaxed)
     }
 
     /// Stops listening and drops every open connection.
@@ -264,12 +279,23 @@ async fn answer(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
         events.push(Ok(Bytes::from_static(b"data: [DONE]\n\n")));
     }
     let delay = b.token_delay;
-    let body = futures_util::stream::iter(events).then(move |e| async move {
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        e
-    });
+    s.open_streams.fetch_add(1, Ordering::Relaxed);
+    let open = OpenStream(s.clone());
+    let body = futures_util::stream::iter(events)
+        .then(move |e| async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if e.is_err() {
+                // Let the tokens already written reach the client before the connection drops.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            e
+        })
+        .map(move |e| {
+            let _alive = &open;
+            e
+        });
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .body(Body::from_stream(body))

@@ -4,6 +4,7 @@
 mod chat;
 mod completions;
 pub mod error;
+mod gateway;
 mod generate;
 mod metrics;
 pub mod params;
@@ -19,6 +20,7 @@ use sluice_engine::EngineHandle;
 use sluice_protocol::{ModelCard, ModelList};
 
 pub use error::ApiError;
+pub use gateway::{GatewayState, gateway_app};
 
 /// Identifies this server build in responses.
 pub const FINGERPRINT: &str = concat!("sluice-", env!("CARGO_PKG_VERSION"));
@@ -122,11 +124,11 @@ async fn models(State(state): State<AppState>) -> impl IntoResponse {
     axum::Json(ModelList { object: "list".into(), data })
 }
 
-async fn not_found() -> ApiError {
+pub(crate) async fn not_found() -> ApiError {
     ApiError { status: StatusCode::NOT_FOUND, code: Some("not_found"), ..ApiError::bad_request("No such endpoint") }
 }
 
-async fn method_not_allowed() -> ApiError {
+pub(crate) async fn method_not_allowed() -> ApiError {
     ApiError {
         status: StatusCode::METHOD_NOT_ALLOWED,
         code: Some("method_not_allowed"),

@@ -3,6 +3,7 @@
 
 mod api;
 mod errors;
+mod gateway;
 mod lifecycle;
 
 use std::path::PathBuf;

@@ -1,0 +1,220 @@
+//! `sluice serve`: one model from flags, or a fleet from `--config sluice.toml` (in-process
+//! engines, remote Sluice engines, any OpenAI-compatible server) behind the gateway.
+
+use std::collections::HashMap;
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use sluice_engine::{EngineConfig, EngineHandle};
+use sluice_gateway::config::{self, Endpoint, GatewayConfig};
+use sluice_gateway::mock::{MockBehaviour, MockUpstream};
+use sluice_gateway::{Backend, Gateway, InProcessBackend};
+use sluice_server::{AppState, GatewayState, ServedModel};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// A GGUF file or a Hugging Face model directory.
+    #[arg(long, required_unless_present = "config", conflicts_with = "config")]
+    model: Option<PathBuf>,
+    /// A fleet configuration (backends and model routes); see sluice.example.toml.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The name clients pass as `model` (default: the file name without extension).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Address to listen on (default 127.0.0.1, or the config file's).
+    #[arg(long)]
+    host: Option<String>,
+    /// Port to listen on (default 8080, or the config file's).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Requests that may wait for the engine before new ones get 503.
+    #[arg(long, default_value_t = 64)]
+    max_waiting: usize,
+    /// Tokens per engine step (prefill chunks and decodes together).
+    #[arg(long, default_value_t = 512)]
+    max_num_batched_tokens: usize,
+    /// Sequences per engine step.
+    #[arg(long, default_value_t = 32)]
+    max_num_seqs: usize,
+    /// KV cache memory, e.g. 512MiB or 2GiB.
+    #[arg(long, default_value = "1GiB", value_parser = config::parse_bytes)]
+    kv_cache_memory: usize,
+    /// Positions per KV block.
+    #[arg(long, default_value_t = 16)]
+    block_size: usize,
+    /// Do not reuse cached prompt prefixes.
+    #[arg(long)]
+    no_prefix_cache: bool,
+}
+
+#[derive(Args)]
+pub struct MockArgs {
+    /// Port to listen on (127.0.0.1).
+    #[arg(long, default_value_t = 8090)]
+    port: u16,
+    /// Tokens per answer when the request gives no max_tokens.
+    #[arg(long, default_value_t = 8)]
+    tokens: u64,
+    /// Delay before each streamed token, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    token_delay_ms: u64,
+}
+
+fn format_bytes(b: usize) -> String {
+    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+fn env_secret(var: &str) -> Option<String> {
+    std::env::var(var).ok()
+}
+
+/// `sluice config check FILE`.
+pub fn check_config(file: &Path) -> anyhow::Result<()> {
+    let cfg = config::load(file, &env_secret)?;
+    for b in &cfg.backends {
+        if let Endpoint::Engine { model_path, .. } = &b.endpoint
+            && !model_path.exists()
+        {
+            anyhow::bail!("{}: backends.{}.model_path: {} does not exist", file.display(), b.name, model_path.display());
+        }
+    }
+    tracing::info!(backends = cfg.backends.len(), models = cfg.routes.len(), "{} is valid", file.display());
+    Ok(())
+}
+
+/// `sluice mock-upstream`.
+pub async fn mock_upstream(args: MockArgs) -> anyhow::Result<()> {
+    let behaviour = MockBehaviour {
+        default_tokens: args.tokens,
+        token_delay: std::time::Duration::from_millis(args.token_delay_ms),
+        ..Default::default()
+    };
+    let addr: SocketAddr = ([127, 0, 0, 1], args.port).into();
+    let mock = MockUpstream::start_on("mock", behaviour, addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!("mock upstream on {}", mock.url());
+    let _ = tokio::signal::ctrl_c().await;
+    Ok(())
+}
+
+async fn listen(host: &str, port: u16) -> anyhow::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let addr: SocketAddr = format!("{host}:{port}").parse().with_context(|| format!("invalid --host/--port {host}:{port}"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    Ok((listener, addr))
+}
+
+/// Loads a model and starts its engine.
+async fn start_engine(path: PathBuf, threads: Option<usize>, name: String, cfg: EngineConfig) -> anyhow::Result<ServedModel> {
+    let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+    tracing::info!(model = %path.display(), threads, "loading model");
+    let started = std::time::Instant::now();
+    let p = path.clone();
+    let mut loaded = tokio::task::spawn_blocking(move || sluice_model::load(&p, threads))
+        .await
+        .context("model loading task failed")?
+        .with_context(|| format!("cannot load {}", path.display()))?;
+    let m = &loaded.model;
+    tracing::info!(
+        architecture = m.cfg.arch.name(),
+        parameters = format!("{:.1}M", m.n_params() as f64 / 1e6),
+        quantization = m.quantization(),
+        context = m.cfg.context_length,
+        weights = format_bytes(m.weight_bytes()),
+        kernels = ?m.isa(),
+        threads = m.threads(),
+        chat_template = loaded.chat_template.is_some(),
+        load_ms = started.elapsed().as_millis() as u64,
+        "model loaded"
+    );
+    loaded.name = name.clone();
+    let engine = EngineHandle::start(Arc::new(loaded), cfg.clone()).context("cannot start the engine")?;
+    tracing::info!(
+        model = %name,
+        kv_cache = format_bytes(cfg.kv_cache_bytes),
+        kv_tokens = engine.kv_capacity_tokens(),
+        max_num_seqs = cfg.max_num_seqs,
+        max_num_batched_tokens = cfg.max_num_batched_tokens,
+        prefix_caching = cfg.prefix_caching,
+        "engine started"
+    );
+    Ok(ServedModel { name, engine })
+}
+
+/// `sluice serve`.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if let Some(path) = args.config.clone() {
+        let cfg = config::load(&path, &env_secret)?;
+        return serve_fleet(args, cfg).await;
+    }
+    let Some(model) = args.model.clone() else { anyhow::bail!("give --model or --config") };
+    let (listener, addr) = listen(args.host.as_deref().unwrap_or("127.0.0.1"), args.port.unwrap_or(8080)).await?;
+    let state = AppState::loading();
+    // Serve /health and /ready (503 "loading") while the model loads.
+    let server = tokio::spawn(
+        axum::serve(listener, sluice_server::app(state.clone())).with_graceful_shutdown(shutdown()).into_future(),
+    );
+    let name = args.served_model_name.clone().unwrap_or_else(|| {
+        model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
+    });
+    let engine_cfg = EngineConfig {
+        max_waiting: args.max_waiting,
+        max_num_batched_tokens: args.max_num_batched_tokens,
+        max_num_seqs: args.max_num_seqs,
+        kv_cache_bytes: args.kv_cache_memory,
+        block_size: args.block_size,
+        prefix_caching: !args.no_prefix_cache,
+    };
+    let served = start_engine(model, args.threads, name.clone(), engine_cfg).await?;
+    state.set_model(served);
+    tracing::info!(model = %name, "serving OpenAI-compatible API on http://{addr}/v1");
+    server.await.context("server task failed")?.context("server error")?;
+    Ok(())
+}
+
+async fn shutdown() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn serve_fleet(args: ServeArgs, cfg: GatewayConfig) -> anyhow::Result<()> {
+    let host = args.host.clone().or(cfg.server.host.clone()).unwrap_or_else(|| "127.0.0.1".into());
+    let port = args.port.or(cfg.server.port).unwrap_or(8080);
+    let mut in_process: HashMap<String, Arc<dyn Backend>> = HashMap::new();
+    let mut to_load = Vec::new();
+    for b in &cfg.backends {
+        if let Endpoint::Engine { model_path, threads, engine } = &b.endpoint {
+            let state = AppState::loading();
+            in_process.insert(b.name.clone(), Arc::new(InProcessBackend::new(sluice_server::app(state.clone()))));
+            to_load.push((b.name.clone(), b.model.clone(), model_path.clone(), *threads, engine.clone(), state));
+        }
+    }
+    let mut gateway = Gateway::new(&cfg, in_process).map_err(anyhow::Error::msg)?;
+    gateway.start_health_checks();
+    let gateway = Arc::new(gateway);
+    let engines: Vec<AppState> = to_load.iter().map(|l| l.5.clone()).collect();
+    let (listener, addr) = listen(&host, port).await?;
+    let app = sluice_server::gateway_app(GatewayState::new(gateway.clone(), engines));
+    let server = tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(shutdown()).into_future());
+    for r in &cfg.routes {
+        tracing::info!(model = %r.name, policy = r.policy.as_str(), targets = ?r.targets, fallback = ?r.fallback, "route");
+    }
+    tracing::info!("gateway listening on http://{addr}/v1 (engines load in the background; /ready says when)");
+    // Engines load one after another: loading several at once would only fight over memory bandwidth.
+    for (backend, name, path, threads, engine_cfg, state) in to_load {
+        let served = start_engine(path, threads, name, engine_cfg).await.with_context(|| format!("backend `{backend}`"))?;
+        let window = served.engine.model.model.cfg.context_length as u32;
+        if let Some(t) = gateway.targets().iter().find(|t| t.name() == backend) {
+            t.learn_context_window(window);
+            t.set_healthy(true); // no need to wait for the next health check
+        }
+        state.set_model(served);
+    }
+    server.await.context("server task failed")?.context("server error")?;
+    Ok(())
+}

@@ -761,3 +761,16 @@ mod tests {
         assert!(e.contains("models.chat.fallback[0]: backend \"local\" is listed twice"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn the_example_in_the_repository_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sluice.example.toml");
+        let cfg = super::load(&path, &|_| None).unwrap();
+        assert_eq!(cfg.backends.len(), 3);
+        assert_eq!(cfg.routes[0].name, "smollm2");
+    }
+}

@@ -390,12 +390,13 @@ async fn forward_stream(
     let deadline = start + t.total;
     let mut settled = input.settled;
     settled.ttft = Some(ttft);
+    let arrived = input.arrived;
     let mut done = false;
     let mut counted_from_usage = usage.reported;
     for p in held {
         done |= p.trim() == "[DONE]";
         if tx.send(p).await.is_err() {
-            return finish(settled, usage, "client_gone", Some(&target), None);
+            return finish(settled, arrived, usage, "client_gone", Some(&target), None);
         }
     }
     let mut failure: Option<String> = None;
@@ -406,7 +407,7 @@ async fn forward_stream(
             n = timeout(wait, sse.next()) => n,
             _ = tx.closed() => {
                 drop(guard); // the attempt is abandoned, not failed
-                return finish(settled, usage, "client_gone", Some(&target), None);
+                return finish(settled, arrived, usage, "client_gone", Some(&target), None);
             }
         };
         let payload = match next {
@@ -450,13 +451,13 @@ async fn forward_stream(
         }
         if tx.send(payload).await.is_err() {
             drop(guard);
-            return finish(settled, usage, "client_gone", Some(&target), None);
+            return finish(settled, arrived, usage, "client_gone", Some(&target), None);
         }
     }
     match failure {
         None => {
             guard.succeed(ttft.min(start.elapsed()));
-            finish(settled, usage, "ok", Some(&target), None);
+            finish(settled, arrived, usage, "ok", Some(&target), None);
         }
         Some(why) => {
             guard.fail();
@@ -469,15 +470,15 @@ async fn forward_stream(
                 "error": { "message": message, "type": "server_error", "param": null, "code": "backend_stream_failed" }
             });
             let _ = tx.send(event.to_string()).await;
-            finish(settled, usage, "stream_failed", Some(&target), Some(message));
+            finish(settled, arrived, usage, "stream_failed", Some(&target), Some(message));
         }
     }
 }
 
-fn finish(mut s: Settled, usage: UsageCount, outcome: &'static str, target: Option<&Target>, error: Option<String>) {
+fn finish(mut s: Settled, arrived: Instant, usage: UsageCount, outcome: &'static str, target: Option<&Target>, error: Option<String>) {
     s.usage = usage;
     s.outcome = outcome;
-    s.latency = s.latency.max(Duration::ZERO);
+    s.latency = arrived.elapsed();
     if let Some(e) = error {
         tracing::warn!(request_id = %s.request_id, backend = %s.backend, error = %e, "stream failed after its first token");
     }

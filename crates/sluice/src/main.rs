@@ -1,6 +1,7 @@
 //! The `sluice` command line: `serve` runs the OpenAI-compatible server over a model.
 
 mod bench;
+mod bench_gateway;
 mod bench_model;
 mod serve;
 
@@ -37,6 +38,8 @@ enum Command {
     BenchModel(bench_model::BenchModelArgs),
     /// Load-test any OpenAI-compatible server (throughput, TTFT, TPOT, ITL, goodput).
     Bench(bench::BenchArgs),
+    /// Measure the latency and throughput a gateway adds in front of an upstream.
+    BenchGateway(bench_gateway::BenchGatewayArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,6 +65,7 @@ fn main() -> anyhow::Result<()> {
         Command::MockUpstream(args) => rt.block_on(serve::mock_upstream(args)),
         Command::BenchModel(_) => Ok(()),
         Command::Bench(args) => rt.block_on(bench::run(args)),
+        Command::BenchGateway(args) => rt.block_on(bench_gateway::run(args)),
     }
 }
 

@@ -79,12 +79,13 @@ async fn request(send: &mut SendRequest<Full<Bytes>>, host: &str, body: &Bytes, 
     let mut seen = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| e.to_string())?;
-        if let Some(d) = frame.data_ref() {
-            if stream && first.is_none() {
-                seen.extend_from_slice(d);
-                if seen.windows(4).any(|w| w == b"tok0") {
-                    first = Some(t0.elapsed());
-                }
+        if let Some(d) = frame.data_ref()
+            && stream
+            && first.is_none()
+        {
+            seen.extend_from_slice(d);
+            if seen.windows(4).any(|w| w == b"tok0") {
+                first = Some(t0.elapsed());
             }
         }
     }

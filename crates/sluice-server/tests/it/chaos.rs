@@ -53,7 +53,7 @@ async fn killing_one_upstream_and_breaking_another_loses_nothing_servable() {
             let mut i = 0u32;
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
-                let streaming = (w + i) % 2 == 0;
+                let streaming = (w + i).is_multiple_of(2);
                 let body = if streaming { chat_stream("m", 8, true) } else { chat("m", 8) };
                 let t0 = Instant::now();
                 let r = tokio::time::timeout(Duration::from_secs(5), f.post("/v1/chat/completions", body)).await;

@@ -63,6 +63,37 @@ pub struct Routed {
     pub result: Result<Reply, GatewayError>,
 }
 
+/// A request being routed; if its future is dropped (the client went away) before it ends,
+/// its log line still gets written.
+struct Progress {
+    request_id: String,
+    model: String,
+    backend: String,
+    attempts: u32,
+    arrived: Instant,
+    prompt_estimate: u64,
+    finished: bool,
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if !self.finished {
+            tracing::info!(
+                target: "sluice::request",
+                request_id = %self.request_id,
+                model = %self.model,
+                backend = %self.backend,
+                attempts = self.attempts,
+                outcome = "client_gone",
+                status = 499,
+                prompt_tokens = self.prompt_estimate,
+                latency_ms = self.arrived.elapsed().as_secs_f64() * 1e3,
+                "request"
+            );
+        }
+    }
+}
+
 /// A process-unique request id.
 pub fn request_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -152,35 +183,36 @@ impl Gateway {
 
     /// Routes one request body for `api` and returns the reply of the backend that answered.
     pub async fn handle(&self, api: Api, body: &[u8]) -> Routed {
-        let arrived = Instant::now();
-        let request_id = request_id();
-        let mut routed = Routed { request_id, backend: String::new(), attempts: 0, result: Err(GatewayError::bad("", "")) };
-        routed.result = self.route(api, body, arrived, &mut routed.backend, &mut routed.attempts, &routed.request_id).await;
-        if let Err(e) = &routed.result {
+        let mut p = Progress {
+            request_id: request_id(),
+            model: String::new(),
+            backend: String::new(),
+            attempts: 0,
+            arrived: Instant::now(),
+            prompt_estimate: 0,
+            finished: false,
+        };
+        let result = self.route(api, body, &mut p).await;
+        p.finished = true;
+        if let Err(e) = &result {
             tracing::info!(
                 target: "sluice::request",
-                request_id = %routed.request_id,
-                backend = %routed.backend,
-                attempts = routed.attempts,
+                request_id = %p.request_id,
+                model = %p.model,
+                backend = %p.backend,
+                attempts = p.attempts,
                 outcome = e.kind(),
                 status = e.status(),
-                latency_ms = arrived.elapsed().as_secs_f64() * 1e3,
+                latency_ms = p.arrived.elapsed().as_secs_f64() * 1e3,
                 error = %e,
                 "request"
             );
         }
-        routed
+        Routed { request_id: std::mem::take(&mut p.request_id), backend: std::mem::take(&mut p.backend), attempts: p.attempts, result }
     }
 
-    async fn route(
-        &self,
-        api: Api,
-        body: &[u8],
-        arrived: Instant,
-        backend_out: &mut String,
-        attempts: &mut u32,
-        request_id: &str,
-    ) -> Result<Reply, GatewayError> {
+    async fn route(&self, api: Api, body: &[u8], p: &mut Progress) -> Result<Reply, GatewayError> {
+        let arrived = p.arrived;
         let value: Value = serde_json::from_slice(body)
             .map_err(|e| GatewayError::bad("", format!("The request body is not valid JSON: {e}")))?;
         let Value::Object(mut obj) = value else {
@@ -191,6 +223,8 @@ impl Gateway {
             .routes
             .get(&insp.model)
             .ok_or_else(|| GatewayError::UnknownModel { name: insp.model.clone(), available: self.names.clone() })?;
+        p.model = insp.model.clone();
+        p.prompt_estimate = insp.prompt_tokens;
         if insp.stream {
             // Always ask for the usage chunk, so streamed usage is the backend's own count.
             obj.insert("stream_options".into(), serde_json::json!({ "include_usage": true }));
@@ -230,7 +264,7 @@ impl Gateway {
         let mut only_too_long = true;
         'targets: for target in order {
             for k in 0..retry.attempts_per_target {
-                if *attempts >= retry.max_attempts {
+                if p.attempts >= retry.max_attempts {
                     break 'targets;
                 }
                 if k > 0 {
@@ -240,8 +274,8 @@ impl Gateway {
                     failures.push(format!("{}: circuit open", target.name()));
                     continue 'targets;
                 };
-                *attempts += 1;
-                *backend_out = target.name().to_string();
+                p.attempts += 1;
+                p.backend = target.name().to_string();
                 obj.insert("model".into(), Value::String(target.cfg.model.clone()));
                 let body = Bytes::from(serde_json::to_vec(&obj).unwrap_or_default());
                 let input = AttemptInput {
@@ -252,10 +286,10 @@ impl Gateway {
                     prompt_estimate: insp.prompt_tokens,
                     arrived,
                     settled: Settled {
-                        request_id: request_id.to_string(),
+                        request_id: p.request_id.clone(),
                         model: route.cfg.name.clone(),
                         backend: target.name().to_string(),
-                        attempts: *attempts,
+                        attempts: p.attempts,
                         outcome: "ok",
                         status: 200,
                         usage: UsageCount::default(),
@@ -278,7 +312,7 @@ impl Gateway {
                         return Ok(reply);
                     }
                     Err(f) => {
-                        tracing::debug!(request_id, backend = %target.name(), error = %f.detail, "attempt failed");
+                        tracing::debug!(request_id = %p.request_id, backend = %target.name(), error = %f.detail, "attempt failed");
                         failures.push(format!("{}: {}", target.name(), f.detail));
                         timed_out = f.timed_out;
                         only_too_long &= f.too_long;
@@ -293,12 +327,12 @@ impl Gateway {
                 }
             }
         }
-        if only_too_long && *attempts > 0 {
+        if only_too_long && p.attempts > 0 {
             // Our estimate fitted, the backends' tokenizers disagreed.
             let largest = route.targets.iter().chain(&route.fallback).filter_map(|t| t.context_window()).max().unwrap_or(0);
             return Err(GatewayError::ContextLength { model: route.cfg.name.clone(), needed, largest });
         }
-        Err(GatewayError::Exhausted { model: route.cfg.name.clone(), attempts: *attempts, failures: failures.join("; "), timed_out })
+        Err(GatewayError::Exhausted { model: route.cfg.name.clone(), attempts: p.attempts, failures: failures.join("; "), timed_out })
     }
 
     fn soonest_retry(&self, route: &Route) -> u32 {

@@ -423,3 +423,20 @@ async fn a_client_that_goes_away_cancels_the_upstream_stream() {
     }
     assert!(t0.elapsed() < Duration::from_secs(2), "100 tokens x 50 ms would take 5 s");
 }
+
+#[tokio::test]
+async fn a_client_that_goes_away_cancels_a_whole_response_on_the_engine() {
+    let (state, engine) = state_with(EngineConfig::default());
+    let mut engines: HashMap<String, Arc<dyn Backend>> = HashMap::new();
+    engines.insert("b".into(), Arc::new(InProcessBackend::new(sluice_server::app(state))));
+    let toml = format!("[backends.b]\nkind = \"engine\"\nmodel_path = \"unused.gguf\"\nmodel = \"{MODEL}\"");
+    let f = fleet(&one_route(&toml), engines);
+    let body = json!({"model": "m", "prompt": "Hi", "max_tokens": 3000, "ignore_eos": true});
+    let gone = tokio::time::timeout(Duration::from_millis(300), f.post("/v1/completions", body)).await;
+    assert!(gone.is_err(), "3000 tokens cannot be done in 300 ms");
+    let t0 = Instant::now();
+    while engine.stats.cancelled.load(std::sync::atomic::Ordering::Acquire) == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "the engine kept generating for a client that left");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -22,6 +22,7 @@ test: models
 	cargo build -p sluice
 	cargo test --workspace
 	$(PYTHON) tests/e2e/test_openai_client.py
+	$(PYTHON) tests/e2e/test_gateway.py
 
 bench:
 	bench/speed.sh

@@ -238,19 +238,27 @@ impl Gateway {
             return Err(GatewayError::ContextLength { model: route.cfg.name.clone(), needed, largest });
         }
         let now = Instant::now();
-        let mut skipped = Vec::new();
-        let mut available = |t: &Arc<Target>| match t.unavailable(now) {
-            Some(why) => {
-                skipped.push(format!("{}: {why}", t.name()));
-                false
-            }
-            None => true,
-        };
-        let eligible: Vec<usize> = primary.into_iter().filter(|&i| available(&route.targets[i])).collect();
         let rreq = RouteRequest { prompt_tokens: insp.prompt_tokens, max_tokens: insp.max_tokens.unwrap_or(0), prefix_hash: insp.prefix_hash };
-        let mut order: Vec<Arc<Target>> =
-            route.policy.rank(&rreq, &route.targets, &eligible).into_iter().map(|i| route.targets[i].clone()).collect();
-        order.extend(fallback.into_iter().filter(|t| available(t)).cloned());
+        let mut skipped = Vec::new();
+        let mut order = Vec::new();
+        // Second pass ("panic mode", as Envoy calls it): when health checks rule out every
+        // target, they are more likely wrong than the whole fleet is down — try them anyway.
+        for respect_health in [true, false] {
+            skipped.clear();
+            let mut available = |t: &Arc<Target>| match t.unavailable(now, respect_health) {
+                Some(why) => {
+                    skipped.push(format!("{}: {why}", t.name()));
+                    false
+                }
+                None => true,
+            };
+            let eligible: Vec<usize> = primary.iter().copied().filter(|&i| available(&route.targets[i])).collect();
+            order = route.policy.rank(&rreq, &route.targets, &eligible).into_iter().map(|i| route.targets[i].clone()).collect();
+            order.extend(fallback.iter().copied().filter(|t| available(t)).cloned());
+            if !order.is_empty() {
+                break;
+            }
+        }
         if order.is_empty() {
             return Err(GatewayError::Unavailable {
                 model: route.cfg.name.clone(),

@@ -43,6 +43,8 @@ pub struct MockBehaviour {
     pub fail_every: Option<u64>,
     /// Answer 400 `context_length_exceeded` past this many prompt tokens (bytes / 4).
     pub context_window: Option<u64>,
+    /// Health endpoints (`/health`, `/ready`, `/v1/models`) answer 200; 503 when false.
+    pub healthy: bool,
 }
 
 impl Default for MockBehaviour {
@@ -56,6 +58,7 @@ impl Default for MockBehaviour {
             cut_after: None,
             fail_every: None,
             context_window: None,
+            healthy: true,
         }
     }
 }
@@ -100,8 +103,8 @@ impl MockUpstream {
             .route("/v1/chat/completions", post(chat))
             .route("/v1/completions", post(completions))
             .route("/v1/models", get(models))
-            .route("/health", get(|| async { "ok" }))
-            .route("/ready", get(|| async { "ready" }))
+            .route("/health", get(health))
+            .route("/ready", get(health))
             .with_state(shared.clone());
         let task = tokio::spawn(async move {
             let mut conns = JoinSet::new();
@@ -163,8 +166,19 @@ impl Drop for MockUpstream {
     }
 }
 
-async fn models(State(s): State<Arc<Shared>>) -> impl IntoResponse {
-    axum::Json(json!({"object": "list", "data": [{"id": s.name, "object": "model", "created": 0, "owned_by": "mock"}]}))
+fn healthy(s: &Shared) -> bool {
+    s.behaviour.lock().map(|b| b.healthy).unwrap_or(false)
+}
+
+async fn health(State(s): State<Arc<Shared>>) -> Response {
+    if healthy(&s) { "ok".into_response() } else { StatusCode::SERVICE_UNAVAILABLE.into_response() }
+}
+
+async fn models(State(s): State<Arc<Shared>>) -> Response {
+    if !healthy(&s) {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    axum::Json(json!({"object": "list", "data": [{"id": s.name, "object": "model", "created": 0, "owned_by": "mock"}]})).into_response()
 }
 
 async fn chat(State(s): State<Arc<Shared>>, body: Bytes) -> Response {

@@ -133,9 +133,10 @@ impl Target {
         }
     }
 
-    /// Why a request cannot go here now, if it cannot.
-    pub fn unavailable(&self, now: Instant) -> Option<&'static str> {
-        if !self.healthy() {
+    /// Why a request cannot go here now, if it cannot (health checks only count when
+    /// `respect_health`).
+    pub fn unavailable(&self, now: Instant, respect_health: bool) -> Option<&'static str> {
+        if respect_health && !self.healthy() {
             return Some("failing health checks");
         }
         if let Ok(nb) = self.not_before.lock()

@@ -440,3 +440,25 @@ async fn a_client_that_goes_away_cancels_a_whole_response_on_the_engine() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn when_health_checks_rule_out_every_target_they_are_tried_anyway() {
+    let mock = MockUpstream::start("a", MockBehaviour { healthy: false, ..Default::default() }).await.unwrap();
+    let toml = format!(
+        "[backends.a]\nkind = \"openai\"\nbase_url = \"{}\"\nhealth = {{ interval_ms = 20 }}\n[models.m]\ntargets = [\"a\"]\n",
+        mock.url()
+    );
+    let cfg = sluice_gateway::config::parse("test.toml", &toml, &|_| None).unwrap();
+    let mut g = Gateway::new(&cfg, HashMap::new()).unwrap();
+    g.start_health_checks();
+    let g = Arc::new(g);
+    let f = Fleet { app: sluice_server::gateway_app(GatewayState::new(g.clone(), Vec::new())), gateway: g };
+    let t0 = Instant::now();
+    while f.target("a").healthy() {
+        assert!(t0.elapsed() < Duration::from_secs(5), "health check never failed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = f.post("/v1/chat/completions", chat("m", 2)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(header(&r, "x-sluice-backend"), "a");
+}

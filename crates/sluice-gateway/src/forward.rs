@@ -267,7 +267,7 @@ pub async fn attempt(guard: AttemptGuard, input: AttemptInput) -> Result<(Reply,
     let target = guard.target().clone();
     let t = target.cfg.timeouts;
     let start = Instant::now();
-    let sent = timeout(t.first_token.min(t.total), target.backend.send(UpstreamRequest { api: input.api, body: input.body.clone() })).await;
+    let sent = timeout(t.first_token.min(t.total), target.backend.send(UpstreamRequest { api: input.api, body: input.body.clone(), request_id: input.settled.request_id.clone() })).await;
     let resp = match sent {
         Err(_) => {
             guard.fail();

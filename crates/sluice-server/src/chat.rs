@@ -83,14 +83,18 @@ pub fn token_logprob(tok: &Tokenizer, id: u32, lp: &Logprobs) -> TokenLogprob {
 }
 
 /// Handles a chat completion, streamed or not.
-pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
-    match run(state, body).await {
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match run(state, &headers, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn run(state: AppState, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn run(state: AppState, headers: &axum::http::HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let body = params::read_body(body)?;
     let req: ChatCompletionRequest = parse_body(&body)?;
     let served = state.model(&req.model)?;
@@ -111,7 +115,7 @@ async fn run(state: AppState, body: Result<Bytes, BytesRejection>) -> Result<Res
     let prompt = model.tokenizer.encode_prompt(&text, true);
     let max_tokens = params::resolve_max_tokens(prompt.len(), settings.max_tokens, model.model.cfg.context_length)?;
     let id = generate::request_id("chatcmpl");
-    let reqs = settings.choices(&id, 0, &prompt, max_tokens);
+    let reqs = settings.choices(&generate::log_id(headers, &id), 0, &prompt, max_tokens);
     let streams = generate::submit_all(&served.engine, reqs)?;
     let created = generate::unix_now();
     let want_logprobs = lp_k.is_some();

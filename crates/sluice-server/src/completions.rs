@@ -25,14 +25,18 @@ fn push_logprob(out: &mut CompletionLogprobs, engine: &EngineHandle, id: u32, lp
 }
 
 /// Handles a text completion, streamed or not.
-pub async fn completions(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
-    match run(state, body).await {
+pub async fn completions(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match run(state, &headers, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn run(state: AppState, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn run(state: AppState, headers: &axum::http::HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let body = params::read_body(body)?;
     let req: CompletionRequest = parse_body(&body)?;
     let served = state.model(&req.model)?;
@@ -54,7 +58,7 @@ async fn run(state: AppState, body: Result<Bytes, BytesRejection>) -> Result<Res
         prompt_tokens += ids.len() as u32;
         let max_tokens = params::resolve_max_tokens(ids.len(), settings.max_tokens, model.model.cfg.context_length)
             .map_err(|e| ApiError { param: Some("prompt".into()), ..e })?;
-        reqs.extend(settings.choices(&id, reqs.len(), &ids, max_tokens));
+        reqs.extend(settings.choices(&generate::log_id(headers, &id), reqs.len(), &ids, max_tokens));
     }
     let streams = generate::submit_all(&served.engine, reqs)?;
     let created = generate::unix_now();

@@ -27,6 +27,16 @@ pub fn request_id(prefix: &str) -> String {
     format!("{prefix}-{:012x}{:06x}", nanos & 0xffff_ffff_ffff, n & 0xff_ffff)
 }
 
+/// The id the engine logs a request under: the caller's `x-request-id` (a gateway in front of
+/// us) when it is a sane token, so both logs line up; otherwise the response's own id.
+pub fn log_id(headers: &axum::http::HeaderMap, own: &str) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)))
+        .map_or_else(|| own.to_string(), str::to_string)
+}
+
 /// Submits every choice; if any is refused the others are cancelled (their streams dropped).
 pub fn submit_all(engine: &EngineHandle, reqs: Vec<GenerateRequest>) -> Result<Vec<RequestStream>, ApiError> {
     reqs.into_iter().map(|r| engine.submit(r).map_err(ApiError::from)).collect()

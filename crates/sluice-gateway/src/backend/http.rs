@@ -58,6 +58,7 @@ impl Backend for HttpBackend {
             .client
             .post(format!("{}{}", self.base_url, req.api.path()))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("x-request-id", &req.request_id)
             .body(req.body);
         if let Some(k) = &self.api_key {
             rb = rb.bearer_auth(k);

@@ -31,6 +31,7 @@ impl Backend for InProcessBackend {
                 .method(Method::POST)
                 .uri(format!("/v1{}", req.api.path()))
                 .header(header::CONTENT_TYPE, "application/json")
+                .header("x-request-id", &req.request_id)
                 .body(Body::from(req.body))
                 .map_err(|e| TransportError::Request(e.to_string()))?;
             let resp = match router.oneshot(http).await {

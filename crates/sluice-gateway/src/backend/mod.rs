@@ -41,6 +41,8 @@ pub struct UpstreamRequest {
     pub api: Api,
     /// JSON body.
     pub body: Bytes,
+    /// The gateway's request id, sent as `x-request-id` so both sides' logs line up.
+    pub request_id: String,
 }
 
 /// Response body chunks; an error means the transfer broke.

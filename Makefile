@@ -20,7 +20,7 @@ run:
 test: models
 	$(PYTHON) -m pip install -q --disable-pip-version-check -r tests/e2e/requirements.txt
 	cargo build -p sluice
-	cargo test --workspace
+	SLUICE_TEST_POSTGRES_URL=$$(scripts/postgres.sh start) SLUICE_REQUIRE_POSTGRES=1 cargo test --workspace
 	$(PYTHON) tests/e2e/test_openai_client.py
 	$(PYTHON) tests/e2e/test_gateway.py
 

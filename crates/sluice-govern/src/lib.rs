@@ -1,1 +1,6 @@
-//! placeholder
+//! Tenancy policy: API keys and who they belong to, roles, and (as they arrive) rate limits,
+//! budgets and pricing. Storage is `sluice-store`'s; HTTP is `sluice-server`'s.
+
+mod keys;
+
+pub use keys::{AuthError, GovernError, Governor, NewKey, Principal, Role};

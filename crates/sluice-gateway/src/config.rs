@@ -33,6 +33,23 @@ struct RawConfig {
     backends: BTreeMap<String, RawBackend>,
     #[serde(default)]
     models: BTreeMap<String, RawRoute>,
+    #[serde(default)]
+    store: Option<RawStore>,
+    #[serde(default)]
+    auth: Option<RawAuth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    database_url: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    bootstrap_key_env: Option<String>,
+    bootstrap_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -148,6 +165,10 @@ pub struct GatewayConfig {
     pub backends: Vec<BackendConfig>,
     /// Routes by client-facing model name, in name order.
     pub routes: Vec<RouteConfig>,
+    /// Database for tenants, keys and the ledger; API keys are required when set.
+    pub database_url: Option<String>,
+    /// The first admin key, for an empty store (instead of a printed fresh one).
+    pub bootstrap_key: Option<String>,
 }
 
 /// Which kind of server a backend is.
@@ -408,7 +429,30 @@ impl Validator<'_> {
             .into_iter()
             .map(|(name, r)| self.route(name, r, &backends))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(GatewayConfig { server: ServerConfig { host: raw.server.host, port: raw.server.port }, backends, routes })
+        let database_url = match raw.store {
+            Some(st) => {
+                let u = st.database_url.trim();
+                if !(u.starts_with("sqlite:") || u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+                    return Err(self.err("store.database_url", "must be sqlite://PATH or postgres://..."));
+                }
+                Some(u.to_string())
+            }
+            None => None,
+        };
+        let bootstrap_key = match raw.auth {
+            None => None,
+            Some(_) if database_url.is_none() => {
+                return Err(self.err("auth", "API keys live in the store: add [store] database_url"));
+            }
+            Some(a) => self.secret_from("auth", a.bootstrap_key_env.as_deref(), a.bootstrap_key_file.as_deref(), "bootstrap_key")?,
+        };
+        Ok(GatewayConfig {
+            server: ServerConfig { host: raw.server.host, port: raw.server.port },
+            backends,
+            routes,
+            database_url,
+            bootstrap_key,
+        })
     }
 
     fn name(&self, field: &str, name: &str) -> Result<(), ConfigError> {
@@ -573,25 +617,36 @@ impl Validator<'_> {
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
             return Err(self.err(at("base_url"), "must be an http:// or https:// URL with a host"));
         }
-        let api_key = match (&b.api_key_env, &b.api_key_file) {
-            (Some(_), Some(_)) => return Err(self.err(at("api_key_file"), "give `api_key_env` or `api_key_file`, not both")),
-            (Some(var), None) => Some(
+        let api_key = self.secret_from(&format!("backends.{name}"), b.api_key_env.as_deref(), b.api_key_file.as_deref(), "api_key")?;
+        Ok(Endpoint::Http { base_url: url.trim_end_matches('/').to_string(), api_key })
+    }
+
+    /// A secret from `{what}_env` (an environment variable) or `{what}_file`, under `section`.
+    fn secret_from(
+        &self,
+        section: &str,
+        env: Option<&str>,
+        file: Option<&Path>,
+        what: &str,
+    ) -> Result<Option<String>, ConfigError> {
+        let at = |f: &str| format!("{section}.{what}_{f}");
+        match (env, file) {
+            (Some(_), Some(_)) => Err(self.err(at("file"), format!("give `{what}_env` or `{what}_file`, not both"))),
+            (Some(var), None) => Ok(Some(
                 (self.secret)(var)
                     .filter(|v| !v.is_empty())
-                    .ok_or_else(|| self.err(at("api_key_env"), format!("environment variable {var} is not set")))?,
-            ),
+                    .ok_or_else(|| self.err(at("env"), format!("environment variable {var} is not set")))?,
+            )),
             (None, Some(path)) => {
-                let key = std::fs::read_to_string(path)
-                    .map_err(|e| self.err(at("api_key_file"), format!("cannot read {}: {e}", path.display())))?;
+                let key = std::fs::read_to_string(path).map_err(|e| self.err(at("file"), format!("cannot read {}: {e}", path.display())))?;
                 let key = key.trim().to_string();
                 if key.is_empty() {
-                    return Err(self.err(at("api_key_file"), format!("{} is empty", path.display())));
+                    return Err(self.err(at("file"), format!("{} is empty", path.display())));
                 }
-                Some(key)
+                Ok(Some(key))
             }
-            (None, None) => None,
-        };
-        Ok(Endpoint::Http { base_url: url.trim_end_matches('/').to_string(), api_key })
+            (None, None) => Ok(None),
+        }
     }
 
     fn route(&self, name: String, r: RawRoute, backends: &[BackendConfig]) -> Result<RouteConfig, ConfigError> {

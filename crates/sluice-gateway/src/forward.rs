@@ -135,6 +135,8 @@ pub struct AttemptInput {
     pub arrived: Instant,
     /// Facts for the final log line of a stream.
     pub settled: Settled,
+    /// The caller's prefix-cache namespace.
+    pub cache_namespace: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -267,7 +269,7 @@ pub async fn attempt(guard: AttemptGuard, input: AttemptInput) -> Result<(Reply,
     let target = guard.target().clone();
     let t = target.cfg.timeouts;
     let start = Instant::now();
-    let sent = timeout(t.first_token.min(t.total), target.backend.send(UpstreamRequest { api: input.api, body: input.body.clone(), request_id: input.settled.request_id.clone() })).await;
+    let sent = timeout(t.first_token.min(t.total), target.backend.send(UpstreamRequest { api: input.api, body: input.body.clone(), request_id: input.settled.request_id.clone(), cache_namespace: input.cache_namespace.clone() })).await;
     let resp = match sent {
         Err(_) => {
             guard.fail();

@@ -181,8 +181,10 @@ impl Gateway {
             .collect()
     }
 
-    /// Routes one request body for `api` and returns the reply of the backend that answered.
-    pub async fn handle(&self, api: Api, body: &[u8]) -> Routed {
+    /// Routes one request body for `api` and returns the reply of the backend that answered;
+    /// `cache_namespace` is the caller's tenant namespace (in-process engines salt their prefix
+    /// cache with it).
+    pub async fn handle(&self, api: Api, body: &[u8], cache_namespace: Option<&str>) -> Routed {
         let mut p = Progress {
             request_id: request_id(),
             model: String::new(),
@@ -192,7 +194,7 @@ impl Gateway {
             prompt_estimate: 0,
             finished: false,
         };
-        let result = self.route(api, body, &mut p).await;
+        let result = self.route(api, body, cache_namespace, &mut p).await;
         p.finished = true;
         if let Err(e) = &result {
             tracing::info!(
@@ -211,7 +213,7 @@ impl Gateway {
         Routed { request_id: std::mem::take(&mut p.request_id), backend: std::mem::take(&mut p.backend), attempts: p.attempts, result }
     }
 
-    async fn route(&self, api: Api, body: &[u8], p: &mut Progress) -> Result<Reply, GatewayError> {
+    async fn route(&self, api: Api, body: &[u8], cache_namespace: Option<&str>, p: &mut Progress) -> Result<Reply, GatewayError> {
         let arrived = p.arrived;
         let value: Value = serde_json::from_slice(body)
             .map_err(|e| GatewayError::bad("", format!("The request body is not valid JSON: {e}")))?;
@@ -293,6 +295,7 @@ impl Gateway {
                     client_wants_usage: insp.include_usage,
                     prompt_estimate: insp.prompt_tokens,
                     arrived,
+                    cache_namespace: cache_namespace.map(str::to_string),
                     settled: Settled {
                         request_id: p.request_id.clone(),
                         model: route.cfg.name.clone(),

@@ -85,16 +85,23 @@ pub fn token_logprob(tok: &Tokenizer, id: u32, lp: &Logprobs) -> TokenLogprob {
 /// Handles a chat completion, streamed or not.
 pub async fn chat_completions(
     State(state): State<AppState>,
+    principal: Option<axum::Extension<sluice_govern::Principal>>,
     headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match run(state, &headers, body).await {
+    let namespace = state.cache_namespace(principal.as_deref(), &headers);
+    match run(state, &headers, &namespace, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn run(state: AppState, headers: &axum::http::HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn run(
+    state: AppState,
+    headers: &axum::http::HeaderMap,
+    namespace: &[u8],
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let body = params::read_body(body)?;
     let req: ChatCompletionRequest = parse_body(&body)?;
     let served = state.model(&req.model)?;
@@ -115,7 +122,7 @@ async fn run(state: AppState, headers: &axum::http::HeaderMap, body: Result<Byte
     let prompt = model.tokenizer.encode_prompt(&text, true);
     let max_tokens = params::resolve_max_tokens(prompt.len(), settings.max_tokens, model.model.cfg.context_length)?;
     let id = generate::request_id("chatcmpl");
-    let reqs = settings.choices(&generate::log_id(headers, &id), 0, &prompt, max_tokens);
+    let reqs = settings.choices(&generate::log_id(headers, &id), 0, &prompt, max_tokens, namespace);
     let streams = generate::submit_all(&served.engine, reqs)?;
     let created = generate::unix_now();
     let want_logprobs = lp_k.is_some();

@@ -27,16 +27,23 @@ fn push_logprob(out: &mut CompletionLogprobs, engine: &EngineHandle, id: u32, lp
 /// Handles a text completion, streamed or not.
 pub async fn completions(
     State(state): State<AppState>,
+    principal: Option<axum::Extension<sluice_govern::Principal>>,
     headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match run(state, &headers, body).await {
+    let namespace = state.cache_namespace(principal.as_deref(), &headers);
+    match run(state, &headers, &namespace, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn run(state: AppState, headers: &axum::http::HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn run(
+    state: AppState,
+    headers: &axum::http::HeaderMap,
+    namespace: &[u8],
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let body = params::read_body(body)?;
     let req: CompletionRequest = parse_body(&body)?;
     let served = state.model(&req.model)?;
@@ -58,7 +65,7 @@ async fn run(state: AppState, headers: &axum::http::HeaderMap, body: Result<Byte
         prompt_tokens += ids.len() as u32;
         let max_tokens = params::resolve_max_tokens(ids.len(), settings.max_tokens, model.model.cfg.context_length)
             .map_err(|e| ApiError { param: Some("prompt".into()), ..e })?;
-        reqs.extend(settings.choices(&generate::log_id(headers, &id), reqs.len(), &ids, max_tokens));
+        reqs.extend(settings.choices(&generate::log_id(headers, &id), reqs.len(), &ids, max_tokens, namespace));
     }
     let streams = generate::submit_all(&served.engine, reqs)?;
     let created = generate::unix_now();

@@ -6,7 +6,8 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::Router;
+use axum::{Extension, Router};
+use sluice_govern::Principal;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
@@ -29,12 +30,19 @@ pub struct GatewayState {
     gateway: Arc<Gateway>,
     engines: Vec<AppState>,
     created: u64,
+    governor: Option<sluice_govern::Governor>,
 }
 
 impl GatewayState {
     /// The gateway and the states of its in-process engines (which may still be loading).
     pub fn new(gateway: Arc<Gateway>, engines: Vec<AppState>) -> Self {
-        Self { gateway, engines, created: crate::generate::unix_now() }
+        Self { gateway, engines, created: crate::generate::unix_now(), governor: None }
+    }
+
+    /// Requires API keys checked by `gov` on the model and admin APIs.
+    pub fn with_governor(mut self, gov: sluice_govern::Governor) -> Self {
+        self.governor = Some(gov);
+        self
     }
 }
 
@@ -71,12 +79,13 @@ fn with_route_headers(mut resp: Response, r: &Routed) -> Response {
     resp
 }
 
-async fn proxy(state: GatewayState, api: Api, body: Result<Bytes, BytesRejection>) -> Response {
+async fn proxy(state: GatewayState, principal: Option<Principal>, api: Api, body: Result<Bytes, BytesRejection>) -> Response {
     let body = match params::read_body(body) {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let mut routed = state.gateway.handle(api, &body).await;
+    let namespace = principal.map(|p| p.cache_namespace());
+    let mut routed = state.gateway.handle(api, &body, namespace.as_deref()).await;
     let result = std::mem::replace(&mut routed.result, Err(GatewayError::BadRequest { message: String::new(), param: None }));
     let resp = match result {
         Err(e) => ApiError::from(e).into_response(),
@@ -94,12 +103,20 @@ async fn proxy(state: GatewayState, api: Api, body: Result<Bytes, BytesRejection
     with_route_headers(resp, &routed)
 }
 
-async fn chat(State(state): State<GatewayState>, body: Result<Bytes, BytesRejection>) -> Response {
-    proxy(state, Api::Chat, body).await
+async fn chat(
+    State(state): State<GatewayState>,
+    principal: Option<Extension<Principal>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    proxy(state, principal.map(|p| p.0), Api::Chat, body).await
 }
 
-async fn completions(State(state): State<GatewayState>, body: Result<Bytes, BytesRejection>) -> Response {
-    proxy(state, Api::Completions, body).await
+async fn completions(
+    State(state): State<GatewayState>,
+    principal: Option<Extension<Principal>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    proxy(state, principal.map(|p| p.0), Api::Completions, body).await
 }
 
 async fn models(State(state): State<GatewayState>) -> impl IntoResponse {
@@ -194,16 +211,19 @@ fn merge_families(text: &str) -> String {
 
 /// The gateway's router.
 pub fn gateway_app(state: GatewayState) -> Router {
-    Router::new()
+    let open = Router::new()
         .route("/health", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
         .route("/ready", get(ready))
-        .route("/v1/models", get(models))
         .route("/metrics", get(metrics))
+        .with_state(state.clone());
+    let api = Router::new()
+        .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .with_state(state.clone());
+    open.merge(crate::secure(api, state.governor.clone()))
         .fallback(crate::not_found)
         .method_not_allowed_fallback(crate::method_not_allowed)
-        .with_state(state)
 }
 
 #[cfg(test)]

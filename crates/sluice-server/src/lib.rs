@@ -1,6 +1,8 @@
 //! The HTTP API: `fn app(state) -> Router` with OpenAI-compatible handlers, server-sent-event
 //! streams, health and readiness, and the mapping of errors to OpenAI error bodies.
 
+mod admin;
+pub mod auth;
 mod chat;
 mod completions;
 pub mod error;
@@ -38,6 +40,8 @@ pub struct ServedModel {
 struct Inner {
     served: OnceLock<ServedModel>,
     created: u64,
+    /// Behind a gateway in this process: accept its prefix-cache namespace header.
+    trust_namespace_header: bool,
 }
 
 /// Shared state of the HTTP handlers.
@@ -55,7 +59,29 @@ impl Default for AppState {
 impl AppState {
     /// State of a server whose model is still loading (`/ready` answers 503 until `set_model`).
     pub fn loading() -> Self {
-        Self { inner: Arc::new(Inner { served: OnceLock::new(), created: generate::unix_now() }) }
+        Self { inner: Arc::new(Inner { served: OnceLock::new(), created: generate::unix_now(), trust_namespace_header: false }) }
+    }
+
+    /// State of an engine that only a gateway in this process reaches (its router has no
+    /// socket), which passes each request's tenant namespace in a header.
+    pub fn behind_gateway() -> Self {
+        Self {
+            inner: Arc::new(Inner { served: OnceLock::new(), created: generate::unix_now(), trust_namespace_header: true }),
+        }
+    }
+
+    /// The prefix-cache namespace of a request: the authenticated tenant's, the gateway's
+    /// header when this engine sits behind one, or the shared default.
+    pub fn cache_namespace(&self, principal: Option<&sluice_govern::Principal>, headers: &axum::http::HeaderMap) -> Vec<u8> {
+        if let Some(p) = principal {
+            return p.cache_namespace().into_bytes();
+        }
+        if self.inner.trust_namespace_header
+            && let Some(ns) = headers.get(auth::NAMESPACE_HEADER)
+        {
+            return ns.as_bytes().to_vec();
+        }
+        params::DEFAULT_CACHE_NAMESPACE.to_vec()
     }
 
     /// State serving `served` right away.
@@ -136,16 +162,41 @@ pub(crate) async fn method_not_allowed() -> ApiError {
     }
 }
 
-/// The router with every endpoint.
-pub fn app(state: AppState) -> Router {
+fn open_routes(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .route("/v1/models", get(models))
         .route("/metrics", get(metrics::metrics))
+        .with_state(state)
+}
+
+fn api_routes(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+fn finish(router: Router) -> Router {
+    router.fallback(not_found).method_not_allowed_fallback(method_not_allowed)
+}
+
+/// `api` (and the admin API, when a governor is given) behind API-key authentication.
+pub fn secure(api: Router, gov: Option<sluice_govern::Governor>) -> Router {
+    let api = match &gov {
+        Some(g) => api.merge(admin::routes(Some(g.clone()))),
+        None => api,
+    };
+    api.route_layer(axum::middleware::from_fn_with_state(gov, auth::authenticate))
+}
+
+/// The router with every endpoint, without authentication (tests, in-process engines).
+pub fn app(state: AppState) -> Router {
+    finish(open_routes(state.clone()).merge(api_routes(state)))
+}
+
+/// The router of `sluice serve --model`: API keys required when `gov` is given.
+pub fn app_with_auth(state: AppState, gov: Option<sluice_govern::Governor>) -> Router {
+    finish(open_routes(state.clone()).merge(secure(api_routes(state), gov)))
 }

@@ -7,7 +7,7 @@ use sluice_protocol::SamplingFields;
 
 use crate::error::ApiError;
 
-/// Prefix-cache namespace of unauthenticated requests.
+/// Prefix-cache namespace of unauthenticated requests (no store configured).
 pub const DEFAULT_CACHE_NAMESPACE: &[u8] = b"sluice:default";
 
 /// Most choices one request may ask for.
@@ -141,7 +141,14 @@ pub fn validate(f: &SamplingFields, logprobs: Option<u32>) -> Result<Generation,
 impl Generation {
     /// The engine requests for the `n` choices of one prompt; choice `i` samples with
     /// `seed + i`, so a seeded request is reproducible and its choices still differ.
-    pub fn choices(&self, request_id: &str, first_index: usize, prompt: &[u32], max_tokens: usize) -> Vec<GenerateRequest> {
+    pub fn choices(
+        &self,
+        request_id: &str,
+        first_index: usize,
+        prompt: &[u32],
+        max_tokens: usize,
+        namespace: &[u8],
+    ) -> Vec<GenerateRequest> {
         (0..self.n as usize)
             .map(|i| {
                 let mut sampling = self.sampling.clone();
@@ -153,8 +160,8 @@ impl Generation {
                     sampling,
                     stop: self.stop.clone(),
                     ignore_eos: self.ignore_eos,
-                    // One namespace until API keys exist; tenancy will pass the tenant here.
-                    cache_salt: DEFAULT_CACHE_NAMESPACE.to_vec(),
+                    // Server-chosen (tenant or default), never from the request body.
+                    cache_salt: namespace.to_vec(),
                 }
             })
             .collect()

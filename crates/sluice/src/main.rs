@@ -3,6 +3,7 @@
 mod bench;
 mod bench_gateway;
 mod bench_model;
+mod keys;
 mod serve;
 
 use anyhow::Context;
@@ -28,6 +29,8 @@ enum ConfigCommand {
 enum Command {
     /// Serve a model, or a fleet described by --config, through an OpenAI-compatible HTTP API.
     Serve(serve::ServeArgs),
+    /// Create, list and revoke API keys in the store.
+    Keys(keys::KeysArgs),
     /// Check a configuration file without serving.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -62,6 +65,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => rt.block_on(serve::serve(args)),
         Command::Config(ConfigCommand::Check { file }) => serve::check_config(&file),
+        Command::Keys(args) => rt.block_on(keys::run(args)),
         Command::MockUpstream(args) => rt.block_on(serve::mock_upstream(args)),
         Command::BenchModel(_) => Ok(()),
         Command::Bench(args) => rt.block_on(bench::run(args)),

@@ -13,6 +13,7 @@ use sluice_engine::{EngineConfig, EngineHandle};
 use sluice_gateway::config::{self, Endpoint, GatewayConfig};
 use sluice_gateway::mock::{MockBehaviour, MockUpstream};
 use sluice_gateway::{Backend, Gateway, InProcessBackend};
+use sluice_govern::Governor;
 use sluice_server::{AppState, GatewayState, ServedModel};
 
 #[derive(Args)]
@@ -53,6 +54,10 @@ pub struct ServeArgs {
     /// Do not reuse cached prompt prefixes.
     #[arg(long)]
     no_prefix_cache: bool,
+    /// Store for tenants and API keys (sqlite://PATH or postgres://...); API keys are required
+    /// when given. On an empty store a first admin key is printed once.
+    #[arg(long)]
+    database_url: Option<String>,
 }
 
 #[derive(Args)]
@@ -147,18 +152,53 @@ async fn start_engine(path: PathBuf, threads: Option<usize>, name: String, cfg: 
     Ok(ServedModel { name, engine })
 }
 
+/// Opens the store, applies migrations, and makes the first admin key on an empty store
+/// (printed once, unless `bootstrap` gives it).
+pub async fn open_governor(url: &str, bootstrap: Option<&str>) -> anyhow::Result<Governor> {
+    let store = sluice_store::Store::open(url).await.with_context(|| format!("cannot open the store {}", redact(url)))?;
+    let gov = Governor::new(store);
+    if let Some(k) = gov.bootstrap(bootstrap).await.context("cannot create the first admin key")? {
+        if bootstrap.is_some() {
+            tracing::info!(key = %k.record.id, "bootstrap admin key from the configuration stored");
+        } else {
+            // Shown once, outside the structured log, and never stored in clear.
+            eprintln!(
+                "\n  First start with an empty store: an admin API key was created for tenant `admin`.\n  It is shown only now:\n\n      {}\n\n  Create member keys with it (POST /admin/keys or `sluice keys create`).\n",
+                k.secret
+            );
+        }
+    }
+    Ok(gov)
+}
+
+/// A database URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &url[..s + 3], user, &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
 /// `sluice serve`.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(path) = args.config.clone() {
         let cfg = config::load(&path, &env_secret)?;
         return serve_fleet(args, cfg).await;
     }
+    let gov = match &args.database_url {
+        Some(url) => Some(open_governor(url, None).await?),
+        None => None,
+    };
     let Some(model) = args.model.clone() else { anyhow::bail!("give --model or --config") };
     let (listener, addr) = listen(args.host.as_deref().unwrap_or("127.0.0.1"), args.port.unwrap_or(8080)).await?;
     let state = AppState::loading();
     // Serve /health and /ready (503 "loading") while the model loads.
     let server = tokio::spawn(
-        axum::serve(listener, sluice_server::app(state.clone())).with_graceful_shutdown(shutdown()).into_future(),
+        axum::serve(listener, sluice_server::app_with_auth(state.clone(), gov.clone())).with_graceful_shutdown(shutdown()).into_future(),
     );
     let name = args.served_model_name.clone().unwrap_or_else(|| {
         model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
@@ -173,7 +213,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let served = start_engine(model, args.threads, name.clone(), engine_cfg).await?;
     state.set_model(served);
-    tracing::info!(model = %name, "serving OpenAI-compatible API on http://{addr}/v1");
+    tracing::info!(model = %name, api_keys = gov.is_some(), "serving OpenAI-compatible API on http://{addr}/v1");
     server.await.context("server task failed")?.context("server error")?;
     Ok(())
 }
@@ -189,7 +229,7 @@ async fn serve_fleet(args: ServeArgs, cfg: GatewayConfig) -> anyhow::Result<()> 
     let mut to_load = Vec::new();
     for b in &cfg.backends {
         if let Endpoint::Engine { model_path, threads, engine } = &b.endpoint {
-            let state = AppState::loading();
+            let state = AppState::behind_gateway();
             in_process.insert(b.name.clone(), Arc::new(InProcessBackend::new(sluice_server::app(state.clone()))));
             to_load.push((b.name.clone(), b.model.clone(), model_path.clone(), *threads, engine.clone(), state));
         }
@@ -198,13 +238,18 @@ async fn serve_fleet(args: ServeArgs, cfg: GatewayConfig) -> anyhow::Result<()> 
     gateway.start_health_checks();
     let gateway = Arc::new(gateway);
     let engines: Vec<AppState> = to_load.iter().map(|l| l.5.clone()).collect();
+    let database_url = args.database_url.clone().or(cfg.database_url.clone());
+    let mut state = GatewayState::new(gateway.clone(), engines);
+    if let Some(url) = &database_url {
+        state = state.with_governor(open_governor(url, cfg.bootstrap_key.as_deref()).await?);
+    }
     let (listener, addr) = listen(&host, port).await?;
-    let app = sluice_server::gateway_app(GatewayState::new(gateway.clone(), engines));
+    let app = sluice_server::gateway_app(state);
     let server = tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(shutdown()).into_future());
     for r in &cfg.routes {
         tracing::info!(model = %r.name, policy = r.policy.as_str(), targets = ?r.targets, fallback = ?r.fallback, "route");
     }
-    tracing::info!("gateway listening on http://{addr}/v1 (engines load in the background; /ready says when)");
+    tracing::info!(api_keys = database_url.is_some(), "gateway listening on http://{addr}/v1 (engines load in the background; /ready says when)");
     // Engines load one after another: loading several at once would only fight over memory bandwidth.
     for (backend, name, path, threads, engine_cfg, state) in to_load {
         let served = start_engine(path, threads, name, engine_cfg).await.with_context(|| format!("backend `{backend}`"))?;

@@ -10,6 +10,10 @@ use tower::ServiceExt;
 
 use super::{Backend, TransportError, UpstreamRequest, UpstreamResponse};
 
+/// Header carrying the tenant's prefix-cache namespace to an in-process engine, which trusts it
+/// because nothing but this gateway can reach its router.
+pub const NAMESPACE_HEADER: &str = "x-sluice-cache-namespace";
+
 /// An engine's router (`sluice_server::app`), mounted at `/v1`.
 #[derive(Debug, Clone)]
 pub struct InProcessBackend {
@@ -27,13 +31,15 @@ impl Backend for InProcessBackend {
     fn send(&self, req: UpstreamRequest) -> BoxFuture<'static, Result<UpstreamResponse, TransportError>> {
         let router = self.router.clone();
         async move {
-            let http = Request::builder()
+            let mut http = Request::builder()
                 .method(Method::POST)
                 .uri(format!("/v1{}", req.api.path()))
                 .header(header::CONTENT_TYPE, "application/json")
-                .header("x-request-id", &req.request_id)
-                .body(Body::from(req.body))
-                .map_err(|e| TransportError::Request(e.to_string()))?;
+                .header("x-request-id", &req.request_id);
+            if let Some(ns) = &req.cache_namespace {
+                http = http.header(NAMESPACE_HEADER, ns);
+            }
+            let http = http.body(Body::from(req.body)).map_err(|e| TransportError::Request(e.to_string()))?;
             let resp = match router.oneshot(http).await {
                 Ok(r) => r,
                 Err(never) => match never {},

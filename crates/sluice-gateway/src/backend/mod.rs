@@ -13,7 +13,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 
 pub use http::HttpBackend;
-pub use in_process::InProcessBackend;
+pub use in_process::{InProcessBackend, NAMESPACE_HEADER};
 
 /// Which API a request calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +43,8 @@ pub struct UpstreamRequest {
     pub body: Bytes,
     /// The gateway's request id, sent as `x-request-id` so both sides' logs line up.
     pub request_id: String,
+    /// The caller's prefix-cache namespace (its tenant); only in-process engines receive it.
+    pub cache_namespace: Option<String>,
 }
 
 /// Response body chunks; an error means the transfer broke.

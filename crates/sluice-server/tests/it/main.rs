@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code may unwrap")]
 
 mod api;
+mod auth;
 mod chaos;
 mod errors;
 mod gateway;

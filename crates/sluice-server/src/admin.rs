@@ -1,0 +1,144 @@
+//! The admin API: tenants and API keys. Admin role only; a new key is returned once and
+//! never again.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::json;
+use sluice_govern::{GovernError, Governor, Principal, Role};
+use sluice_store::KeyRecord;
+
+use crate::auth::require_admin;
+use crate::error::ApiError;
+use crate::params;
+
+impl From<GovernError> for ApiError {
+    fn from(e: GovernError) -> Self {
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        ApiError { status, code: Some(e.kind()), ..ApiError::bad_request(e.to_string()) }
+    }
+}
+
+fn key_json(k: &KeyRecord) -> serde_json::Value {
+    json!({"id": k.id, "prefix": k.prefix, "tenant_id": k.tenant_id, "role": k.role, "name": k.name,
+           "created_ms": k.created_ms, "expires_ms": k.expires_ms, "revoked_ms": k.revoked_ms,
+           "revoked_reason": k.revoked_reason})
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTenant {
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKeyBody {
+    tenant: String,
+    role: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    expires_in_seconds: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Revoke {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct KeyFilter {
+    tenant: Option<String>,
+}
+
+fn body<T: serde::de::DeserializeOwned>(b: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let b = params::read_body(b)?;
+    params::parse_body(&b)
+}
+
+fn governor(g: Option<Governor>) -> Result<Governor, ApiError> {
+    g.ok_or_else(|| ApiError {
+        status: StatusCode::NOT_FOUND,
+        code: Some("not_found"),
+        ..ApiError::bad_request("The admin API needs a store: start with --database-url or [store] in the config")
+    })
+}
+
+async fn list_tenants(State(g): State<Option<Governor>>, Extension(p): Extension<Principal>) -> Result<Response, ApiError> {
+    require_admin(&p)?;
+    let tenants = governor(g)?.store().tenants().await.map_err(GovernError::from)?;
+    let data: Vec<_> = tenants.iter().map(|t| json!({"id": t.id, "name": t.name, "created_ms": t.created_ms})).collect();
+    Ok(Json(json!({"object": "list", "data": data})).into_response())
+}
+
+async fn create_tenant(
+    State(g): State<Option<Governor>>,
+    Extension(p): Extension<Principal>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    require_admin(&p)?;
+    let req: NewTenant = body(b)?;
+    let t = governor(g)?.create_tenant(&req.name).await?;
+    tracing::info!(tenant = %t.name, by_key = %p.key_id, "tenant created");
+    Ok((StatusCode::CREATED, Json(json!({"id": t.id, "name": t.name, "created_ms": t.created_ms}))).into_response())
+}
+
+async fn list_keys(
+    State(g): State<Option<Governor>>,
+    Extension(p): Extension<Principal>,
+    Query(f): Query<KeyFilter>,
+) -> Result<Response, ApiError> {
+    require_admin(&p)?;
+    let keys = governor(g)?.keys(f.tenant.as_deref()).await?;
+    Ok(Json(json!({"object": "list", "data": keys.iter().map(key_json).collect::<Vec<_>>()})).into_response())
+}
+
+async fn create_key(
+    State(g): State<Option<Governor>>,
+    Extension(p): Extension<Principal>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    require_admin(&p)?;
+    let req: NewKeyBody = body(b)?;
+    let role = Role::parse(&req.role).ok_or_else(|| ApiError::invalid("role", "`role` must be admin or member"))?;
+    let expires = req.expires_in_seconds.map(std::time::Duration::from_secs);
+    let k = governor(g)?.create_key(&req.tenant, role, req.name.as_deref().unwrap_or(""), expires).await?;
+    tracing::info!(key = %k.record.id, tenant = %req.tenant, role = role.as_str(), by_key = %p.key_id, "API key created");
+    let mut out = key_json(&k.record);
+    out["key"] = json!(k.secret);
+    Ok((StatusCode::CREATED, Json(out)).into_response())
+}
+
+async fn revoke_key(
+    State(g): State<Option<Governor>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    require_admin(&p)?;
+    let reason = match b {
+        Ok(bytes) if bytes.is_empty() => None,
+        other => body::<Revoke>(other)?.reason,
+    };
+    governor(g)?.revoke_key(&id, reason.as_deref().unwrap_or("revoked by an admin")).await?;
+    tracing::info!(key = %id, by_key = %p.key_id, "API key revoked");
+    Ok(Json(json!({"id": id, "revoked": true})).into_response())
+}
+
+/// `/admin/...` routes (to be wrapped by the authentication middleware).
+pub fn routes(gov: Option<Governor>) -> Router {
+    Router::new()
+        .route("/admin/tenants", get(list_tenants).post(create_tenant))
+        .route("/admin/keys", get(list_keys).post(create_key))
+        .route("/admin/keys/{id}/revoke", post(revoke_key))
+        .with_state(gov)
+}

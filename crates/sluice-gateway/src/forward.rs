@@ -106,11 +106,13 @@ pub struct AttemptFailure {
     pub timed_out: bool,
     /// The prompt does not fit this backend: try a larger one.
     pub too_long: bool,
+    /// The backend is busy (429, or 503 with Retry-After), not broken.
+    pub overloaded: bool,
 }
 
 impl AttemptFailure {
     fn retry(detail: impl Into<String>) -> Self {
-        Self { detail: detail.into(), retryable: true, retry_after: None, timed_out: false, too_long: false }
+        Self { detail: detail.into(), retryable: true, retry_after: None, timed_out: false, too_long: false, overloaded: false }
     }
 
     fn timeout(what: &str, d: Duration) -> Self {
@@ -243,10 +245,11 @@ fn snippet(body: &[u8]) -> String {
 fn judge_status(guard: AttemptGuard, status: u16, retry_after: Option<Duration>, body: Vec<u8>) -> Result<Reply, AttemptFailure> {
     let detail = format!("HTTP {status}: {}", snippet(&body));
     match status {
-        429 => {
-            // Alive but busy: not a breaker failure.
+        429 | 503 if status == 429 || retry_after.is_some() => {
+            // Alive but busy (rate limited, or a full queue that says when to come back): not a
+            // breaker failure.
             guard.neutral();
-            Err(AttemptFailure { retry_after, ..AttemptFailure::retry(detail) })
+            Err(AttemptFailure { retry_after, overloaded: true, ..AttemptFailure::retry(detail) })
         }
         408 | 500..=599 => {
             guard.fail();

@@ -272,6 +272,8 @@ impl Gateway {
         let mut failures = Vec::new();
         let mut timed_out = false;
         let mut only_too_long = true;
+        let mut only_overloaded = true;
+        let mut longest_wait: Option<Duration> = None;
         'targets: for target in order {
             for k in 0..retry.attempts_per_target {
                 if p.attempts >= retry.max_attempts {
@@ -327,6 +329,8 @@ impl Gateway {
                         failures.push(format!("{}: {}", target.name(), f.detail));
                         timed_out = f.timed_out;
                         only_too_long &= f.too_long;
+                        only_overloaded &= f.overloaded;
+                        longest_wait = longest_wait.max(f.retry_after);
                         if let Some(ra) = f.retry_after {
                             target.hold_off(Instant::now() + ra);
                             continue 'targets;
@@ -337,6 +341,14 @@ impl Gateway {
                     }
                 }
             }
+        }
+        if only_overloaded && p.attempts > 0 {
+            // Every backend said "busy": pass that on as such, with when to come back.
+            return Err(GatewayError::Unavailable {
+                model: route.cfg.name.clone(),
+                reasons: failures.join("; "),
+                retry_after: longest_wait.map_or(1, |d| d.as_secs().clamp(1, 3600) as u32),
+            });
         }
         if only_too_long && p.attempts > 0 {
             // Our estimate fitted, the backends' tokenizers disagreed.

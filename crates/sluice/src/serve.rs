@@ -189,21 +189,20 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let cfg = config::load(&path, &env_secret)?;
         return serve_fleet(args, cfg).await;
     }
-    let gov = match &args.database_url {
-        Some(url) => Some(open_governor(url, None).await?),
-        None => None,
-    };
     let Some(model) = args.model.clone() else { anyhow::bail!("give --model or --config") };
-    let (listener, addr) = listen(args.host.as_deref().unwrap_or("127.0.0.1"), args.port.unwrap_or(8080)).await?;
-    let state = AppState::loading();
-    // Serve /health and /ready (503 "loading") while the model loads.
-    let server = tokio::spawn(
-        axum::serve(listener, sluice_server::app_with_auth(state.clone(), gov.clone())).with_graceful_shutdown(shutdown()).into_future(),
-    );
+    let cfg = single_model(&args, model);
+    serve_fleet(args, cfg).await
+}
+
+/// `--model` as a fleet of one: the engine behind the same gateway path as a configured fleet
+/// (one code path for keys, routing, metrics and logs), without retries — there is nowhere else
+/// to go — and with timeouts that never cut a slow CPU generation short.
+fn single_model(args: &ServeArgs, model: PathBuf) -> GatewayConfig {
+    use sluice_gateway::config::{BackendKind, BreakerConfig, Cost, RetryConfig, RouteConfig, ServerConfig, Timeouts};
     let name = args.served_model_name.clone().unwrap_or_else(|| {
         model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
     });
-    let engine_cfg = EngineConfig {
+    let engine = EngineConfig {
         max_waiting: args.max_waiting,
         max_num_batched_tokens: args.max_num_batched_tokens,
         max_num_seqs: args.max_num_seqs,
@@ -211,11 +210,35 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         block_size: args.block_size,
         prefix_caching: !args.no_prefix_cache,
     };
-    let served = start_engine(model, args.threads, name.clone(), engine_cfg).await?;
-    state.set_model(served);
-    tracing::info!(model = %name, api_keys = gov.is_some(), "serving OpenAI-compatible API on http://{addr}/v1");
-    server.await.context("server task failed")?.context("server error")?;
-    Ok(())
+    let hour = std::time::Duration::from_secs(3600);
+    let backend = sluice_gateway::BackendConfig {
+        name: name.clone(),
+        kind: BackendKind::Engine,
+        endpoint: Endpoint::Engine { model_path: model, threads: args.threads, engine },
+        model: name.clone(),
+        context_window: None,
+        max_concurrent: u32::MAX,
+        cost: Cost::Unknown,
+        timeouts: Timeouts { connect: hour, first_token: hour, idle: hour, total: 24 * hour },
+        breaker: BreakerConfig { failures: u32::MAX, cooldown: std::time::Duration::from_secs(1) },
+        health: Default::default(),
+    };
+    let route = RouteConfig {
+        name: name.clone(),
+        targets: vec![name],
+        weights: vec![1],
+        policy: sluice_gateway::policy::PolicyKind::RoundRobin,
+        fallback: Vec::new(),
+        retry: RetryConfig { max_attempts: 1, attempts_per_target: 1, ..Default::default() },
+        prefix_bytes: 256,
+    };
+    GatewayConfig {
+        server: ServerConfig::default(),
+        backends: vec![backend],
+        routes: vec![route],
+        database_url: None,
+        bootstrap_key: None,
+    }
 }
 
 async fn shutdown() {

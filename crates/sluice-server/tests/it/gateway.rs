@@ -462,3 +462,15 @@ async fn when_health_checks_rule_out_every_target_they_are_tried_anyway() {
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(header(&r, "x-sluice-backend"), "a");
 }
+
+#[tokio::test]
+async fn busy_backends_give_a_503_with_retry_after_and_keep_their_circuit_closed() {
+    let busy = MockBehaviour { status: 503, retry_after: Some(2), ..Default::default() };
+    let (f, ma, mb) = pair(busy.clone(), busy, "breaker = { failures = 1, cooldown_ms = 60000 }").await;
+    let r = f.post("/v1/chat/completions", chat("m", 2)).await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_eq!(r.headers["retry-after"], "2");
+    assert_eq!(r.json()["error"]["code"], "overloaded");
+    assert_eq!((ma.requests(), mb.requests()), (1, 1), "each asked once, then left alone for 2 s");
+    assert_eq!(f.target("a").breaker_state(Instant::now()), 0, "busy is not broken");
+}

@@ -42,6 +42,9 @@ pub enum GatewayError {
         /// Seconds after which one may be back.
         retry_after: u32,
     },
+    /// Admission refused it (a rate limit or a budget), before any backend was called.
+    #[error("{}", .0.message)]
+    Refused(crate::ticket::Refusal),
     /// Every attempt failed.
     #[error("All {attempts} attempts for `{model}` failed: {failures}")]
     Exhausted {
@@ -65,12 +68,13 @@ impl GatewayError {
             Self::ContextLength { .. } => "context_length_exceeded",
             Self::Unavailable { .. } => "no_backend_available",
             Self::Exhausted { .. } => "backends_failed",
+            Self::Refused(r) => r.code,
         }
     }
 
     /// Whether the same request may succeed later.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Unavailable { .. } | Self::Exhausted { .. })
+        matches!(self, Self::Unavailable { .. } | Self::Exhausted { .. } | Self::Refused(_))
     }
 
     /// HTTP status.
@@ -81,6 +85,7 @@ impl GatewayError {
             Self::Unavailable { .. } => 503,
             Self::Exhausted { timed_out: true, .. } => 504,
             Self::Exhausted { .. } => 502,
+            Self::Refused(r) => r.status,
         }
     }
 

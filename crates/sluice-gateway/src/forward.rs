@@ -16,68 +16,10 @@ use tokio::time::timeout;
 use crate::backend::{Api, BodyStream, TransportError, UpstreamRequest};
 use crate::sse::SseReader;
 use crate::target::{AttemptGuard, Target};
+use crate::ticket::{Ticket, UsageCount};
 
 /// Largest non-streamed response body we read.
 const MAX_BODY: usize = 32 << 20;
-
-/// Tokens counted for one request.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct UsageCount {
-    /// Prompt tokens (the backend's count, or our estimate when it gave none).
-    pub prompt_tokens: u64,
-    /// Generated tokens (the backend's count, or streamed chunks counted).
-    pub completion_tokens: u64,
-    /// The backend reported these numbers itself.
-    pub reported: bool,
-}
-
-/// The facts of a finished request, for its log line and the usage record.
-#[derive(Debug, Clone)]
-pub struct Settled {
-    /// Request id.
-    pub request_id: String,
-    /// Client-facing model.
-    pub model: String,
-    /// The backend that answered (or failed last).
-    pub backend: String,
-    /// Attempts made.
-    pub attempts: u32,
-    /// `ok`, `upstream_error`, `stream_failed`, `client_gone`, …
-    pub outcome: &'static str,
-    /// HTTP status the client got.
-    pub status: u16,
-    /// Token counts.
-    pub usage: UsageCount,
-    /// Arrival to end.
-    pub latency: Duration,
-    /// Arrival to first token (streams).
-    pub ttft: Option<Duration>,
-}
-
-impl Settled {
-    /// Writes the request's structured log line and books its tokens on the target.
-    pub fn record(&self, target: Option<&Target>) {
-        if let Some(t) = target {
-            t.stats.prompt_tokens.fetch_add(self.usage.prompt_tokens, Ordering::Relaxed);
-            t.stats.completion_tokens.fetch_add(self.usage.completion_tokens, Ordering::Relaxed);
-        }
-        tracing::info!(
-            target: "sluice::request",
-            request_id = %self.request_id,
-            model = %self.model,
-            backend = %self.backend,
-            attempts = self.attempts,
-            outcome = self.outcome,
-            status = self.status,
-            prompt_tokens = self.usage.prompt_tokens,
-            completion_tokens = self.usage.completion_tokens,
-            usage_reported = self.usage.reported,
-            latency_ms = self.latency.as_secs_f64() * 1e3,
-            ttft_ms = self.ttft.map(|d| d.as_secs_f64() * 1e3),
-            "request"
-        );
-    }
-}
 
 /// What the client gets from a successful attempt.
 #[derive(Debug)]
@@ -133,10 +75,8 @@ pub struct AttemptInput {
     pub client_wants_usage: bool,
     /// Our prompt estimate, used when the backend reports no usage.
     pub prompt_estimate: u64,
-    /// When the request arrived.
-    pub arrived: Instant,
-    /// Facts for the final log line of a stream.
-    pub settled: Settled,
+    /// The request id, sent upstream.
+    pub request_id: String,
     /// The caller's prefix-cache namespace.
     pub cache_namespace: Option<String>,
 }
@@ -147,6 +87,14 @@ struct UsagePeek {
     prompt_tokens: u64,
     #[serde(default)]
     completion_tokens: u64,
+    #[serde(default)]
+    prompt_tokens_details: Option<CachedPeek>,
+}
+
+#[derive(Deserialize)]
+struct CachedPeek {
+    #[serde(default)]
+    cached_tokens: u64,
 }
 
 #[derive(Deserialize)]
@@ -186,7 +134,7 @@ enum Payload {
     /// An error event from the backend.
     Error(String),
     /// A chunk: tokens in it, whether it ends a choice, usage if it is the usage chunk.
-    Chunk { tokens: u64, finishes: bool, usage: Option<(u64, u64)> },
+    Chunk { tokens: u64, finishes: bool, usage: Option<UsageCount> },
     /// Not JSON we understand: forwarded as is.
     Other,
 }
@@ -214,7 +162,13 @@ fn classify(p: &str) -> Payload {
                 }
                 finishes |= ch.finish_reason.is_some();
             }
-            Payload::Chunk { tokens, finishes, usage: c.usage.map(|u| (u.prompt_tokens, u.completion_tokens)) }
+            let usage = c.usage.map(|u| UsageCount {
+                prompt_tokens: u.prompt_tokens,
+                cached_tokens: cached_tokens(&u),
+                completion_tokens: u.completion_tokens,
+                reported: true,
+            });
+            Payload::Chunk { tokens, finishes, usage }
         }
         Err(_) => Payload::Other,
     }
@@ -267,12 +221,49 @@ fn judge_status(guard: AttemptGuard, status: u16, retry_after: Option<Duration>,
     }
 }
 
-/// Runs one attempt. A streamed reply keeps `guard` in its forwarding task until it ends.
-pub async fn attempt(guard: AttemptGuard, input: AttemptInput) -> Result<(Reply, Option<UsageCount>), AttemptFailure> {
+/// A stream that produced its first token: from here on it belongs to this backend.
+#[derive(Debug)]
+pub struct Committed {
+    guard: AttemptGuard,
+    sse: SseReader,
+    held: Vec<String>,
+    usage: UsageCount,
+    start: Instant,
+    client_wants_usage: bool,
+}
+
+/// A successful attempt.
+#[derive(Debug)]
+pub enum Attempted {
+    /// A whole response; usage when the body reported it.
+    Complete {
+        /// HTTP status.
+        status: u16,
+        /// JSON body.
+        body: Bytes,
+        /// Reported usage.
+        usage: Option<UsageCount>,
+    },
+    /// A stream past its first token.
+    Stream(Committed),
+}
+
+fn cached_tokens(u: &UsagePeek) -> u64 {
+    u.prompt_tokens_details.as_ref().map_or(0, |d| d.cached_tokens)
+}
+
+/// Runs one attempt.
+pub async fn attempt(guard: AttemptGuard, input: AttemptInput) -> Result<Attempted, AttemptFailure> {
     let target = guard.target().clone();
     let t = target.cfg.timeouts;
     let start = Instant::now();
-    let sent = timeout(t.first_token.min(t.total), target.backend.send(UpstreamRequest { api: input.api, body: input.body.clone(), request_id: input.settled.request_id.clone(), cache_namespace: input.cache_namespace.clone() })).await;
+    let req = UpstreamRequest {
+        api: input.api,
+        body: input.body.clone(),
+        request_id: input.request_id.clone(),
+        cache_namespace: input.cache_namespace.clone(),
+    };
+    let sent = timeout(t.first_token.min(t.total), target.backend.send(req)).await;
     let resp = match sent {
         Err(_) => {
             guard.fail();
@@ -300,7 +291,11 @@ pub async fn attempt(guard: AttemptGuard, input: AttemptInput) -> Result<(Reply,
                 return Err(AttemptFailure::timeout("reading the error body", t.total));
             }
         };
-        return judge_status(guard, resp.status, resp.retry_after, body).map(|r| (r, None));
+        return judge_status(guard, resp.status, resp.retry_after, body)
+            .map(|r| match r {
+                Reply::Complete { status, body } => Attempted::Complete { status, body, usage: None },
+                Reply::Stream(_) => Attempted::Complete { status: 502, body: Bytes::new(), usage: None },
+            });
     }
     if !input.stream {
         let body = match timeout(rest, read_all(resp.body)).await {
@@ -316,11 +311,12 @@ pub async fn attempt(guard: AttemptGuard, input: AttemptInput) -> Result<(Reply,
         };
         let usage = serde_json::from_slice::<BodyPeek>(&body).ok().and_then(|b| b.usage).map(|u| UsageCount {
             prompt_tokens: u.prompt_tokens,
+            cached_tokens: cached_tokens(&u),
             completion_tokens: u.completion_tokens,
             reported: true,
         });
         guard.succeed(start.elapsed());
-        return Ok((Reply::Complete { status: resp.status, body: Bytes::from(body) }, usage));
+        return Ok(Attempted::Complete { status: resp.status, body: Bytes::from(body), usage });
     }
     // Stream: read until the first token before committing to this backend.
     let mut sse = SseReader::new(resp.body);
@@ -358,8 +354,8 @@ pub async fn attempt(guard: AttemptGuard, input: AttemptInput) -> Result<(Reply,
             }
             Payload::Chunk { tokens, finishes, usage: u } => {
                 usage.completion_tokens += tokens;
-                if let Some((p, c)) = u {
-                    usage = UsageCount { prompt_tokens: p, completion_tokens: c, reported: true };
+                if let Some(u) = u {
+                    usage = u;
                     if !input.client_wants_usage {
                         continue;
                     }
@@ -372,122 +368,104 @@ pub async fn attempt(guard: AttemptGuard, input: AttemptInput) -> Result<(Reply,
             Payload::Other => held.push(payload),
         }
     }
-    let ttft = input.arrived.elapsed();
-    let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(forward_stream(guard, sse, held, tx, input, usage, start, ttft));
-    Ok((Reply::Stream(rx), None))
+    Ok(Attempted::Stream(Committed { guard, sse, held, usage, start, client_wants_usage: input.client_wants_usage }))
 }
 
-/// Forwards a committed stream to the client until `[DONE]`, a failure, or the client leaving.
-#[expect(clippy::too_many_arguments, reason = "the parts of one committed stream, moved into its task")]
-async fn forward_stream(
-    guard: AttemptGuard,
-    mut sse: SseReader,
-    held: Vec<String>,
-    tx: mpsc::Sender<String>,
-    input: AttemptInput,
-    mut usage: UsageCount,
-    start: Instant,
-    ttft: Duration,
-) {
-    let target: Arc<Target> = guard.target().clone();
-    let t = target.cfg.timeouts;
-    let deadline = start + t.total;
-    let mut settled = input.settled;
-    settled.ttft = Some(ttft);
-    let arrived = input.arrived;
-    let mut done = false;
-    let mut counted_from_usage = usage.reported;
-    for p in held {
-        done |= p.trim() == "[DONE]";
-        if tx.send(p).await.is_err() {
-            return finish(settled, arrived, usage, "client_gone", Some(&target), None);
+/// Forwards a committed stream to the client until `[DONE]`, a failure, or the client leaving;
+/// the ticket settles when it ends.
+pub fn spawn_forward(c: Committed, mut ticket: Ticket) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let Committed { guard, mut sse, held, mut usage, start, client_wants_usage } = c;
+        let target: Arc<Target> = guard.target().clone();
+        let t = target.cfg.timeouts;
+        let deadline = start + t.total;
+        let mut done = false;
+        let mut counted_from_usage = usage.reported;
+        for p in held {
+            done |= p.trim() == "[DONE]";
+            if tx.send(p).await.is_err() {
+                drop(guard); // abandoned, not failed
+                return ticket.finish("client_gone", 499, usage, None);
+            }
         }
-    }
-    let mut failure: Option<String> = None;
-    while !done {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let wait = t.idle.min(left);
-        let next = tokio::select! {
-            n = timeout(wait, sse.next()) => n,
-            _ = tx.closed() => {
-                drop(guard); // the attempt is abandoned, not failed
-                return finish(settled, arrived, usage, "client_gone", Some(&target), None);
-            }
-        };
-        let payload = match next {
-            Err(_) if left <= t.idle => {
-                failure = Some(format!("the total timeout of {} ms passed", t.total.as_millis()));
-                break;
-            }
-            Err(_) => {
-                failure = Some(format!("no event for {} ms (idle timeout)", t.idle.as_millis()));
-                break;
-            }
-            Ok(None) => {
-                failure = Some("the stream ended without [DONE]".into());
-                break;
-            }
-            Ok(Some(Err(e))) => {
-                failure = Some(format!("the stream broke: {e}"));
-                break;
-            }
-            Ok(Some(Ok(p))) => p,
-        };
-        match classify(&payload) {
-            Payload::Done => done = true,
-            Payload::Error(m) => {
-                failure = Some(format!("error event: {m}"));
-                break;
-            }
-            Payload::Chunk { tokens, usage: u, .. } => {
-                if !counted_from_usage {
-                    usage.completion_tokens += tokens;
+        let mut failure: Option<String> = None;
+        while !done {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let wait = t.idle.min(left);
+            let next = tokio::select! {
+                n = timeout(wait, sse.next()) => n,
+                _ = tx.closed() => {
+                    drop(guard);
+                    return ticket.finish("client_gone", 499, usage, None);
                 }
-                if let Some((p, c)) = u {
-                    usage = UsageCount { prompt_tokens: p, completion_tokens: c, reported: true };
-                    counted_from_usage = true;
-                    if !input.client_wants_usage {
-                        continue;
+            };
+            let payload = match next {
+                Err(_) if left <= t.idle => {
+                    failure = Some(format!("the total timeout of {} ms passed", t.total.as_millis()));
+                    break;
+                }
+                Err(_) => {
+                    failure = Some(format!("no event for {} ms (idle timeout)", t.idle.as_millis()));
+                    break;
+                }
+                Ok(None) => {
+                    failure = Some("the stream ended without [DONE]".into());
+                    break;
+                }
+                Ok(Some(Err(e))) => {
+                    failure = Some(format!("the stream broke: {e}"));
+                    break;
+                }
+                Ok(Some(Ok(p))) => p,
+            };
+            match classify(&payload) {
+                Payload::Done => done = true,
+                Payload::Error(m) => {
+                    failure = Some(format!("error event: {m}"));
+                    break;
+                }
+                Payload::Chunk { tokens, usage: u, .. } => {
+                    if !counted_from_usage {
+                        usage.completion_tokens += tokens;
+                    }
+                    if let Some(u) = u {
+                        usage = u;
+                        counted_from_usage = true;
+                        if !client_wants_usage {
+                            continue;
+                        }
                     }
                 }
+                Payload::Other => {}
             }
-            Payload::Other => {}
+            if tx.send(payload).await.is_err() {
+                drop(guard);
+                return ticket.finish("client_gone", 499, usage, None);
+            }
         }
-        if tx.send(payload).await.is_err() {
-            drop(guard);
-            return finish(settled, arrived, usage, "client_gone", Some(&target), None);
+        match failure {
+            None => {
+                guard.succeed(ticket.settled.ttft.unwrap_or_default().min(start.elapsed()));
+                ticket.finish("ok", 200, usage, None);
+            }
+            Some(why) => {
+                guard.fail();
+                let message =
+                    format!("Backend `{}` failed mid-stream after {} tokens: {why}", target.name(), usage.completion_tokens);
+                let event = serde_json::json!({
+                    "error": { "message": message, "type": "server_error", "param": null, "code": "backend_stream_failed" }
+                });
+                let _ = tx.send(event.to_string()).await;
+                if let Some(a) = ticket.settled.attempts.last_mut() {
+                    a.outcome = "stream_failed";
+                    a.error = Some(why.clone());
+                }
+                ticket.finish("stream_failed", 200, usage, Some(&message));
+            }
         }
-    }
-    match failure {
-        None => {
-            guard.succeed(ttft.min(start.elapsed()));
-            finish(settled, arrived, usage, "ok", Some(&target), None);
-        }
-        Some(why) => {
-            guard.fail();
-            let message = format!(
-                "Backend `{}` failed mid-stream after {} tokens: {why}",
-                target.name(),
-                usage.completion_tokens
-            );
-            let event = serde_json::json!({
-                "error": { "message": message, "type": "server_error", "param": null, "code": "backend_stream_failed" }
-            });
-            let _ = tx.send(event.to_string()).await;
-            finish(settled, arrived, usage, "stream_failed", Some(&target), Some(message));
-        }
-    }
-}
-
-fn finish(mut s: Settled, arrived: Instant, usage: UsageCount, outcome: &'static str, target: Option<&Target>, error: Option<String>) {
-    s.usage = usage;
-    s.outcome = outcome;
-    s.latency = arrived.elapsed();
-    if let Some(e) = error {
-        tracing::warn!(request_id = %s.request_id, backend = %s.backend, error = %e, "stream failed after its first token");
-    }
-    s.record(target);
+    });
+    rx
 }
 
 /// Jittered exponential backoff before retry `n` (1-based): `base × 2^(n-1)`, capped, times a
@@ -537,7 +515,7 @@ mod tests {
         ));
         assert!(matches!(
             classify(r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#),
-            Payload::Chunk { usage: Some((3, 5)), .. }
+            Payload::Chunk { usage: Some(UsageCount { prompt_tokens: 3, completion_tokens: 5, .. }), .. }
         ));
         assert!(matches!(classify(r#"{"choices":[{"text":"x","finish_reason":"length"}]}"#), Payload::Chunk { tokens: 1, finishes: true, .. }));
     }

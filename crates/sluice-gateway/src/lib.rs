@@ -15,6 +15,7 @@ pub mod policy;
 mod request;
 pub mod sse;
 pub mod target;
+pub mod ticket;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,10 +28,12 @@ use serde_json::Value;
 pub use backend::{Api, Backend, HttpBackend, InProcessBackend};
 pub use config::{BackendConfig, BackendKind, ConfigError, Endpoint, GatewayConfig, RouteConfig};
 pub use error::GatewayError;
-pub use forward::{Reply, Settled, UsageCount};
+pub use forward::Reply;
 pub use target::Target;
+pub use ticket::{Admission, AttemptRecord, Caller, Governance, Refusal, RequestContext, Settled, UsageCount};
 
-use crate::forward::{AttemptInput, attempt, backoff};
+use crate::forward::{AttemptInput, Attempted, attempt, backoff, spawn_forward};
+use crate::ticket::{Ticket, worst_case_cost};
 use crate::policy::{Policy, RouteRequest};
 
 #[derive(Debug)]
@@ -48,6 +51,13 @@ pub struct Gateway {
     names: Vec<String>,
     targets: Vec<Arc<Target>>,
     health_tasks: Vec<tokio::task::JoinHandle<()>>,
+    governance: Option<Arc<dyn Governance>>,
+}
+
+/// What routing produced.
+enum Handled {
+    Complete { status: u16, body: Bytes, usage: UsageCount },
+    Stream { rx: tokio::sync::mpsc::Receiver<String>, backend: String, attempts: u32 },
 }
 
 /// The answer to one request, with the facts the server puts in headers.
@@ -61,37 +71,6 @@ pub struct Routed {
     pub attempts: u32,
     /// The reply, or why there is none.
     pub result: Result<Reply, GatewayError>,
-}
-
-/// A request being routed; if its future is dropped (the client went away) before it ends,
-/// its log line still gets written.
-struct Progress {
-    request_id: String,
-    model: String,
-    backend: String,
-    attempts: u32,
-    arrived: Instant,
-    prompt_estimate: u64,
-    finished: bool,
-}
-
-impl Drop for Progress {
-    fn drop(&mut self) {
-        if !self.finished {
-            tracing::info!(
-                target: "sluice::request",
-                request_id = %self.request_id,
-                model = %self.model,
-                backend = %self.backend,
-                attempts = self.attempts,
-                outcome = "client_gone",
-                status = 499,
-                prompt_tokens = self.prompt_estimate,
-                latency_ms = self.arrived.elapsed().as_secs_f64() * 1e3,
-                "request"
-            );
-        }
-    }
 }
 
 /// A process-unique request id.
@@ -137,7 +116,13 @@ impl Gateway {
         }
         let mut names: Vec<String> = routes.keys().cloned().collect();
         names.sort();
-        Ok(Self { routes, names, targets, health_tasks: Vec::new() })
+        Ok(Self { routes, names, targets, health_tasks: Vec::new(), governance: None })
+    }
+
+    /// Admits every authenticated request through `g` (limits, budgets) and settles it there
+    /// (the ledger).
+    pub fn set_governance(&mut self, g: Arc<dyn Governance>) {
+        self.governance = Some(g);
     }
 
     /// Starts the active health checks (one task per backend, stopped when the gateway drops).
@@ -181,40 +166,43 @@ impl Gateway {
             .collect()
     }
 
-    /// Routes one request body for `api` and returns the reply of the backend that answered;
-    /// `cache_namespace` is the caller's tenant namespace (in-process engines salt their prefix
-    /// cache with it).
-    pub async fn handle(&self, api: Api, body: &[u8], cache_namespace: Option<&str>) -> Routed {
-        let mut p = Progress {
-            request_id: request_id(),
-            model: String::new(),
-            backend: String::new(),
-            attempts: 0,
-            arrived: Instant::now(),
-            prompt_estimate: 0,
-            finished: false,
+    /// Routes one request body for `api` and returns the reply of the backend that answered.
+    /// Every request settles exactly once — log line, counters, ledger — when it ends, fails,
+    /// or its client goes away (this future or the stream dropped).
+    pub async fn handle(&self, api: Api, body: &[u8], ctx: &RequestContext) -> Routed {
+        let id = if ctx.request_id.is_empty() { request_id() } else { ctx.request_id.clone() };
+        let mut ticket = Some(Ticket::new(ctx, id.clone(), self.governance.clone()));
+        let result = self.route(api, body, ctx, &mut ticket).await;
+        let (backend, attempts) = match &ticket {
+            Some(t) => (t.settled.backend.clone(), t.settled.attempts.len() as u32),
+            None => (String::new(), 0),
         };
-        let result = self.route(api, body, cache_namespace, &mut p).await;
-        p.finished = true;
-        if let Err(e) = &result {
-            tracing::info!(
-                target: "sluice::request",
-                request_id = %p.request_id,
-                model = %p.model,
-                backend = %p.backend,
-                attempts = p.attempts,
-                outcome = e.kind(),
-                status = e.status(),
-                latency_ms = p.arrived.elapsed().as_secs_f64() * 1e3,
-                error = %e,
-                "request"
-            );
+        let mut routed = Routed { request_id: id, backend, attempts, result: Ok(Reply::Complete { status: 200, body: Bytes::new() }) };
+        match result {
+            Ok(Handled::Complete { status, body, usage }) => {
+                if let Some(mut t) = ticket {
+                    let outcome = if status < 400 { "ok" } else { "upstream_client_error" };
+                    t.finish(outcome, status, usage, None);
+                }
+                routed.result = Ok(Reply::Complete { status, body });
+            }
+            Ok(Handled::Stream { rx, backend, attempts }) => {
+                routed.backend = backend;
+                routed.attempts = attempts;
+                routed.result = Ok(Reply::Stream(rx));
+            }
+            Err(e) => {
+                if let Some(mut t) = ticket {
+                    let usage = t.settled.usage;
+                    t.finish(e.kind(), e.status(), usage, Some(&e.to_string()));
+                }
+                routed.result = Err(e);
+            }
         }
-        Routed { request_id: std::mem::take(&mut p.request_id), backend: std::mem::take(&mut p.backend), attempts: p.attempts, result }
+        routed
     }
 
-    async fn route(&self, api: Api, body: &[u8], cache_namespace: Option<&str>, p: &mut Progress) -> Result<Reply, GatewayError> {
-        let arrived = p.arrived;
+    async fn route(&self, api: Api, body: &[u8], ctx: &RequestContext, slot: &mut Option<Ticket>) -> Result<Handled, GatewayError> {
         let value: Value = serde_json::from_slice(body)
             .map_err(|e| GatewayError::bad("", format!("The request body is not valid JSON: {e}")))?;
         let Value::Object(mut obj) = value else {
@@ -225,8 +213,12 @@ impl Gateway {
             .routes
             .get(&insp.model)
             .ok_or_else(|| GatewayError::UnknownModel { name: insp.model.clone(), available: self.names.clone() })?;
-        p.model = insp.model.clone();
-        p.prompt_estimate = insp.prompt_tokens;
+        let Some(ticket) = slot.as_mut() else { return Err(GatewayError::bad("", "request already settled")) };
+        ticket.settled.route = insp.model.clone();
+        ticket.settled.usage.prompt_tokens = insp.prompt_tokens;
+        if ticket.settled.feature.is_empty() {
+            ticket.settled.feature = insp.feature.clone().unwrap_or_else(|| "unattributed".into());
+        }
         if insp.stream {
             // Always ask for the usage chunk, so streamed usage is the backend's own count.
             obj.insert("stream_options".into(), serde_json::json!({ "include_usage": true }));
@@ -235,9 +227,32 @@ impl Gateway {
         let fits = |t: &&Arc<Target>| t.fits(needed);
         let primary: Vec<usize> = (0..route.targets.len()).filter(|&i| fits(&&route.targets[i])).collect();
         let fallback: Vec<&Arc<Target>> = route.fallback.iter().filter(fits).collect();
+        let largest = route.targets.iter().chain(&route.fallback).filter_map(|t| t.context_window()).max();
         if primary.is_empty() && fallback.is_empty() {
-            let largest = route.targets.iter().chain(&route.fallback).filter_map(|t| t.context_window()).max().unwrap_or(0);
-            return Err(GatewayError::ContextLength { model: route.cfg.name.clone(), needed, largest });
+            return Err(GatewayError::ContextLength { model: route.cfg.name.clone(), needed, largest: largest.unwrap_or(0) });
+        }
+        if let (Some(g), Some(caller)) = (&self.governance, &ticket.settled.caller) {
+            // Worst case over every backend the request may reach; without max_tokens, the room
+            // its window leaves.
+            let max_tokens = insp.max_tokens.unwrap_or_else(|| u64::from(largest.unwrap_or(8192)).saturating_sub(insp.prompt_tokens));
+            let worst = primary
+                .iter()
+                .map(|&i| &route.targets[i])
+                .chain(fallback.iter().copied())
+                .map(|t| worst_case_cost(t, insp.prompt_tokens, max_tokens))
+                .max()
+                .unwrap_or(0);
+            let admission = ticket::Admission {
+                request_id: ticket.settled.request_id.clone(),
+                caller: caller.clone(),
+                feature: ticket.settled.feature.clone(),
+                route: route.cfg.name.clone(),
+                prompt_tokens: insp.prompt_tokens,
+                max_tokens,
+                worst_case_micros: worst,
+            };
+            g.admit(admission).await.map_err(GatewayError::Refused)?;
+            ticket.settled.admitted = true;
         }
         let now = Instant::now();
         let rreq = RouteRequest { prompt_tokens: insp.prompt_tokens, max_tokens: insp.max_tokens.unwrap_or(0), prefix_hash: insp.prefix_hash };
@@ -276,7 +291,7 @@ impl Gateway {
         let mut longest_wait: Option<Duration> = None;
         'targets: for target in order {
             for k in 0..retry.attempts_per_target {
-                if p.attempts >= retry.max_attempts {
+                if ticket.settled.attempts.len() as u32 >= retry.max_attempts {
                     break 'targets;
                 }
                 if k > 0 {
@@ -286,46 +301,48 @@ impl Gateway {
                     failures.push(format!("{}: circuit open", target.name()));
                     continue 'targets;
                 };
-                p.attempts += 1;
-                p.backend = target.name().to_string();
+                ticket.settled.backend = target.name().to_string();
+                ticket.settled.model = target.cfg.model.clone();
+                ticket.target = Some(target.clone());
                 obj.insert("model".into(), Value::String(target.cfg.model.clone()));
-                let body = Bytes::from(serde_json::to_vec(&obj).unwrap_or_default());
                 let input = AttemptInput {
                     api,
-                    body,
+                    body: Bytes::from(serde_json::to_vec(&obj).unwrap_or_default()),
                     stream: insp.stream,
                     client_wants_usage: insp.include_usage,
                     prompt_estimate: insp.prompt_tokens,
-                    arrived,
-                    cache_namespace: cache_namespace.map(str::to_string),
-                    settled: Settled {
-                        request_id: p.request_id.clone(),
-                        model: route.cfg.name.clone(),
-                        backend: target.name().to_string(),
-                        attempts: p.attempts,
-                        outcome: "ok",
-                        status: 200,
-                        usage: UsageCount::default(),
-                        latency: Duration::ZERO,
-                        ttft: None,
-                    },
+                    request_id: ticket.settled.request_id.clone(),
+                    cache_namespace: ctx.cache_namespace.clone(),
                 };
-                let settled_template = input.settled.clone();
+                let started = Instant::now();
+                let record = |status: Option<u16>, outcome: &'static str, error: Option<String>| AttemptRecord {
+                    backend: target.name().to_string(),
+                    status,
+                    outcome,
+                    error,
+                    duration: started.elapsed(),
+                };
                 match attempt(guard, input).await {
-                    Ok((reply, usage)) => {
+                    Ok(Attempted::Complete { status, body, usage }) => {
                         target.stats.served.fetch_add(1, Ordering::Relaxed);
-                        if let Reply::Complete { status, .. } = &reply {
-                            let mut s = settled_template;
-                            s.status = *status;
-                            s.outcome = if *status < 400 { "ok" } else { "upstream_client_error" };
-                            s.usage = usage.unwrap_or(UsageCount { prompt_tokens: insp.prompt_tokens, ..Default::default() });
-                            s.latency = arrived.elapsed();
-                            s.record(Some(&target));
-                        }
-                        return Ok(reply);
+                        let outcome = if status < 400 { "ok" } else { "passed_through" };
+                        ticket.settled.attempts.push(record(Some(status), outcome, None));
+                        let usage = usage.unwrap_or(UsageCount { prompt_tokens: insp.prompt_tokens, ..Default::default() });
+                        return Ok(Handled::Complete { status, body, usage });
+                    }
+                    Ok(Attempted::Stream(committed)) => {
+                        target.stats.served.fetch_add(1, Ordering::Relaxed);
+                        ticket.settled.attempts.push(record(Some(200), "ok", None));
+                        ticket.settled.ttft = Some(ticket.arrived.elapsed());
+                        let backend = ticket.settled.backend.clone();
+                        let attempts = ticket.settled.attempts.len() as u32;
+                        let Some(owned) = slot.take() else { return Err(GatewayError::bad("", "request already settled")) };
+                        return Ok(Handled::Stream { rx: spawn_forward(committed, owned), backend, attempts });
                     }
                     Err(f) => {
-                        tracing::debug!(request_id = %p.request_id, backend = %target.name(), error = %f.detail, "attempt failed");
+                        tracing::debug!(request_id = %ticket.settled.request_id, backend = %target.name(), error = %f.detail, "attempt failed");
+                        let outcome = if f.overloaded { "busy" } else if f.too_long { "too_long" } else { "failed" };
+                        ticket.settled.attempts.push(record(None, outcome, Some(f.detail.clone())));
                         failures.push(format!("{}: {}", target.name(), f.detail));
                         timed_out = f.timed_out;
                         only_too_long &= f.too_long;
@@ -342,7 +359,10 @@ impl Gateway {
                 }
             }
         }
-        if only_overloaded && p.attempts > 0 {
+        let attempts = ticket.settled.attempts.len() as u32;
+        // No tokens came back: nothing to charge.
+        ticket.target = None;
+        if only_overloaded && attempts > 0 {
             // Every backend said "busy": pass that on as such, with when to come back.
             return Err(GatewayError::Unavailable {
                 model: route.cfg.name.clone(),
@@ -350,12 +370,11 @@ impl Gateway {
                 retry_after: longest_wait.map_or(1, |d| d.as_secs().clamp(1, 3600) as u32),
             });
         }
-        if only_too_long && p.attempts > 0 {
+        if only_too_long && attempts > 0 {
             // Our estimate fitted, the backends' tokenizers disagreed.
-            let largest = route.targets.iter().chain(&route.fallback).filter_map(|t| t.context_window()).max().unwrap_or(0);
-            return Err(GatewayError::ContextLength { model: route.cfg.name.clone(), needed, largest });
+            return Err(GatewayError::ContextLength { model: route.cfg.name.clone(), needed, largest: largest.unwrap_or(0) });
         }
-        Err(GatewayError::Exhausted { model: route.cfg.name.clone(), attempts: p.attempts, failures: failures.join("; "), timed_out })
+        Err(GatewayError::Exhausted { model: route.cfg.name.clone(), attempts, failures: failures.join("; "), timed_out })
     }
 
     fn soonest_retry(&self, route: &Route) -> u32 {

@@ -24,6 +24,8 @@ pub struct Inspected {
     pub prompt_tokens: u64,
     /// Hash of the first `prefix_bytes` of the prompt text.
     pub prefix_hash: u64,
+    /// `metadata.feature`, for cost attribution.
+    pub feature: Option<String>,
 }
 
 /// Tokens per message for role markers in chat templates.
@@ -94,7 +96,21 @@ pub fn inspect(api: Api, body: &Map<String, Value>, prefix_bytes: impl Fn(&str) 
     tokens += estimate(text.len());
     let cut = prefix_bytes(&model).min(text.len());
     let cut = (0..=cut).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
-    Ok(Inspected { model, stream, include_usage, max_tokens, prompt_tokens: tokens, prefix_hash: fnv1a(&text.as_bytes()[..cut]) })
+    let feature = body
+        .get("metadata")
+        .and_then(|m| m.get("feature"))
+        .and_then(Value::as_str)
+        .filter(|f| !f.is_empty() && f.len() <= 64)
+        .map(str::to_string);
+    Ok(Inspected {
+        model,
+        stream,
+        include_usage,
+        max_tokens,
+        prompt_tokens: tokens,
+        prefix_hash: fnv1a(&text.as_bytes()[..cut]),
+        feature,
+    })
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {

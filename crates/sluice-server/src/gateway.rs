@@ -16,7 +16,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::StreamExt;
-use sluice_gateway::{Api, Gateway, GatewayError, Reply, Routed};
+use sluice_gateway::{Api, Caller, Gateway, GatewayError, Reply, RequestContext, Routed};
 use sluice_protocol::{ModelCard, ModelList};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -59,6 +59,14 @@ impl From<GatewayError> for ApiError {
             },
             GatewayError::ContextLength { .. } => ApiError::context_length(message),
             GatewayError::Unavailable { retry_after, .. } => ApiError::unavailable(message, retry_after),
+            GatewayError::Refused(r) => ApiError {
+                status: StatusCode::from_u16(r.status).unwrap_or(StatusCode::TOO_MANY_REQUESTS),
+                kind: if r.status == 429 { "rate_limit_error" } else { "service_unavailable" },
+                message,
+                param: None,
+                code: Some(r.code),
+                retry_after: Some(r.retry_after),
+            },
             GatewayError::Exhausted { timed_out, .. } => ApiError {
                 status: if timed_out { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::BAD_GATEWAY },
                 code: Some(if timed_out { "upstream_timeout" } else { "upstream_failed" }),
@@ -79,13 +87,33 @@ fn with_route_headers(mut resp: Response, r: &Routed) -> Response {
     resp
 }
 
-async fn proxy(state: GatewayState, principal: Option<Principal>, api: Api, body: Result<Bytes, BytesRejection>) -> Response {
+/// Feature attribution header (else the body's `metadata.feature`, else `unattributed`).
+pub const FEATURE_HEADER: &str = "x-sluice-feature";
+
+async fn proxy(
+    state: GatewayState,
+    principal: Option<Principal>,
+    headers: &axum::http::HeaderMap,
+    api: Api,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let body = match params::read_body(body) {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let namespace = principal.map(|p| p.cache_namespace());
-    let mut routed = state.gateway.handle(api, &body, namespace.as_deref()).await;
+    let feature = headers
+        .get(FEATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|f| !f.is_empty() && f.len() <= 64)
+        .unwrap_or("")
+        .to_string();
+    let ctx = RequestContext {
+        request_id: String::new(),
+        cache_namespace: principal.as_ref().map(Principal::cache_namespace),
+        caller: principal.map(|p| Caller { tenant_id: p.tenant_id, key_id: p.key_id }),
+        feature,
+    };
+    let mut routed = state.gateway.handle(api, &body, &ctx).await;
     let result = std::mem::replace(&mut routed.result, Err(GatewayError::BadRequest { message: String::new(), param: None }));
     let resp = match result {
         Err(e) => ApiError::from(e).into_response(),
@@ -106,17 +134,19 @@ async fn proxy(state: GatewayState, principal: Option<Principal>, api: Api, body
 async fn chat(
     State(state): State<GatewayState>,
     principal: Option<Extension<Principal>>,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    proxy(state, principal.map(|p| p.0), Api::Chat, body).await
+    proxy(state, principal.map(|p| p.0), &headers, Api::Chat, body).await
 }
 
 async fn completions(
     State(state): State<GatewayState>,
     principal: Option<Extension<Principal>>,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    proxy(state, principal.map(|p| p.0), Api::Completions, body).await
+    proxy(state, principal.map(|p| p.0), &headers, Api::Completions, body).await
 }
 
 async fn models(State(state): State<GatewayState>) -> impl IntoResponse {

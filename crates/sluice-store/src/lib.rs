@@ -3,6 +3,7 @@
 //! gateway processes), through sqlx's `Any` driver; queries use `$N` placeholders, which both
 //! accept. The store is plain data access: policy lives in `sluice-govern`.
 
+mod ledger;
 mod migrate;
 mod tenants;
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 
+pub use ledger::{AttemptRow, BudgetFull, BudgetHold, GroupBy, LedgerRow, Limits, Reservation, Settlement, UsageLine};
 pub use tenants::{KeyRecord, Tenant};
 
 /// A storage failure.

@@ -8,8 +8,10 @@ use sqlx::{AnyConnection, Connection};
 use crate::{Backend, Store, StoreError};
 
 /// Every migration, in order.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "0001_tenants_and_keys.sql", include_str!("../migrations/0001_tenants_and_keys.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "0001_tenants_and_keys.sql", include_str!("../migrations/0001_tenants_and_keys.sql")),
+    (2, "0002_ledger_and_limits.sql", include_str!("../migrations/0002_ledger_and_limits.sql")),
+];
 
 /// Arbitrary, fixed: "sluice" in ASCII.
 const LOCK_ID: i64 = 0x736c_7569_6365;

@@ -4,6 +4,7 @@
 //! `SLUICE_REQUIRE_POSTGRES=1` makes that a failure (as in CI).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code may unwrap")]
 
+mod ledger;
 mod tenants;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,0 +1,525 @@
+//! Limits, budgets and the ledger.
+//!
+//! Invariants, held by single transactions with conditional updates (row locks on PostgreSQL,
+//! the single writer on SQLite), so they hold across processes sharing one database:
+//! - a reservation succeeds only if, for every budget it touches,
+//!   `spent + reserved + amount <= limit` at the moment it is added;
+//! - a ledger row goes from `reserved` to `settled` exactly once (`UPDATE … WHERE state =
+//!   'reserved' RETURNING`), and only that transition moves its money from reserved to spent.
+//!
+//! Money is in micro-dollars.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::{Store, StoreError};
+
+/// Limits of one scope; `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Requests per minute.
+    pub rpm: Option<i64>,
+    /// Tokens (prompt + output) per minute.
+    pub tpm: Option<i64>,
+    /// Requests in flight.
+    pub concurrent: Option<i64>,
+    /// Budget per UTC day, micro-dollars.
+    pub usd_micros_per_day: Option<i64>,
+    /// Budget per UTC month, micro-dollars.
+    pub usd_micros_per_month: Option<i64>,
+}
+
+impl Limits {
+    /// Whether nothing is limited.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// A budget a reservation is held against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetHold {
+    /// `tenant`, `key` or `feature`.
+    pub scope: String,
+    /// The scope's id.
+    pub scope_id: String,
+    /// `d2026-11-29` or `m2026-11`.
+    pub period: String,
+    /// The budget, micro-dollars.
+    pub limit_micros: i64,
+}
+
+/// The row written at admission.
+#[derive(Debug, Clone)]
+pub struct Reservation {
+    /// Request id.
+    pub request_id: String,
+    /// Admission time (Unix ms).
+    pub created_ms: i64,
+    /// The admitting process.
+    pub instance_id: String,
+    /// Tenant id.
+    pub tenant_id: String,
+    /// Key id.
+    pub key_id: String,
+    /// Feature.
+    pub feature: String,
+    /// Route.
+    pub route: String,
+    /// Worst-case cost held, micro-dollars.
+    pub reserved_micros: i64,
+    /// Budgets it is held against.
+    pub budgets: Vec<BudgetHold>,
+}
+
+/// A budget that had no room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetFull {
+    /// The budget.
+    pub hold: BudgetHold,
+    /// Spent so far in the period.
+    pub spent_micros: i64,
+    /// Held by requests in flight.
+    pub reserved_micros: i64,
+}
+
+/// One attempt, as written.
+#[derive(Debug, Clone)]
+pub struct AttemptRow {
+    /// Backend.
+    pub backend: String,
+    /// HTTP status, if any came back.
+    pub status: Option<i64>,
+    /// Outcome.
+    pub outcome: String,
+    /// Error text.
+    pub error: Option<String>,
+    /// Duration.
+    pub duration_ms: f64,
+}
+
+/// What settlement writes.
+#[derive(Debug, Clone, Default)]
+pub struct Settlement {
+    /// Request id.
+    pub request_id: String,
+    /// Backend that answered (or failed last).
+    pub backend: String,
+    /// Model sent upstream.
+    pub model: String,
+    /// Prompt tokens.
+    pub prompt_tokens: i64,
+    /// Cached prompt tokens.
+    pub cached_tokens: i64,
+    /// Generated tokens.
+    pub completion_tokens: i64,
+    /// Cost, micro-dollars.
+    pub cost_micros: i64,
+    /// Time to first token.
+    pub ttft_ms: Option<f64>,
+    /// Duration.
+    pub duration_ms: f64,
+    /// HTTP status the client got.
+    pub status: i64,
+    /// Outcome label.
+    pub outcome: String,
+    /// Error kind, if it failed.
+    pub error_kind: Option<String>,
+    /// Every attempt.
+    pub attempts: Vec<AttemptRow>,
+    /// Settlement time (Unix ms).
+    pub settled_ms: i64,
+}
+
+/// A settled ledger row, as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LedgerRow {
+    /// Request id.
+    pub request_id: String,
+    /// Admission time.
+    pub created_ms: i64,
+    /// `reserved` or `settled`.
+    pub state: String,
+    /// Tenant id.
+    pub tenant_id: String,
+    /// Key id.
+    pub key_id: String,
+    /// Feature.
+    pub feature: String,
+    /// Route.
+    pub route: String,
+    /// Backend.
+    pub backend: Option<String>,
+    /// Prompt tokens.
+    pub prompt_tokens: Option<i64>,
+    /// Cached prompt tokens.
+    pub cached_tokens: Option<i64>,
+    /// Generated tokens.
+    pub completion_tokens: Option<i64>,
+    /// Cost.
+    pub cost_micros: Option<i64>,
+    /// Reserved.
+    pub reserved_micros: i64,
+    /// Status.
+    pub status: Option<i64>,
+    /// Outcome.
+    pub outcome: Option<String>,
+    /// Attempts.
+    pub attempts: Option<i64>,
+}
+
+/// Grouping of usage reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    /// By tenant id.
+    Tenant,
+    /// By key id.
+    Key,
+    /// By feature.
+    Feature,
+    /// By route (client-facing model).
+    Model,
+    /// By backend.
+    Backend,
+}
+
+impl GroupBy {
+    fn column(self) -> &'static str {
+        match self {
+            Self::Tenant => "tenant_id",
+            Self::Key => "key_id",
+            Self::Feature => "feature",
+            Self::Model => "route",
+            Self::Backend => "COALESCE(backend, '')",
+        }
+    }
+}
+
+/// One line of a usage report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageLine {
+    /// Start of the time bucket (Unix ms).
+    pub bucket_ms: i64,
+    /// The group's value.
+    pub group: String,
+    /// Requests.
+    pub requests: i64,
+    /// Prompt tokens.
+    pub prompt_tokens: i64,
+    /// Cached prompt tokens.
+    pub cached_tokens: i64,
+    /// Generated tokens.
+    pub completion_tokens: i64,
+    /// Cost, micro-dollars.
+    pub cost_micros: i64,
+}
+
+fn holds_text(b: &[BudgetHold]) -> String {
+    b.iter().map(|h| format!("{}|{}|{}", h.scope, h.scope_id, h.period)).collect::<Vec<_>>().join(";")
+}
+
+fn parse_holds(s: &str) -> Vec<(String, String, String)> {
+    s.split(';')
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| {
+            let mut it = p.splitn(3, '|');
+            Some((it.next()?.to_string(), it.next()?.to_string(), it.next()?.to_string()))
+        })
+        .collect()
+}
+
+fn limits(r: &AnyRow) -> Result<Limits, sqlx::Error> {
+    Ok(Limits {
+        rpm: r.try_get("rpm")?,
+        tpm: r.try_get("tpm")?,
+        concurrent: r.try_get("concurrent")?,
+        usd_micros_per_day: r.try_get("usd_micros_per_day")?,
+        usd_micros_per_month: r.try_get("usd_micros_per_month")?,
+    })
+}
+
+impl Store {
+    /// Sets (replaces) the limits of a scope; all-`None` removes them.
+    pub async fn set_limits(&self, scope: &str, scope_id: &str, l: &Limits) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("DELETE FROM limits WHERE scope = $1 AND scope_id = $2").bind(scope).bind(scope_id).execute(&mut *tx).await?;
+        if !l.is_empty() {
+            sqlx::query(
+                "INSERT INTO limits (scope, scope_id, rpm, tpm, concurrent, usd_micros_per_day, usd_micros_per_month) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(scope)
+            .bind(scope_id)
+            .bind(l.rpm)
+            .bind(l.tpm)
+            .bind(l.concurrent)
+            .bind(l.usd_micros_per_day)
+            .bind(l.usd_micros_per_month)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every scope with limits: `(scope, scope_id, limits)`.
+    pub async fn all_limits(&self) -> Result<Vec<(String, String, Limits)>, StoreError> {
+        let rows = sqlx::query("SELECT scope, scope_id, rpm, tpm, concurrent, usd_micros_per_day, usd_micros_per_month FROM limits ORDER BY scope, scope_id")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get("scope")?, r.try_get("scope_id")?, limits(r)?))).collect::<Result<_, sqlx::Error>>().map_err(Into::into)
+    }
+
+    /// Registers (or re-registers) a running process.
+    pub async fn heartbeat(&self, instance_id: &str, now_ms: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO instances (id, started_ms, heartbeat_ms) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET heartbeat_ms = $4",
+        )
+        .bind(instance_id)
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(now_ms)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Reserves a request's worst case against its budgets and writes its ledger row, or
+    /// says which budget is full (and writes nothing).
+    pub async fn reserve(&self, r: &Reservation) -> Result<Result<(), BudgetFull>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        for h in &r.budgets {
+            sqlx::query(
+                "INSERT INTO spend (scope, scope_id, period, reserved_micros, spent_micros) VALUES ($1, $2, $3, 0, 0) ON CONFLICT (scope, scope_id, period) DO NOTHING",
+            )
+            .bind(&h.scope)
+            .bind(&h.scope_id)
+            .bind(&h.period)
+            .execute(&mut *tx)
+            .await?;
+            let done = sqlx::query(
+                "UPDATE spend SET reserved_micros = reserved_micros + $1 WHERE scope = $2 AND scope_id = $3 AND period = $4 AND spent_micros + reserved_micros + $5 <= $6",
+            )
+            .bind(r.reserved_micros)
+            .bind(&h.scope)
+            .bind(&h.scope_id)
+            .bind(&h.period)
+            .bind(r.reserved_micros)
+            .bind(h.limit_micros)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                let row = sqlx::query("SELECT reserved_micros, spent_micros FROM spend WHERE scope = $1 AND scope_id = $2 AND period = $3")
+                    .bind(&h.scope)
+                    .bind(&h.scope_id)
+                    .bind(&h.period)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let full = BudgetFull { hold: h.clone(), spent_micros: row.try_get("spent_micros")?, reserved_micros: row.try_get("reserved_micros")? };
+                tx.rollback().await?;
+                return Ok(Err(full));
+            }
+        }
+        sqlx::query(
+            "INSERT INTO ledger (request_id, created_ms, instance_id, state, tenant_id, key_id, feature, route, reserved_micros, budgets) \
+             VALUES ($1, $2, $3, 'reserved', $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&r.request_id)
+        .bind(r.created_ms)
+        .bind(&r.instance_id)
+        .bind(&r.tenant_id)
+        .bind(&r.key_id)
+        .bind(&r.feature)
+        .bind(&r.route)
+        .bind(r.reserved_micros)
+        .bind(holds_text(&r.budgets))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    /// Settles a reserved request: its row gets the outcome, its budgets give back the
+    /// reservation and take the cost. False when it was already settled (nothing changes).
+    pub async fn settle(&self, s: &Settlement) -> Result<bool, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let claimed = sqlx::query(
+            "UPDATE ledger SET state = 'settled', backend = $1, model = $2, attempts = $3, prompt_tokens = $4, cached_tokens = $5, \
+             completion_tokens = $6, cost_micros = $7, ttft_ms = $8, duration_ms = $9, status = $10, outcome = $11, error_kind = $12, \
+             settled_ms = $13 WHERE request_id = $14 AND state = 'reserved' RETURNING reserved_micros, budgets",
+        )
+        .bind(&s.backend)
+        .bind(&s.model)
+        .bind(s.attempts.len() as i64)
+        .bind(s.prompt_tokens)
+        .bind(s.cached_tokens)
+        .bind(s.completion_tokens)
+        .bind(s.cost_micros)
+        .bind(s.ttft_ms)
+        .bind(s.duration_ms)
+        .bind(s.status)
+        .bind(&s.outcome)
+        .bind(s.error_kind.as_deref())
+        .bind(s.settled_ms)
+        .bind(&s.request_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = claimed else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        let reserved: i64 = row.try_get("reserved_micros")?;
+        let budgets: String = row.try_get("budgets")?;
+        for (scope, scope_id, period) in parse_holds(&budgets) {
+            sqlx::query(
+                "UPDATE spend SET reserved_micros = reserved_micros - $1, spent_micros = spent_micros + $2 WHERE scope = $3 AND scope_id = $4 AND period = $5",
+            )
+            .bind(reserved)
+            .bind(s.cost_micros)
+            .bind(scope)
+            .bind(scope_id)
+            .bind(period)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (i, a) in s.attempts.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO ledger_attempts (request_id, attempt, backend, status, outcome, error, duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(&s.request_id)
+            .bind(i as i64 + 1)
+            .bind(&a.backend)
+            .bind(a.status)
+            .bind(&a.outcome)
+            .bind(a.error.as_deref())
+            .bind(a.duration_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Settles, at no cost, every reservation whose process has not beaten its heart since
+    /// `stale_before_ms` (it crashed); returns how many.
+    pub async fn recover(&self, stale_before_ms: i64, now_ms: i64) -> Result<u64, StoreError> {
+        let orphans: Vec<String> = sqlx::query_scalar(
+            "SELECT request_id FROM ledger WHERE state = 'reserved' AND NOT EXISTS \
+             (SELECT 1 FROM instances i WHERE i.id = ledger.instance_id AND i.heartbeat_ms >= $1)",
+        )
+        .bind(stale_before_ms)
+        .fetch_all(self.pool())
+        .await?;
+        let mut n = 0;
+        for id in orphans {
+            let s = Settlement {
+                request_id: id,
+                status: 0,
+                outcome: "server_crashed".into(),
+                error_kind: Some("server_crashed".into()),
+                settled_ms: now_ms,
+                ..Default::default()
+            };
+            if self.settle(&s).await? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// One ledger row.
+    pub async fn ledger_row(&self, request_id: &str) -> Result<Option<LedgerRow>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {LEDGER_COLUMNS} FROM ledger WHERE request_id = $1"))
+            .bind(request_id)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.as_ref().map(ledger_row).transpose()?)
+    }
+
+    /// Ledger rows created in `[from_ms, to_ms)`, oldest first.
+    pub async fn ledger_rows(&self, from_ms: i64, to_ms: i64) -> Result<Vec<LedgerRow>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {LEDGER_COLUMNS} FROM ledger WHERE created_ms >= $1 AND created_ms < $2 ORDER BY created_ms, request_id"))
+            .bind(from_ms)
+            .bind(to_ms)
+            .fetch_all(self.pool())
+            .await?;
+        Ok(rows.iter().map(ledger_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Money spent and held on one budget in one period.
+    pub async fn spend(&self, scope: &str, scope_id: &str, period: &str) -> Result<(i64, i64), StoreError> {
+        let row = sqlx::query("SELECT spent_micros, reserved_micros FROM spend WHERE scope = $1 AND scope_id = $2 AND period = $3")
+            .bind(scope)
+            .bind(scope_id)
+            .bind(period)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(match row {
+            Some(r) => (r.try_get("spent_micros")?, r.try_get("reserved_micros")?),
+            None => (0, 0),
+        })
+    }
+
+    /// Settled usage in `[from_ms, to_ms)`, bucketed by `bucket_ms` and grouped, optionally of
+    /// one tenant.
+    pub async fn usage(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        bucket_ms: i64,
+        group_by: GroupBy,
+        tenant_id: Option<&str>,
+    ) -> Result<Vec<UsageLine>, StoreError> {
+        let col = group_by.column();
+        let filter = if tenant_id.is_some() { "AND tenant_id = $4" } else { "" };
+        let sql = format!(
+            "SELECT (created_ms - (created_ms % $1)) AS bucket, {col} AS grp, COUNT(*) AS requests, \
+             CAST(COALESCE(SUM(prompt_tokens), 0) AS BIGINT) AS prompt, CAST(COALESCE(SUM(cached_tokens), 0) AS BIGINT) AS cached, \
+             CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT) AS completion, CAST(COALESCE(SUM(cost_micros), 0) AS BIGINT) AS cost \
+             FROM ledger WHERE state = 'settled' AND created_ms >= $2 AND created_ms < $3 {filter} \
+             GROUP BY bucket, grp ORDER BY bucket, grp"
+        );
+        let mut q = sqlx::query(&sql).bind(bucket_ms.max(1)).bind(from_ms).bind(to_ms);
+        if let Some(t) = tenant_id {
+            q = q.bind(t);
+        }
+        let rows = q.fetch_all(self.pool()).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(UsageLine {
+                    bucket_ms: r.try_get("bucket")?,
+                    group: r.try_get("grp")?,
+                    requests: r.try_get("requests")?,
+                    prompt_tokens: r.try_get("prompt")?,
+                    cached_tokens: r.try_get("cached")?,
+                    completion_tokens: r.try_get("completion")?,
+                    cost_micros: r.try_get("cost")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+}
+
+const LEDGER_COLUMNS: &str = "request_id, created_ms, state, tenant_id, key_id, feature, route, backend, prompt_tokens, \
+    cached_tokens, completion_tokens, cost_micros, reserved_micros, status, outcome, attempts";
+
+fn ledger_row(r: &AnyRow) -> Result<LedgerRow, sqlx::Error> {
+    Ok(LedgerRow {
+        request_id: r.try_get("request_id")?,
+        created_ms: r.try_get("created_ms")?,
+        state: r.try_get("state")?,
+        tenant_id: r.try_get("tenant_id")?,
+        key_id: r.try_get("key_id")?,
+        feature: r.try_get("feature")?,
+        route: r.try_get("route")?,
+        backend: r.try_get("backend")?,
+        prompt_tokens: r.try_get("prompt_tokens")?,
+        cached_tokens: r.try_get("cached_tokens")?,
+        completion_tokens: r.try_get("completion_tokens")?,
+        cost_micros: r.try_get("cost_micros")?,
+        reserved_micros: r.try_get("reserved_micros")?,
+        status: r.try_get("status")?,
+        outcome: r.try_get("outcome")?,
+        attempts: r.try_get("attempts")?,
+    })
+}

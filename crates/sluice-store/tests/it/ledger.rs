@@ -1,0 +1,128 @@
+use std::sync::Arc;
+
+use sluice_store::{AttemptRow, BudgetHold, GroupBy, Limits, Reservation, Settlement, Tenant};
+
+use crate::{both, open};
+
+fn hold(limit: i64) -> BudgetHold {
+    BudgetHold { scope: "tenant".into(), scope_id: "t1".into(), period: "d2026-11-29".into(), limit_micros: limit }
+}
+
+fn reservation(id: &str, micros: i64, budgets: Vec<BudgetHold>) -> Reservation {
+    Reservation {
+        request_id: id.into(),
+        created_ms: 1_000,
+        instance_id: "proc-a".into(),
+        tenant_id: "t1".into(),
+        key_id: "k1".into(),
+        feature: "search".into(),
+        route: "m".into(),
+        reserved_micros: micros,
+        budgets,
+    }
+}
+
+fn settlement(id: &str, cost: i64) -> Settlement {
+    Settlement {
+        request_id: id.into(),
+        backend: "b".into(),
+        model: "m".into(),
+        prompt_tokens: 10,
+        cached_tokens: 2,
+        completion_tokens: 5,
+        cost_micros: cost,
+        duration_ms: 3.0,
+        status: 200,
+        outcome: "ok".into(),
+        attempts: vec![AttemptRow { backend: "b".into(), status: Some(200), outcome: "ok".into(), error: None, duration_ms: 3.0 }],
+        settled_ms: 2_000,
+        ..Default::default()
+    }
+}
+
+both!(concurrent_reservations_never_exceed_a_budget, |url: String| async move {
+    let s = Arc::new(open(&url).await);
+    // Budget for exactly 10 requests of 100 µ$ each; 50 arrive at once.
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { s.reserve(&reservation(&format!("r{i}"), 100, vec![hold(1_000)])).await.unwrap() })
+        })
+        .collect();
+    let mut admitted = 0;
+    for t in tasks {
+        if t.await.unwrap().is_ok() {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 10);
+    assert_eq!(s.spend("tenant", "t1", "d2026-11-29").await.unwrap(), (0, 1_000));
+    let refused = s.reserve(&reservation("late", 100, vec![hold(1_000)])).await.unwrap().unwrap_err();
+    assert_eq!((refused.spent_micros, refused.reserved_micros), (0, 1_000));
+    assert!(s.ledger_row("late").await.unwrap().is_none(), "a refused request writes nothing");
+});
+
+both!(settlement_happens_once_and_moves_money, |url: String| async move {
+    let s = open(&url).await;
+    s.reserve(&reservation("r1", 100, vec![hold(1_000)])).await.unwrap().unwrap();
+    assert!(s.settle(&settlement("r1", 30)).await.unwrap());
+    assert!(!s.settle(&settlement("r1", 30)).await.unwrap(), "second settlement is refused");
+    assert_eq!(s.spend("tenant", "t1", "d2026-11-29").await.unwrap(), (30, 0));
+    let row = s.ledger_row("r1").await.unwrap().unwrap();
+    assert_eq!(row.state, "settled");
+    assert_eq!((row.prompt_tokens, row.cached_tokens, row.completion_tokens, row.cost_micros), (Some(10), Some(2), Some(5), Some(30)));
+    assert_eq!(row.attempts, Some(1));
+    // Room freed by the cheaper-than-reserved settlement is usable again.
+    for i in 0..9 {
+        s.reserve(&reservation(&format!("n{i}"), 100, vec![hold(1_000)])).await.unwrap().unwrap();
+    }
+    assert!(s.reserve(&reservation("n9", 100, vec![hold(1_000)])).await.unwrap().is_err(), "30 spent + 900 held + 100 > 1000");
+});
+
+both!(recovery_settles_only_orphans, |url: String| async move {
+    let s = open(&url).await;
+    s.heartbeat("proc-a", 10_000).await.unwrap();
+    s.reserve(&reservation("alive", 100, vec![hold(1_000)])).await.unwrap().unwrap();
+    let mut dead = reservation("dead", 100, vec![hold(1_000)]);
+    dead.instance_id = "proc-crashed".into();
+    s.reserve(&dead).await.unwrap().unwrap();
+    assert_eq!(s.recover(9_000, 20_000).await.unwrap(), 1);
+    assert_eq!(s.ledger_row("dead").await.unwrap().unwrap().outcome.as_deref(), Some("server_crashed"));
+    assert_eq!(s.ledger_row("alive").await.unwrap().unwrap().state, "reserved");
+    assert_eq!(s.spend("tenant", "t1", "d2026-11-29").await.unwrap(), (0, 100), "the orphan's hold is released");
+    // Once proc-a stops beating too, its reservation is recovered as well.
+    assert_eq!(s.recover(11_000, 30_000).await.unwrap(), 1);
+    assert_eq!(s.recover(11_000, 30_000).await.unwrap(), 0);
+});
+
+both!(limits_are_set_replaced_and_removed, |url: String| async move {
+    let s = open(&url).await;
+    let l = Limits { rpm: Some(60), usd_micros_per_day: Some(5_000_000), ..Default::default() };
+    s.set_limits("tenant", "t1", &l).await.unwrap();
+    s.set_limits("feature", "t1/search", &Limits { tpm: Some(1000), ..Default::default() }).await.unwrap();
+    assert_eq!(s.all_limits().await.unwrap()[1], ("tenant".to_string(), "t1".to_string(), l));
+    s.set_limits("tenant", "t1", &Limits::default()).await.unwrap();
+    assert_eq!(s.all_limits().await.unwrap().len(), 1);
+});
+
+both!(usage_reports_group_and_bucket, |url: String| async move {
+    let s = open(&url).await;
+    s.create_tenant(&Tenant { id: "t1".into(), name: "acme".into(), created_ms: 0 }).await.unwrap();
+    let hour = 3_600_000;
+    for (i, (t, feature, at)) in [("t1", "search", 0), ("t1", "chat", 10), ("t2", "search", hour + 5)].into_iter().enumerate() {
+        let mut r = reservation(&format!("u{i}"), 10, Vec::new());
+        r.tenant_id = t.into();
+        r.feature = feature.into();
+        r.created_ms = at;
+        s.reserve(&r).await.unwrap().unwrap();
+        s.settle(&settlement(&format!("u{i}"), 7)).await.unwrap();
+    }
+    let by_tenant = s.usage(0, 2 * hour, hour, GroupBy::Tenant, None).await.unwrap();
+    assert_eq!(by_tenant.len(), 2);
+    assert_eq!((by_tenant[0].bucket_ms, by_tenant[0].group.as_str(), by_tenant[0].requests), (0, "t1", 2));
+    assert_eq!((by_tenant[0].prompt_tokens, by_tenant[0].completion_tokens, by_tenant[0].cost_micros), (20, 10, 14));
+    assert_eq!((by_tenant[1].bucket_ms, by_tenant[1].group.as_str()), (hour, "t2"));
+    let by_feature = s.usage(0, 2 * hour, 2 * hour, GroupBy::Feature, Some("t1")).await.unwrap();
+    let groups: Vec<&str> = by_feature.iter().map(|l| l.group.as_str()).collect();
+    assert_eq!(groups, ["chat", "search"]);
+});

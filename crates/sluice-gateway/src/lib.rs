@@ -253,6 +253,7 @@ impl Gateway {
             };
             g.admit(admission).await.map_err(GatewayError::Refused)?;
             ticket.settled.admitted = true;
+            ticket.settled.admitted_tokens = insp.prompt_tokens + max_tokens;
         }
         let now = Instant::now();
         let rreq = RouteRequest { prompt_tokens: insp.prompt_tokens, max_tokens: insp.max_tokens.unwrap_or(0), prefix_hash: insp.prefix_hash };

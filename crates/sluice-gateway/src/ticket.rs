@@ -134,6 +134,8 @@ pub struct Settled {
     pub duration: Duration,
     /// Whether admission reserved money for it (and so the ledger holds its row).
     pub admitted: bool,
+    /// Tokens admission counted (prompt estimate + allowed output), for per-minute limits.
+    pub admitted_tokens: u64,
 }
 
 /// Micro-dollars of `tokens` at `usd_per_million`.
@@ -195,6 +197,7 @@ impl Ticket {
                 ttft: None,
                 duration: Duration::ZERO,
                 admitted: false,
+                admitted_tokens: 0,
             },
             arrived: Instant::now(),
             governance,

@@ -2,5 +2,7 @@
 //! budgets and pricing. Storage is `sluice-store`'s; HTTP is `sluice-server`'s.
 
 mod keys;
+mod ledger;
 
 pub use keys::{AuthError, GovernError, Governor, NewKey, Principal, Role};
+pub use ledger::{AdmitError, AdmitRequest, Ledger, SettleRequest, periods};

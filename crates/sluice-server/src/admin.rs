@@ -134,11 +134,104 @@ async fn revoke_key(
     Ok(Json(json!({"id": id, "revoked": true})).into_response())
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsBody {
+    scope: String,
+    tenant: String,
+    #[serde(default)]
+    key_id: Option<String>,
+    #[serde(default)]
+    feature: Option<String>,
+    #[serde(default)]
+    rpm: Option<i64>,
+    #[serde(default)]
+    tpm: Option<i64>,
+    #[serde(default)]
+    concurrent: Option<i64>,
+    #[serde(default)]
+    usd_per_day: Option<f64>,
+    #[serde(default)]
+    usd_per_month: Option<f64>,
+}
+
+fn usd_micros(param: &str, v: Option<f64>) -> Result<Option<i64>, ApiError> {
+    match v {
+        None => Ok(None),
+        Some(x) if x.is_finite() && x >= 0.0 => Ok(Some((x * 1e6).round() as i64)),
+        Some(x) => Err(ApiError::invalid(param, format!("`{param}` must be a non-negative number of dollars, got {x}"))),
+    }
+}
+
+/// `PUT /admin/limits`: sets (replaces) the limits of a tenant, a key or a tenant's feature;
+/// omitted fields are unlimited, all omitted removes the limits.
+async fn set_limits(
+    State(g): State<Option<Governor>>,
+    Extension(p): Extension<Principal>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    require_admin(&p)?;
+    let req: LimitsBody = body(b)?;
+    let g = governor(g)?;
+    let tenant = g
+        .store()
+        .tenant_by_name(&req.tenant)
+        .await
+        .map_err(GovernError::from)?
+        .ok_or_else(|| ApiError::invalid("tenant", format!("no tenant named {:?}", req.tenant)))?;
+    let scope_id = match (req.scope.as_str(), &req.key_id, &req.feature) {
+        ("tenant", None, None) => tenant.id.clone(),
+        ("key", Some(k), None) => {
+            let keys = g.keys(Some(&req.tenant)).await?;
+            if !keys.iter().any(|r| &r.id == k) {
+                return Err(ApiError::invalid("key_id", format!("tenant {:?} has no key {k:?}", req.tenant)));
+            }
+            k.clone()
+        }
+        ("feature", None, Some(f)) if !f.is_empty() => format!("{}/{f}", tenant.id),
+        ("tenant" | "key" | "feature", _, _) => {
+            return Err(ApiError::invalid("scope", "scope tenant takes only `tenant`; key needs `key_id`; feature needs `feature`"));
+        }
+        (other, _, _) => return Err(ApiError::invalid("scope", format!("`scope` must be tenant, key or feature, got {other:?}"))),
+    };
+    for (v, name) in [(req.rpm, "rpm"), (req.tpm, "tpm"), (req.concurrent, "concurrent")] {
+        if v.is_some_and(|n| n < 0) {
+            return Err(ApiError::invalid(name, format!("`{name}` must not be negative")));
+        }
+    }
+    let limits = sluice_store::Limits {
+        rpm: req.rpm,
+        tpm: req.tpm,
+        concurrent: req.concurrent,
+        usd_micros_per_day: usd_micros("usd_per_day", req.usd_per_day)?,
+        usd_micros_per_month: usd_micros("usd_per_month", req.usd_per_month)?,
+    };
+    g.store().set_limits(&req.scope, &scope_id, &limits).await.map_err(GovernError::from)?;
+    tracing::info!(scope = %req.scope, scope_id = %scope_id, by_key = %p.key_id, "limits set");
+    Ok(Json(json!({"scope": req.scope, "scope_id": scope_id, "rpm": limits.rpm, "tpm": limits.tpm, "concurrent": limits.concurrent,
+                   "usd_per_day": req.usd_per_day, "usd_per_month": req.usd_per_month, "takes_effect_within_seconds": 2}))
+    .into_response())
+}
+
+async fn list_limits(State(g): State<Option<Governor>>, Extension(p): Extension<Principal>) -> Result<Response, ApiError> {
+    require_admin(&p)?;
+    let all = governor(g)?.store().all_limits().await.map_err(GovernError::from)?;
+    let data: Vec<_> = all
+        .iter()
+        .map(|(scope, id, l)| {
+            json!({"scope": scope, "scope_id": id, "rpm": l.rpm, "tpm": l.tpm, "concurrent": l.concurrent,
+                   "usd_per_day": l.usd_micros_per_day.map(|m| m as f64 / 1e6), "usd_per_month": l.usd_micros_per_month.map(|m| m as f64 / 1e6)})
+        })
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})).into_response())
+}
+
 /// `/admin/...` routes (to be wrapped by the authentication middleware).
 pub fn routes(gov: Option<Governor>) -> Router {
     Router::new()
         .route("/admin/tenants", get(list_tenants).post(create_tenant))
         .route("/admin/keys", get(list_keys).post(create_key))
         .route("/admin/keys/{id}/revoke", post(revoke_key))
+        .route("/admin/limits", get(list_limits).put(set_limits))
         .with_state(gov)
 }

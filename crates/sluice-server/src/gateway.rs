@@ -31,12 +31,20 @@ pub struct GatewayState {
     engines: Vec<AppState>,
     created: u64,
     governor: Option<sluice_govern::Governor>,
+    ledger: Option<Arc<sluice_govern::Ledger>>,
 }
 
 impl GatewayState {
     /// The gateway and the states of its in-process engines (which may still be loading).
     pub fn new(gateway: Arc<Gateway>, engines: Vec<AppState>) -> Self {
-        Self { gateway, engines, created: crate::generate::unix_now(), governor: None }
+        Self { gateway, engines, created: crate::generate::unix_now(), governor: None, ledger: None }
+    }
+
+    /// Serves usage reports from `ledger` (the gateway itself must be given the matching
+    /// governance hook).
+    pub fn with_ledger(mut self, ledger: Arc<sluice_govern::Ledger>) -> Self {
+        self.ledger = Some(ledger);
+        self
     }
 
     /// Requires API keys checked by `gov` on the model and admin APIs.
@@ -250,7 +258,8 @@ pub fn gateway_app(state: GatewayState) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
-        .with_state(state.clone());
+        .with_state(state.clone())
+        .merge(Router::new().route("/v1/usage", get(crate::ledger::usage)).with_state(state.ledger.clone()));
     open.merge(crate::secure(api, state.governor.clone()))
         .fallback(crate::not_found)
         .method_not_allowed_fallback(crate::method_not_allowed)

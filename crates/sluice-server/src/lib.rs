@@ -8,6 +8,7 @@ mod completions;
 pub mod error;
 mod gateway;
 mod generate;
+pub mod ledger;
 mod metrics;
 pub mod params;
 

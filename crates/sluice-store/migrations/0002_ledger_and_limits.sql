@@ -67,9 +67,12 @@ CREATE TABLE ledger_attempts (
     PRIMARY KEY (request_id, attempt)
 );
 
--- Running processes; a reservation whose process stopped beating is settled by recovery.
+-- Running processes; a reservation whose process stopped (its heartbeat went stale, or its
+-- pid is gone from the same host) is settled by recovery.
 CREATE TABLE instances (
     id            TEXT PRIMARY KEY,
+    host          TEXT NOT NULL,
+    pid           BIGINT NOT NULL,
     started_ms    BIGINT NOT NULL,
     heartbeat_ms  BIGINT NOT NULL
 );

@@ -270,17 +270,31 @@ impl Store {
     }
 
     /// Registers (or re-registers) a running process.
-    pub async fn heartbeat(&self, instance_id: &str, now_ms: i64) -> Result<(), StoreError> {
+    pub async fn heartbeat(&self, instance_id: &str, host: &str, pid: i64, now_ms: i64) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO instances (id, started_ms, heartbeat_ms) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET heartbeat_ms = $4",
+            "INSERT INTO instances (id, host, pid, started_ms, heartbeat_ms) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (id) DO UPDATE SET heartbeat_ms = $6",
         )
         .bind(instance_id)
+        .bind(host)
+        .bind(pid)
         .bind(now_ms)
         .bind(now_ms)
         .bind(now_ms)
         .execute(self.pool())
         .await?;
         Ok(())
+    }
+
+    /// Processes on `host` that hold unsettled reservations: `(instance id, pid)`.
+    pub async fn instances_with_reservations(&self, host: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, pid FROM instances WHERE host = $1 AND EXISTS (SELECT 1 FROM ledger WHERE ledger.instance_id = instances.id AND ledger.state = 'reserved')",
+        )
+        .bind(host)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("pid")?))).collect::<Result<_, sqlx::Error>>().map_err(Into::into)
     }
 
     /// Reserves a request's worst case against its budgets and writes its ledger row, or
@@ -400,15 +414,22 @@ impl Store {
     }
 
     /// Settles, at no cost, every reservation whose process has not beaten its heart since
-    /// `stale_before_ms` (it crashed); returns how many.
-    pub async fn recover(&self, stale_before_ms: i64, now_ms: i64) -> Result<u64, StoreError> {
-        let orphans: Vec<String> = sqlx::query_scalar(
+    /// `stale_before_ms`, or is one of `dead` (known to have stopped); returns how many.
+    pub async fn recover(&self, stale_before_ms: i64, dead: &[String], now_ms: i64) -> Result<u64, StoreError> {
+        let mut orphans: Vec<String> = sqlx::query_scalar(
             "SELECT request_id FROM ledger WHERE state = 'reserved' AND NOT EXISTS \
              (SELECT 1 FROM instances i WHERE i.id = ledger.instance_id AND i.heartbeat_ms >= $1)",
         )
         .bind(stale_before_ms)
         .fetch_all(self.pool())
         .await?;
+        for instance in dead {
+            let ids: Vec<String> = sqlx::query_scalar("SELECT request_id FROM ledger WHERE state = 'reserved' AND instance_id = $1")
+                .bind(instance)
+                .fetch_all(self.pool())
+                .await?;
+            orphans.extend(ids);
+        }
         let mut n = 0;
         for id in orphans {
             let s = Settlement {

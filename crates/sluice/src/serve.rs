@@ -259,12 +259,19 @@ async fn serve_fleet(args: ServeArgs, cfg: GatewayConfig) -> anyhow::Result<()> 
     }
     let mut gateway = Gateway::new(&cfg, in_process).map_err(anyhow::Error::msg)?;
     gateway.start_health_checks();
+    let database_url = args.database_url.clone().or(cfg.database_url.clone());
+    let mut governed = None;
+    if let Some(url) = &database_url {
+        let gov = open_governor(url, cfg.bootstrap_key.as_deref()).await?;
+        let ledger = sluice_govern::Ledger::start(gov.store().clone()).await.context("cannot start the ledger")?;
+        gateway.set_governance(Arc::new(sluice_server::ledger::LedgerGovernance::new(ledger.clone())));
+        governed = Some((gov, ledger));
+    }
     let gateway = Arc::new(gateway);
     let engines: Vec<AppState> = to_load.iter().map(|l| l.5.clone()).collect();
-    let database_url = args.database_url.clone().or(cfg.database_url.clone());
     let mut state = GatewayState::new(gateway.clone(), engines);
-    if let Some(url) = &database_url {
-        state = state.with_governor(open_governor(url, cfg.bootstrap_key.as_deref()).await?);
+    if let Some((gov, ledger)) = governed {
+        state = state.with_governor(gov).with_ledger(ledger);
     }
     let (listener, addr) = listen(&host, port).await?;
     let app = sluice_server::gateway_app(state);

@@ -81,18 +81,19 @@ both!(settlement_happens_once_and_moves_money, |url: String| async move {
 
 both!(recovery_settles_only_orphans, |url: String| async move {
     let s = open(&url).await;
-    s.heartbeat("proc-a", 10_000).await.unwrap();
+    s.heartbeat("proc-a", "host-1", 42, 10_000).await.unwrap();
     s.reserve(&reservation("alive", 100, vec![hold(1_000)])).await.unwrap().unwrap();
     let mut dead = reservation("dead", 100, vec![hold(1_000)]);
     dead.instance_id = "proc-crashed".into();
     s.reserve(&dead).await.unwrap().unwrap();
-    assert_eq!(s.recover(9_000, 20_000).await.unwrap(), 1);
+    assert_eq!(s.instances_with_reservations("host-1").await.unwrap(), [("proc-a".to_string(), 42)]);
+    assert_eq!(s.recover(9_000, &[], 20_000).await.unwrap(), 1);
     assert_eq!(s.ledger_row("dead").await.unwrap().unwrap().outcome.as_deref(), Some("server_crashed"));
     assert_eq!(s.ledger_row("alive").await.unwrap().unwrap().state, "reserved");
     assert_eq!(s.spend("tenant", "t1", "d2026-11-29").await.unwrap(), (0, 100), "the orphan's hold is released");
-    // Once proc-a stops beating too, its reservation is recovered as well.
-    assert_eq!(s.recover(11_000, 30_000).await.unwrap(), 1);
-    assert_eq!(s.recover(11_000, 30_000).await.unwrap(), 0);
+    // A process known to be dead is recovered at once, heartbeat or not.
+    assert_eq!(s.recover(9_000, &["proc-a".to_string()], 30_000).await.unwrap(), 1);
+    assert_eq!(s.recover(11_000, &[], 30_000).await.unwrap(), 0);
 });
 
 both!(limits_are_set_replaced_and_removed, |url: String| async move {

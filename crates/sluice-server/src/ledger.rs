@@ -1,0 +1,197 @@
+//! The gateway's governance hook backed by `sluice-govern`'s ledger: admission reserves the
+//! worst case (and checks rate limits), settlement writes the ledger row. Plus the usage
+//! report, `GET /v1/usage`.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use serde::Deserialize;
+use serde_json::json;
+use sluice_gateway::{Admission, Governance, Refusal, Settled};
+use sluice_govern::{AdmitRequest, Ledger, Principal, Role, SettleRequest};
+use sluice_store::{AttemptRow, GroupBy, Settlement};
+
+use crate::error::ApiError;
+
+/// Limits, budgets and the ledger for the gateway.
+#[derive(Debug, Clone)]
+pub struct LedgerGovernance {
+    ledger: Arc<Ledger>,
+}
+
+impl LedgerGovernance {
+    /// Over a started ledger.
+    pub fn new(ledger: Arc<Ledger>) -> Self {
+        Self { ledger }
+    }
+}
+
+/// The ledger row of a settled request.
+pub fn settlement(s: &Settled) -> Settlement {
+    Settlement {
+        request_id: s.request_id.clone(),
+        backend: s.backend.clone(),
+        model: s.model.clone(),
+        prompt_tokens: s.usage.prompt_tokens as i64,
+        cached_tokens: s.usage.cached_tokens as i64,
+        completion_tokens: s.usage.completion_tokens as i64,
+        cost_micros: s.cost_micros,
+        ttft_ms: s.ttft.map(|d| d.as_secs_f64() * 1e3),
+        duration_ms: s.duration.as_secs_f64() * 1e3,
+        status: i64::from(s.status),
+        outcome: s.outcome.to_string(),
+        error_kind: (s.outcome != "ok").then(|| s.outcome.to_string()),
+        attempts: s
+            .attempts
+            .iter()
+            .map(|a| AttemptRow {
+                backend: a.backend.clone(),
+                status: a.status.map(i64::from),
+                outcome: a.outcome.to_string(),
+                error: a.error.clone(),
+                duration_ms: a.duration.as_secs_f64() * 1e3,
+            })
+            .collect(),
+        settled_ms: sluice_store::now_ms(),
+    }
+}
+
+impl Governance for LedgerGovernance {
+    fn admit(&self, a: Admission) -> BoxFuture<'_, Result<(), Refusal>> {
+        async move {
+            let req = AdmitRequest {
+                request_id: a.request_id,
+                tenant_id: a.caller.tenant_id,
+                key_id: a.caller.key_id,
+                feature: a.feature,
+                route: a.route,
+                prompt_tokens: a.prompt_tokens,
+                max_tokens: a.max_tokens,
+                worst_case_micros: a.worst_case_micros,
+            };
+            self.ledger.admit(&req).await.map_err(|e| Refusal {
+                status: e.status(),
+                code: e.kind(),
+                message: e.to_string(),
+                retry_after: e.retry_after(),
+            })
+        }
+        .boxed()
+    }
+
+    fn settle(&self, s: Settled) {
+        let Some(caller) = s.caller.clone() else { return };
+        let req = SettleRequest {
+            tenant_id: caller.tenant_id,
+            key_id: caller.key_id,
+            feature: s.feature.clone(),
+            admitted_tokens: s.admitted_tokens,
+            settlement: settlement(&s),
+        };
+        let ledger = self.ledger.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move { ledger.settle(req).await });
+            }
+            // Shutting down: the reservation is recovered after the restart.
+            Err(_) => tracing::warn!(request_id = %s.request_id, "no runtime to settle on; left for recovery"),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UsageQuery {
+    from: Option<i64>,
+    to: Option<i64>,
+    group_by: Option<String>,
+    granularity: Option<String>,
+    tenant: Option<String>,
+    format: Option<String>,
+}
+
+/// `GET /v1/usage?from=&to=&group_by=tenant|key|feature|model|backend&granularity=hour|day&format=json|csv`
+/// (`from`/`to` in Unix seconds, default the last 24 hours). Members see their own tenant only.
+pub(crate) async fn usage(
+    State(ledger): State<Option<Arc<Ledger>>>,
+    principal: Option<Extension<Principal>>,
+    q: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(format!("Invalid query: {}", e.body_text())))?;
+    let (Some(ledger), Some(Extension(p))) = (ledger, principal) else {
+        return Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: Some("not_found"),
+            ..ApiError::bad_request("Usage needs a store and API keys: start with --database-url")
+        });
+    };
+    let now = sluice_store::now_ms();
+    let to = q.to.map_or(now, |s| s * 1000);
+    let from = q.from.map_or(to - 86_400_000, |s| s * 1000);
+    if from >= to {
+        return Err(ApiError::invalid("from", "`from` must be before `to`"));
+    }
+    let group_by = match q.group_by.as_deref().unwrap_or("tenant") {
+        "tenant" => GroupBy::Tenant,
+        "key" => GroupBy::Key,
+        "feature" => GroupBy::Feature,
+        "model" => GroupBy::Model,
+        "backend" => GroupBy::Backend,
+        other => return Err(ApiError::invalid("group_by", format!("`group_by` must be tenant, key, feature, model or backend, got {other:?}"))),
+    };
+    let bucket = match q.granularity.as_deref().unwrap_or("day") {
+        "hour" => 3_600_000,
+        "day" => 86_400_000,
+        other => return Err(ApiError::invalid("granularity", format!("`granularity` must be hour or day, got {other:?}"))),
+    };
+    let tenant_id = if p.role == Role::Admin {
+        match &q.tenant {
+            Some(name) => Some(
+                ledger
+                    .store()
+                    .tenant_by_name(name)
+                    .await
+                    .map_err(|e| ApiError::internal(e.to_string()))?
+                    .ok_or_else(|| ApiError::invalid("tenant", format!("no tenant named {name:?}")))?
+                    .id,
+            ),
+            None => None,
+        }
+    } else {
+        if q.tenant.as_ref().is_some_and(|t| t != &p.tenant_name) {
+            return Err(sluice_govern::AuthError::Forbidden { needed: "admin", has: p.role.as_str() }.into());
+        }
+        Some(p.tenant_id.clone())
+    };
+    let lines = ledger.store().usage(from, to, bucket, group_by, tenant_id.as_deref()).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    if q.format.as_deref() == Some("csv") {
+        let mut csv = String::from("bucket_start,group,requests,prompt_tokens,cached_tokens,completion_tokens,cost_usd\n");
+        for l in &lines {
+            csv.push_str(&format!(
+                "{},{},{},{},{},{},{:.6}\n",
+                l.bucket_ms / 1000,
+                l.group.replace([',', '\n'], " "),
+                l.requests,
+                l.prompt_tokens,
+                l.cached_tokens,
+                l.completion_tokens,
+                l.cost_micros as f64 / 1e6
+            ));
+        }
+        return Ok(([(header::CONTENT_TYPE, "text/csv")], csv).into_response());
+    }
+    let data: Vec<_> = lines
+        .iter()
+        .map(|l| {
+            json!({"bucket_start": l.bucket_ms / 1000, "group": l.group, "requests": l.requests, "prompt_tokens": l.prompt_tokens,
+                   "cached_tokens": l.cached_tokens, "completion_tokens": l.completion_tokens, "cost_usd": l.cost_micros as f64 / 1e6})
+        })
+        .collect();
+    Ok(Json(json!({"object": "usage", "from": from / 1000, "to": to / 1000, "group_by": q.group_by.unwrap_or_else(|| "tenant".into()), "data": data}))
+        .into_response())
+}

@@ -6,6 +6,7 @@ mod auth;
 mod chaos;
 mod errors;
 mod gateway;
+mod ledger;
 mod lifecycle;
 
 use std::path::PathBuf;

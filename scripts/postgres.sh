@@ -4,6 +4,7 @@
 # 127.0.0.1:$SLUICE_PG_PORT with its socket in the data directory. Prints the database URL.
 #   scripts/postgres.sh start     # idempotent; prints postgres://...
 #   scripts/postgres.sh stop
+#   scripts/postgres.sh psql -c "..."   # as the superuser
 set -euo pipefail
 PORT=${SLUICE_PG_PORT:-54329}
 CACHE=${SLUICE_CACHE:-$HOME/.cache/sluice-peers}
@@ -69,5 +70,6 @@ stop() {
 case "${1:-start}" in
   start) start ;;
   stop) stop ;;
-  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+  psql) shift; install; as_pg "$INSTALL/bin/psql" -h 127.0.0.1 -p "$PORT" -U postgres "$@" ;;
+  *) echo "usage: $0 start|stop|psql ARGS" >&2; exit 2 ;;
 esac

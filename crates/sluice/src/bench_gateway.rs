@@ -50,9 +50,25 @@ pub struct BenchGatewayArgs {
     /// Open-loop rate of streamed requests (time to first token).
     #[arg(long, default_value_t = 500.0)]
     stream_rate: f64,
+    /// Bearer key for the direct side.
+    #[arg(long)]
+    direct_api_key: Option<String>,
+    /// Bearer key for the gateway side.
+    #[arg(long)]
+    gateway_api_key: Option<String>,
+    /// Labels of the two sides in the report.
+    #[arg(long, default_value = "direct,gateway")]
+    labels: String,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+/// Where one side's requests go.
+#[derive(Debug, Clone)]
+struct Side {
+    addr: String,
+    auth: Option<String>,
 }
 
 async fn connect(addr: &str) -> anyhow::Result<SendRequest<Full<Bytes>>> {
@@ -64,14 +80,14 @@ async fn connect(addr: &str) -> anyhow::Result<SendRequest<Full<Bytes>>> {
 }
 
 /// One request; returns the time to the first token (streams) or to the whole body.
-async fn request(send: &mut SendRequest<Full<Bytes>>, host: &str, body: &Bytes, stream: bool) -> Result<Duration, String> {
+async fn request(send: &mut SendRequest<Full<Bytes>>, side: &Side, body: &Bytes, stream: bool) -> Result<Duration, String> {
     let t0 = Instant::now();
     send.ready().await.map_err(|e| e.to_string())?;
-    let req = hyper::Request::post("/v1/chat/completions")
-        .header("host", host)
-        .header("content-type", "application/json")
-        .body(Full::new(body.clone()))
-        .map_err(|e| e.to_string())?;
+    let mut req = hyper::Request::post("/v1/chat/completions").header("host", &side.addr).header("content-type", "application/json");
+    if let Some(k) = &side.auth {
+        req = req.header("authorization", format!("Bearer {k}"));
+    }
+    let req = req.body(Full::new(body.clone())).map_err(|e| e.to_string())?;
     let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status();
     let mut body = resp.into_body();
@@ -136,21 +152,21 @@ impl Samples {
 }
 
 /// Requests at `rate` for one second; latency from each request's scheduled time.
-async fn open_loop(addr: &str, body: &Bytes, rate: f64, conns: usize, stream: bool) -> anyhow::Result<Samples> {
+async fn open_loop(side: &Side, body: &Bytes, rate: f64, conns: usize, stream: bool) -> anyhow::Result<Samples> {
     let n = rate.round() as usize;
     let start = Instant::now() + Duration::from_millis(5);
     let mut tasks = Vec::new();
     for k in 0..conns {
-        let mut send = connect(addr).await?;
+        let mut send = connect(&side.addr).await?;
         let body = body.clone();
-        let host = addr.to_string();
+        let side = side.clone();
         tasks.push(tokio::spawn(async move {
             let mut s = Samples::default();
             for i in (k..n).step_by(conns) {
                 let due = start + Duration::from_secs_f64(i as f64 / rate);
                 tokio::time::sleep_until(due.into()).await;
                 let begin = Instant::now();
-                match request(&mut send, &host, &body, stream).await {
+                match request(&mut send, &side, &body, stream).await {
                     Ok(first) => {
                         // Timed from the send: the timer wakes up to 1 ms late, which would
                         // blur both sides; late starts are counted instead.
@@ -175,19 +191,19 @@ async fn open_loop(addr: &str, body: &Bytes, rate: f64, conns: usize, stream: bo
 }
 
 /// `conns` connections sending back to back for one second.
-async fn closed_loop(addr: &str, body: &Bytes, conns: usize) -> anyhow::Result<Samples> {
+async fn closed_loop(side: &Side, body: &Bytes, conns: usize) -> anyhow::Result<Samples> {
     let mut tasks = Vec::new();
     let start = Instant::now();
     let end = start + Duration::from_secs(1);
     for _ in 0..conns {
-        let mut send = connect(addr).await?;
+        let mut send = connect(&side.addr).await?;
         let body = body.clone();
-        let host = addr.to_string();
+        let side = side.clone();
         tasks.push(tokio::spawn(async move {
             let mut s = Samples::default();
             while Instant::now() < end {
                 let t0 = Instant::now();
-                match request(&mut send, &host, &body, false).await {
+                match request(&mut send, &side, &body, false).await {
                     Ok(_) => {
                         s.latencies_us.push(t0.elapsed().as_secs_f64() * 1e6);
                         s.completed += 1;
@@ -206,13 +222,14 @@ async fn closed_loop(addr: &str, body: &Bytes, conns: usize) -> anyhow::Result<S
     Ok(all)
 }
 
-fn report(label: &str, direct: &Samples, gateway: &Samples) -> serde_json::Value {
+fn report(label: &str, names: (&str, &str), direct: &Samples, gateway: &Samples) -> serde_json::Value {
     let row = |s: &Samples| {
         json!({"requests": s.completed, "errors": s.errors, "late_starts": s.late_starts, "rate": s.rate(),
                "p50_us": s.pct(50.0), "p90_us": s.pct(90.0), "p99_us": s.pct(99.0), "max_us": s.pct(100.0)})
     };
+    let (dn, gn) = names;
     tracing::info!(
-        "{label:<28} direct p50 {:>8.0} us p99 {:>8.0} us | gateway p50 {:>8.0} us p99 {:>8.0} us | added p50 {:>7.0} us p99 {:>7.0} us | rate {:>7.0} / {:>7.0} req/s | errors {} / {} | late starts {} / {}",
+        "{label:<28} {dn} p50 {:>8.0} us p99 {:>8.0} us | {gn} p50 {:>8.0} us p99 {:>8.0} us | added p50 {:>7.0} us p99 {:>7.0} us | rate {:>7.0} / {:>7.0} req/s | errors {} / {} | late starts {} / {}",
         direct.pct(50.0),
         direct.pct(99.0),
         gateway.pct(50.0),
@@ -226,44 +243,48 @@ fn report(label: &str, direct: &Samples, gateway: &Samples) -> serde_json::Value
         direct.late_starts,
         gateway.late_starts
     );
-    json!({"phase": label, "direct": row(direct), "gateway": row(gateway),
+    json!({"phase": label, "sides": [dn, gn], "direct": row(direct), "gateway": row(gateway),
            "added_p50_us": gateway.pct(50.0) - direct.pct(50.0), "added_p99_us": gateway.pct(99.0) - direct.pct(99.0),
            "rate_ratio": gateway.rate() / direct.rate().max(1e-9)})
 }
 
 /// Runs every phase.
 pub async fn run(args: BenchGatewayArgs) -> anyhow::Result<()> {
+    let d_side = Side { addr: args.direct.clone(), auth: args.direct_api_key.clone() };
+    let g_side = Side { addr: args.gateway.clone(), auth: args.gateway_api_key.clone() };
+    let (dn, gn) = args.labels.split_once(',').unwrap_or(("direct", "gateway"));
+    let names = (dn, gn);
     let gw_body = body(&args.model, false);
     let direct_model = args.direct_model.clone().unwrap_or_else(|| args.model.clone());
     let direct_body = body(&direct_model, false);
     // Warm both paths (connections, pools, caches).
-    open_loop(&args.direct, &direct_body, 200.0, 8, false).await?;
-    open_loop(&args.gateway, &gw_body, 200.0, 8, false).await?;
+    open_loop(&d_side, &direct_body, 200.0, 8, false).await?;
+    open_loop(&g_side, &gw_body, 200.0, 8, false).await?;
     let mut results = Vec::new();
 
     let (mut d, mut g) = (Samples::default(), Samples::default());
     for _ in 0..args.seconds {
-        d.merge(open_loop(&args.direct, &direct_body, args.rate, args.connections, false).await?);
-        g.merge(open_loop(&args.gateway, &gw_body, args.rate, args.connections, false).await?);
+        d.merge(open_loop(&d_side, &direct_body, args.rate, args.connections, false).await?);
+        g.merge(open_loop(&g_side, &gw_body, args.rate, args.connections, false).await?);
     }
-    results.push(report(&format!("open loop {} req/s", args.rate), &d, &g));
+    results.push(report(&format!("open loop {} req/s", args.rate), names, &d, &g));
 
     for &c in &args.closed_connections {
         let (mut d, mut g) = (Samples::default(), Samples::default());
         for _ in 0..args.seconds {
-            d.merge(closed_loop(&args.direct, &direct_body, c).await?);
-            g.merge(closed_loop(&args.gateway, &gw_body, c).await?);
+            d.merge(closed_loop(&d_side, &direct_body, c).await?);
+            g.merge(closed_loop(&g_side, &gw_body, c).await?);
         }
-        results.push(report(&format!("closed loop, {c} connections"), &d, &g));
+        results.push(report(&format!("closed loop, {c} connections"), names, &d, &g));
     }
 
     let (ds, gs) = (body(&direct_model, true), body(&args.model, true));
     let (mut d, mut g) = (Samples::default(), Samples::default());
     for _ in 0..args.seconds {
-        d.merge(open_loop(&args.direct, &ds, args.stream_rate, args.connections, true).await?);
-        g.merge(open_loop(&args.gateway, &gs, args.stream_rate, args.connections, true).await?);
+        d.merge(open_loop(&d_side, &ds, args.stream_rate, args.connections, true).await?);
+        g.merge(open_loop(&g_side, &gs, args.stream_rate, args.connections, true).await?);
     }
-    results.push(report(&format!("stream TTFT {} req/s", args.stream_rate), &d, &g));
+    results.push(report(&format!("stream TTFT {} req/s", args.stream_rate), names, &d, &g));
 
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&results)?).with_context(|| format!("cannot write {}", path.display()))?;

@@ -224,7 +224,7 @@ impl Governor {
         if key.len() < MIN_KEY_LEN || !key.is_char_boundary(PREFIX_LEN) {
             return Err(AuthError::Invalid);
         }
-        let record = self.store.key_by_prefix(&key[..PREFIX_LEN]).await?.ok_or(AuthError::Invalid)?;
+        let (record, tenant) = self.store.key_and_tenant(&key[..PREFIX_LEN]).await?.ok_or(AuthError::Invalid)?;
         let stored = (0..record.hash.len() / 2)
             .map(|i| u8::from_str_radix(record.hash.get(2 * i..2 * i + 2).unwrap_or("zz"), 16).unwrap_or(0))
             .collect::<Vec<u8>>();
@@ -240,7 +240,6 @@ impl Governor {
             return Err(AuthError::Expired { expired_ms: at });
         }
         let role = Role::parse(&record.role).ok_or(AuthError::Invalid)?;
-        let tenant = self.store.tenant(&record.tenant_id).await?.ok_or(AuthError::Invalid)?;
         Ok(Principal { tenant_id: tenant.id, tenant_name: tenant.name, key_id: record.id, role })
     }
 

@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sluice_store::{BudgetHold, Limits, Reservation, Settlement, Store, StoreError, now_ms};
+use sluice_store::{BudgetFull, BudgetHold, Limits, Reservation, Settlement, Store, StoreError, now_ms};
+use tokio::sync::{mpsc, oneshot};
 
 /// Heartbeat period of a process.
 const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -20,6 +21,76 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 const STALE: Duration = Duration::from_secs(30);
 /// How long limits read from the store are used before reading them again.
 const LIMITS_TTL: Duration = Duration::from_secs(2);
+/// Most ledger writes committed together.
+const MAX_BATCH: usize = 256;
+/// Tries of a settlement before it is left to recovery.
+const SETTLE_TRIES: u32 = 6;
+
+type ReserveReply = oneshot::Sender<Result<Result<(), BudgetFull>, String>>;
+
+/// A ledger write for the writer task.
+enum Op {
+    Reserve(Reservation, ReserveReply),
+    Settle(Settlement, u32),
+}
+
+/// The one task that writes the ledger: it takes whatever writes are waiting and commits them
+/// in one transaction (group commit), so under load a commit serves many requests.
+async fn writer(store: Store, tx: mpsc::UnboundedSender<Op>, mut rx: mpsc::UnboundedReceiver<Op>) {
+    while let Some(first) = rx.recv().await {
+        let mut ops = vec![first];
+        while ops.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut reservations = Vec::new();
+        let mut replies = Vec::new();
+        let mut settlements = Vec::new();
+        for op in ops {
+            match op {
+                Op::Reserve(r, reply) => {
+                    reservations.push(r);
+                    replies.push(reply);
+                }
+                Op::Settle(s, tries) => settlements.push((s, tries)),
+            }
+        }
+        let settle_rows: Vec<Settlement> = settlements.iter().map(|(s, _)| s.clone()).collect();
+        let mut result = store.apply(&reservations, &settle_rows).await.map(|(r, _)| r);
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, settlements = settle_rows.len(), "ledger batch failed");
+            for (s, tries) in settlements {
+                if tries + 1 >= SETTLE_TRIES {
+                    tracing::error!(request_id = %s.request_id, "ledger settlement failed; left for recovery after a restart");
+                    continue;
+                }
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(50 << tries)).await;
+                    let _ = tx.send(Op::Settle(s, tries + 1));
+                });
+            }
+            if !reservations.is_empty() && !settle_rows.is_empty() {
+                // Do not let a bad settlement refuse admissions: try them alone.
+                result = store.apply(&reservations, &[]).await.map(|(r, _)| r);
+            }
+        }
+        match result {
+            Ok(answers) => {
+                for (reply, a) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(Ok(a));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+}
 
 /// What admission needs to know.
 #[derive(Debug, Clone)]
@@ -133,6 +204,7 @@ pub struct Ledger {
     store: Store,
     instance_id: String,
     host: String,
+    writes: mpsc::UnboundedSender<Op>,
     windows: Mutex<HashMap<(&'static str, String), Window>>,
     limits: tokio::sync::RwLock<LimitsCache>,
 }
@@ -216,7 +288,9 @@ impl Ledger {
         if recovered > 0 {
             tracing::warn!(recovered, "settled reservations left by a process that stopped (no cost charged)");
         }
-        let ledger = Arc::new(Self { store, instance_id, host, windows: Mutex::new(HashMap::new()), limits: Default::default() });
+        let (writes, rx) = mpsc::unbounded_channel();
+        tokio::spawn(writer(store.clone(), writes.clone(), rx));
+        let ledger = Arc::new(Self { store, instance_id, host, writes, windows: Mutex::new(HashMap::new()), limits: Default::default() });
         let weak = Arc::downgrade(&ledger);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(HEARTBEAT);
@@ -331,7 +405,12 @@ impl Ledger {
             reserved_micros: a.worst_case_micros,
             budgets,
         };
-        let refused = match self.store.reserve(&reservation).await {
+        let (reply, answer) = oneshot::channel();
+        let outcome = match self.writes.send(Op::Reserve(reservation, reply)) {
+            Ok(()) => answer.await.unwrap_or_else(|_| Err("the ledger writer stopped".into())),
+            Err(_) => Err("the ledger writer stopped".into()),
+        };
+        let refused = match outcome {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(full)) => {
                 let h = &full.hold;
@@ -349,7 +428,7 @@ impl Ledger {
                     retry_after: resets.get(&h.period).copied().unwrap_or(60),
                 }
             }
-            Err(e) => AdmitError::Store(e.to_string()),
+            Err(e) => AdmitError::Store(e),
         };
         self.release(&scopes, tokens, 0);
         Err(refused)
@@ -371,24 +450,14 @@ impl Ledger {
         }
     }
 
-    /// Settles an admitted request (retrying a failing store a few times).
-    pub async fn settle(&self, s: SettleRequest) {
+    /// Settles an admitted request: frees its rate-limit slot now and queues its ledger row
+    /// for the writer (retried a few times if the store fails).
+    pub fn settle(&self, s: SettleRequest) {
         let scopes = Self::scopes(&s.tenant_id, &s.key_id, &s.feature);
         let used = s.settlement.prompt_tokens + s.settlement.completion_tokens;
         self.release(&scopes, s.admitted_tokens as i64, used);
-        let mut delay = Duration::from_millis(50);
-        for attempt in 1..=6 {
-            match self.store.settle(&s.settlement).await {
-                Ok(_) => return,
-                Err(e) if attempt < 6 => {
-                    tracing::warn!(request_id = %s.settlement.request_id, error = %e, attempt, "ledger settlement failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-                Err(e) => {
-                    tracing::error!(request_id = %s.settlement.request_id, error = %e, "ledger settlement failed; the reservation stays held until this process restarts");
-                }
-            }
+        if self.writes.send(Op::Settle(s.settlement, 0)).is_err() {
+            tracing::error!("the ledger writer stopped; the reservation is left for recovery");
         }
     }
 }

@@ -93,14 +93,7 @@ impl Governance for LedgerGovernance {
             admitted_tokens: s.admitted_tokens,
             settlement: settlement(&s),
         };
-        let ledger = self.ledger.clone();
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(async move { ledger.settle(req).await });
-            }
-            // Shutting down: the reservation is recovered after the restart.
-            Err(_) => tracing::warn!(request_id = %s.request_id, "no runtime to settle on; left for recovery"),
-        }
+        self.ledger.settle(req);
     }
 }
 

@@ -301,116 +301,39 @@ impl Store {
     /// says which budget is full (and writes nothing).
     pub async fn reserve(&self, r: &Reservation) -> Result<Result<(), BudgetFull>, StoreError> {
         let mut tx = self.pool().begin().await?;
-        for h in &r.budgets {
-            sqlx::query(
-                "INSERT INTO spend (scope, scope_id, period, reserved_micros, spent_micros) VALUES ($1, $2, $3, 0, 0) ON CONFLICT (scope, scope_id, period) DO NOTHING",
-            )
-            .bind(&h.scope)
-            .bind(&h.scope_id)
-            .bind(&h.period)
-            .execute(&mut *tx)
-            .await?;
-            let done = sqlx::query(
-                "UPDATE spend SET reserved_micros = reserved_micros + $1 WHERE scope = $2 AND scope_id = $3 AND period = $4 AND spent_micros + reserved_micros + $5 <= $6",
-            )
-            .bind(r.reserved_micros)
-            .bind(&h.scope)
-            .bind(&h.scope_id)
-            .bind(&h.period)
-            .bind(r.reserved_micros)
-            .bind(h.limit_micros)
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() == 0 {
-                let row = sqlx::query("SELECT reserved_micros, spent_micros FROM spend WHERE scope = $1 AND scope_id = $2 AND period = $3")
-                    .bind(&h.scope)
-                    .bind(&h.scope_id)
-                    .bind(&h.period)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                let full = BudgetFull { hold: h.clone(), spent_micros: row.try_get("spent_micros")?, reserved_micros: row.try_get("reserved_micros")? };
-                tx.rollback().await?;
-                return Ok(Err(full));
-            }
-        }
-        sqlx::query(
-            "INSERT INTO ledger (request_id, created_ms, instance_id, state, tenant_id, key_id, feature, route, reserved_micros, budgets) \
-             VALUES ($1, $2, $3, 'reserved', $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&r.request_id)
-        .bind(r.created_ms)
-        .bind(&r.instance_id)
-        .bind(&r.tenant_id)
-        .bind(&r.key_id)
-        .bind(&r.feature)
-        .bind(&r.route)
-        .bind(r.reserved_micros)
-        .bind(holds_text(&r.budgets))
-        .execute(&mut *tx)
-        .await?;
+        let out = reserve_in(&mut tx, r).await?;
         tx.commit().await?;
-        Ok(Ok(()))
+        Ok(out)
     }
 
     /// Settles a reserved request: its row gets the outcome, its budgets give back the
     /// reservation and take the cost. False when it was already settled (nothing changes).
     pub async fn settle(&self, s: &Settlement) -> Result<bool, StoreError> {
         let mut tx = self.pool().begin().await?;
-        let claimed = sqlx::query(
-            "UPDATE ledger SET state = 'settled', backend = $1, model = $2, attempts = $3, prompt_tokens = $4, cached_tokens = $5, \
-             completion_tokens = $6, cost_micros = $7, ttft_ms = $8, duration_ms = $9, status = $10, outcome = $11, error_kind = $12, \
-             settled_ms = $13 WHERE request_id = $14 AND state = 'reserved' RETURNING reserved_micros, budgets",
-        )
-        .bind(&s.backend)
-        .bind(&s.model)
-        .bind(s.attempts.len() as i64)
-        .bind(s.prompt_tokens)
-        .bind(s.cached_tokens)
-        .bind(s.completion_tokens)
-        .bind(s.cost_micros)
-        .bind(s.ttft_ms)
-        .bind(s.duration_ms)
-        .bind(s.status)
-        .bind(&s.outcome)
-        .bind(s.error_kind.as_deref())
-        .bind(s.settled_ms)
-        .bind(&s.request_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = claimed else {
-            tx.rollback().await?;
-            return Ok(false);
-        };
-        let reserved: i64 = row.try_get("reserved_micros")?;
-        let budgets: String = row.try_get("budgets")?;
-        for (scope, scope_id, period) in parse_holds(&budgets) {
-            sqlx::query(
-                "UPDATE spend SET reserved_micros = reserved_micros - $1, spent_micros = spent_micros + $2 WHERE scope = $3 AND scope_id = $4 AND period = $5",
-            )
-            .bind(reserved)
-            .bind(s.cost_micros)
-            .bind(scope)
-            .bind(scope_id)
-            .bind(period)
-            .execute(&mut *tx)
-            .await?;
+        let out = settle_in(&mut tx, s).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Many reservations and settlements in one transaction (group commit): each reservation's
+    /// answer as `reserve` would give it, each settlement as `settle`. All or nothing on a
+    /// database error.
+    pub async fn apply(
+        &self,
+        reservations: &[Reservation],
+        settlements: &[Settlement],
+    ) -> Result<(Vec<Result<(), BudgetFull>>, Vec<bool>), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let mut reserved = Vec::with_capacity(reservations.len());
+        for r in reservations {
+            reserved.push(reserve_in(&mut tx, r).await?);
         }
-        for (i, a) in s.attempts.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO ledger_attempts (request_id, attempt, backend, status, outcome, error, duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(&s.request_id)
-            .bind(i as i64 + 1)
-            .bind(&a.backend)
-            .bind(a.status)
-            .bind(&a.outcome)
-            .bind(a.error.as_deref())
-            .bind(a.duration_ms)
-            .execute(&mut *tx)
-            .await?;
+        let mut settled = Vec::with_capacity(settlements.len());
+        for s in settlements {
+            settled.push(settle_in(&mut tx, s).await?);
         }
         tx.commit().await?;
-        Ok(true)
+        Ok((reserved, settled))
     }
 
     /// Settles, at no cost, every reservation whose process has not beaten its heart since
@@ -519,6 +442,120 @@ impl Store {
             .collect::<Result<_, sqlx::Error>>()
             .map_err(Into::into)
     }
+}
+
+async fn reserve_in(tx: &mut sqlx::AnyConnection, r: &Reservation) -> Result<Result<(), BudgetFull>, sqlx::Error> {
+    for (i, h) in r.budgets.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO spend (scope, scope_id, period, reserved_micros, spent_micros) VALUES ($1, $2, $3, 0, 0) ON CONFLICT (scope, scope_id, period) DO NOTHING",
+        )
+        .bind(&h.scope)
+        .bind(&h.scope_id)
+        .bind(&h.period)
+        .execute(&mut *tx)
+        .await?;
+        let done = sqlx::query(
+            "UPDATE spend SET reserved_micros = reserved_micros + $1 WHERE scope = $2 AND scope_id = $3 AND period = $4 AND spent_micros + reserved_micros + $5 <= $6",
+        )
+        .bind(r.reserved_micros)
+        .bind(&h.scope)
+        .bind(&h.scope_id)
+        .bind(&h.period)
+        .bind(r.reserved_micros)
+        .bind(h.limit_micros)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            let row = sqlx::query("SELECT reserved_micros, spent_micros FROM spend WHERE scope = $1 AND scope_id = $2 AND period = $3")
+                .bind(&h.scope)
+                .bind(&h.scope_id)
+                .bind(&h.period)
+                .fetch_one(&mut *tx)
+                .await?;
+            let full = BudgetFull { hold: h.clone(), spent_micros: row.try_get("spent_micros")?, reserved_micros: row.try_get("reserved_micros")? };
+            // Give back what this reservation already took from earlier budgets.
+            for prev in &r.budgets[..i] {
+                sqlx::query("UPDATE spend SET reserved_micros = reserved_micros - $1 WHERE scope = $2 AND scope_id = $3 AND period = $4")
+                    .bind(r.reserved_micros)
+                    .bind(&prev.scope)
+                    .bind(&prev.scope_id)
+                    .bind(&prev.period)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            return Ok(Err(full));
+        }
+    }
+    sqlx::query(
+        "INSERT INTO ledger (request_id, created_ms, instance_id, state, tenant_id, key_id, feature, route, reserved_micros, budgets) \
+         VALUES ($1, $2, $3, 'reserved', $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&r.request_id)
+    .bind(r.created_ms)
+    .bind(&r.instance_id)
+    .bind(&r.tenant_id)
+    .bind(&r.key_id)
+    .bind(&r.feature)
+    .bind(&r.route)
+    .bind(r.reserved_micros)
+    .bind(holds_text(&r.budgets))
+    .execute(&mut *tx)
+    .await?;
+    Ok(Ok(()))
+}
+
+async fn settle_in(tx: &mut sqlx::AnyConnection, s: &Settlement) -> Result<bool, sqlx::Error> {
+    let claimed = sqlx::query(
+        "UPDATE ledger SET state = 'settled', backend = $1, model = $2, attempts = $3, prompt_tokens = $4, cached_tokens = $5, \
+         completion_tokens = $6, cost_micros = $7, ttft_ms = $8, duration_ms = $9, status = $10, outcome = $11, error_kind = $12, \
+         settled_ms = $13 WHERE request_id = $14 AND state = 'reserved' RETURNING reserved_micros, budgets",
+    )
+    .bind(&s.backend)
+    .bind(&s.model)
+    .bind(s.attempts.len() as i64)
+    .bind(s.prompt_tokens)
+    .bind(s.cached_tokens)
+    .bind(s.completion_tokens)
+    .bind(s.cost_micros)
+    .bind(s.ttft_ms)
+    .bind(s.duration_ms)
+    .bind(s.status)
+    .bind(&s.outcome)
+    .bind(s.error_kind.as_deref())
+    .bind(s.settled_ms)
+    .bind(&s.request_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = claimed else { return Ok(false) };
+    let reserved: i64 = row.try_get("reserved_micros")?;
+    let budgets: String = row.try_get("budgets")?;
+    for (scope, scope_id, period) in parse_holds(&budgets) {
+        sqlx::query(
+            "UPDATE spend SET reserved_micros = reserved_micros - $1, spent_micros = spent_micros + $2 WHERE scope = $3 AND scope_id = $4 AND period = $5",
+        )
+        .bind(reserved)
+        .bind(s.cost_micros)
+        .bind(scope)
+        .bind(scope_id)
+        .bind(period)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for (i, a) in s.attempts.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO ledger_attempts (request_id, attempt, backend, status, outcome, error, duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&s.request_id)
+        .bind(i as i64 + 1)
+        .bind(&a.backend)
+        .bind(a.status)
+        .bind(&a.outcome)
+        .bind(a.error.as_deref())
+        .bind(a.duration_ms)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(true)
 }
 
 const LEDGER_COLUMNS: &str = "request_id, created_ms, state, tenant_id, key_id, feature, route, backend, prompt_tokens, \

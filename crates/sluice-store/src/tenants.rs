@@ -132,6 +132,22 @@ impl Store {
         Ok(row.as_ref().map(key).transpose()?)
     }
 
+    /// The key with this public prefix and its tenant, in one round trip (the per-request
+    /// authentication path).
+    pub async fn key_and_tenant(&self, prefix: &str) -> Result<Option<(KeyRecord, Tenant)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT k.id, k.prefix, k.hash, k.tenant_id, k.role, k.name, k.created_ms, k.expires_ms, k.revoked_ms, k.revoked_reason, \
+             t.name AS tenant_name, t.created_ms AS tenant_created_ms FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.prefix = $1",
+        )
+        .bind(prefix)
+        .fetch_optional(self.pool())
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let k = key(&r)?;
+        let t = Tenant { id: k.tenant_id.clone(), name: r.try_get("tenant_name")?, created_ms: r.try_get("tenant_created_ms")? };
+        Ok(Some((k, t)))
+    }
+
     /// Keys, of one tenant or all, oldest first.
     pub async fn keys(&self, tenant_id: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
         let rows = match tenant_id {

@@ -127,3 +127,25 @@ both!(usage_reports_group_and_bucket, |url: String| async move {
     let groups: Vec<&str> = by_feature.iter().map(|l| l.group.as_str()).collect();
     assert_eq!(groups, ["chat", "search"]);
 });
+
+both!(a_batch_answers_each_reservation_and_undoes_partial_holds, |url: String| async move {
+    let s = open(&url).await;
+    let tenant = hold(1_000);
+    let key = BudgetHold { scope: "key".into(), scope_id: "k1".into(), period: "d2026-11-29".into(), limit_micros: 150 };
+    let batch = vec![
+        reservation("b1", 100, vec![tenant.clone(), key.clone()]),
+        // The tenant budget has room, the key budget not: the tenant hold must be given back.
+        reservation("b2", 100, vec![tenant.clone(), key.clone()]),
+        reservation("b3", 40, vec![tenant.clone(), key.clone()]),
+    ];
+    let (answers, settled) = s.apply(&batch, &[]).await.unwrap();
+    assert!(settled.is_empty());
+    assert!(answers[0].is_ok() && answers[2].is_ok());
+    let full = answers[1].clone().unwrap_err();
+    assert_eq!((full.hold.scope.as_str(), full.reserved_micros), ("key", 100));
+    assert_eq!(s.spend("tenant", "t1", "d2026-11-29").await.unwrap(), (0, 140), "b2's tenant hold was undone");
+    assert!(s.ledger_row("b2").await.unwrap().is_none());
+    let (_, settled) = s.apply(&[], &[settlement("b1", 10), settlement("b3", 5), settlement("b1", 10)]).await.unwrap();
+    assert_eq!(settled, [true, true, false]);
+    assert_eq!(s.spend("key", "k1", "d2026-11-29").await.unwrap(), (15, 0));
+});

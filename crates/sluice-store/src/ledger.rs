@@ -325,13 +325,19 @@ impl Store {
     ) -> Result<(Vec<Result<(), BudgetFull>>, Vec<bool>), StoreError> {
         let mut tx = self.pool().begin().await?;
         let mut reserved = Vec::with_capacity(reservations.len());
+        // Reservations without budgets are plain inserts: one statement for all of them.
+        let plain: Vec<&Reservation> = reservations.iter().filter(|r| r.budgets.is_empty()).collect();
+        for chunk in plain.chunks(ROWS_PER_STATEMENT) {
+            insert_reservations(&mut tx, chunk).await?;
+        }
         for r in reservations {
-            reserved.push(reserve_in(&mut tx, r).await?);
+            reserved.push(if r.budgets.is_empty() { Ok(()) } else { reserve_in(&mut tx, r).await? });
         }
-        let mut settled = Vec::with_capacity(settlements.len());
-        for s in settlements {
-            settled.push(settle_in(&mut tx, s).await?);
-        }
+        let settled = if settlements.len() == 1 {
+            vec![settle_in(&mut tx, &settlements[0]).await?]
+        } else {
+            settle_many(&mut tx, settlements).await?
+        };
         tx.commit().await?;
         Ok((reserved, settled))
     }
@@ -442,6 +448,131 @@ impl Store {
             .collect::<Result<_, sqlx::Error>>()
             .map_err(Into::into)
     }
+}
+
+/// Rows per multi-row statement (well under both databases' parameter limits).
+const ROWS_PER_STATEMENT: usize = 64;
+
+/// `($a, $b, …), (…)` for `rows` rows of `cols` parameters, numbered from 1.
+fn placeholders(rows: usize, cols: usize, literal_after: Option<(usize, &str)>) -> String {
+    (0..rows)
+        .map(|r| {
+            let mut cells: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
+            if let Some((at, lit)) = literal_after {
+                cells.insert(at, lit.to_string());
+            }
+            format!("({})", cells.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn insert_reservations(tx: &mut sqlx::AnyConnection, rows: &[&Reservation]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "INSERT INTO ledger (request_id, created_ms, instance_id, state, tenant_id, key_id, feature, route, reserved_micros, budgets) VALUES {}",
+        placeholders(rows.len(), 9, Some((3, "'reserved'")))
+    );
+    let mut q = sqlx::query(&sql);
+    for r in rows {
+        q = q
+            .bind(&r.request_id)
+            .bind(r.created_ms)
+            .bind(&r.instance_id)
+            .bind(&r.tenant_id)
+            .bind(&r.key_id)
+            .bind(&r.feature)
+            .bind(&r.route)
+            .bind(r.reserved_micros)
+            .bind("");
+    }
+    q.execute(&mut *tx).await?;
+    Ok(())
+}
+
+/// Settles many requests with a few statements: one `UPDATE … FROM (VALUES …)` per chunk, one
+/// update per budget touched, one insert of every attempt.
+async fn settle_many(tx: &mut sqlx::AnyConnection, all: &[Settlement]) -> Result<Vec<bool>, sqlx::Error> {
+    // A request listed twice settles once: the first occurrence.
+    let mut first = std::collections::HashMap::new();
+    for (i, s) in all.iter().enumerate() {
+        first.entry(s.request_id.as_str()).or_insert(i);
+    }
+    let unique: Vec<&Settlement> = all.iter().enumerate().filter(|(i, s)| first[s.request_id.as_str()] == *i).map(|(_, s)| s).collect();
+    let mut claimed: std::collections::HashMap<String, (i64, String)> = std::collections::HashMap::new();
+    for chunk in unique.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "UPDATE ledger SET state = 'settled', backend = v.column2, model = v.column3, attempts = v.column4, prompt_tokens = v.column5, \
+             cached_tokens = v.column6, completion_tokens = v.column7, cost_micros = v.column8, ttft_ms = v.column9, duration_ms = v.column10, \
+             status = v.column11, outcome = v.column12, error_kind = v.column13, settled_ms = v.column14 \
+             FROM (VALUES {}) AS v WHERE ledger.request_id = v.column1 AND ledger.state = 'reserved' \
+             RETURNING ledger.request_id, ledger.reserved_micros, ledger.budgets",
+            placeholders(chunk.len(), 14, None)
+        );
+        let mut q = sqlx::query(&sql);
+        for s in chunk {
+            q = q
+                .bind(&s.request_id)
+                .bind(&s.backend)
+                .bind(&s.model)
+                .bind(s.attempts.len() as i64)
+                .bind(s.prompt_tokens)
+                .bind(s.cached_tokens)
+                .bind(s.completion_tokens)
+                .bind(s.cost_micros)
+                .bind(s.ttft_ms)
+                .bind(s.duration_ms)
+                .bind(s.status)
+                .bind(&s.outcome)
+                .bind(s.error_kind.as_deref())
+                .bind(s.settled_ms);
+        }
+        for row in q.fetch_all(&mut *tx).await? {
+            claimed.insert(row.try_get("request_id")?, (row.try_get("reserved_micros")?, row.try_get("budgets")?));
+        }
+    }
+    // Budgets: the sum of what each touched budget gives back and takes.
+    let mut per_budget: std::collections::BTreeMap<(String, String, String), (i64, i64)> = Default::default();
+    for s in &unique {
+        if let Some((reserved, budgets)) = claimed.get(&s.request_id) {
+            for hold in parse_holds(budgets) {
+                let e = per_budget.entry(hold).or_default();
+                e.0 += reserved;
+                e.1 += s.cost_micros;
+            }
+        }
+    }
+    for ((scope, scope_id, period), (reserved, cost)) in per_budget {
+        sqlx::query(
+            "UPDATE spend SET reserved_micros = reserved_micros - $1, spent_micros = spent_micros + $2 WHERE scope = $3 AND scope_id = $4 AND period = $5",
+        )
+        .bind(reserved)
+        .bind(cost)
+        .bind(scope)
+        .bind(scope_id)
+        .bind(period)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let attempts: Vec<(&str, i64, &AttemptRow)> = unique
+        .iter()
+        .filter(|s| claimed.contains_key(&s.request_id))
+        .flat_map(|s| s.attempts.iter().enumerate().map(move |(i, a)| (s.request_id.as_str(), i as i64 + 1, a)))
+        .collect();
+    for chunk in attempts.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO ledger_attempts (request_id, attempt, backend, status, outcome, error, duration_ms) VALUES {}",
+            placeholders(chunk.len(), 7, None)
+        );
+        let mut q = sqlx::query(&sql);
+        for (id, n, a) in chunk {
+            q = q.bind(*id).bind(*n).bind(&a.backend).bind(a.status).bind(&a.outcome).bind(a.error.as_deref()).bind(a.duration_ms);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    Ok(all.iter().enumerate().map(|(i, s)| first[s.request_id.as_str()] == i && claimed.contains_key(&s.request_id)).collect())
 }
 
 async fn reserve_in(tx: &mut sqlx::AnyConnection, r: &Reservation) -> Result<Result<(), BudgetFull>, sqlx::Error> {

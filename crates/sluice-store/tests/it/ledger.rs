@@ -149,3 +149,20 @@ both!(a_batch_answers_each_reservation_and_undoes_partial_holds, |url: String| a
     assert_eq!(settled, [true, true, false]);
     assert_eq!(s.spend("key", "k1", "d2026-11-29").await.unwrap(), (15, 0));
 });
+
+both!(plain_batches_insert_and_settle_in_few_statements, |url: String| async move {
+    let s = open(&url).await;
+    let batch: Vec<Reservation> = (0..100).map(|i| reservation(&format!("p{i}"), 0, Vec::new())).collect();
+    let (answers, _) = s.apply(&batch, &[]).await.unwrap();
+    assert!(answers.iter().all(Result::is_ok));
+    let settlements: Vec<Settlement> = (0..100).map(|i| settlement(&format!("p{i}"), i)).collect();
+    let (_, settled) = s.apply(&[], &settlements).await.unwrap();
+    assert!(settled.iter().all(|&b| b));
+    let rows = s.ledger_rows(0, i64::MAX).await.unwrap();
+    assert_eq!(rows.len(), 100);
+    assert!(rows.iter().all(|r| r.state == "settled" && r.completion_tokens == Some(5) && r.attempts == Some(1)));
+    let p42 = s.ledger_row("p42").await.unwrap().unwrap();
+    assert_eq!(p42.cost_micros, Some(42));
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ledger_attempts").fetch_one(s.pool()).await.unwrap();
+    assert_eq!(n, 100);
+});

@@ -100,6 +100,11 @@ pub struct RequestUsage {
     pub total_time: Duration,
     /// Time spent waiting in the queue.
     pub queue_time: Duration,
+    /// Prompt tokens found in the prefix cache when it was first scheduled.
+    pub cached_tokens: usize,
+    /// Its share of the engine steps it took part in: each step's time × its tokens in the
+    /// step ÷ the step's tokens.
+    pub compute_time: Duration,
 }
 
 /// One event of a request's stream.

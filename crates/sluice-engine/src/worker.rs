@@ -153,8 +153,10 @@ impl Worker {
                 && rt.mark_scheduled() {
                     self.stats.waiting.fetch_sub(1, Ordering::AcqRel);
                     self.stats.prompt_tokens.fetch_add(rt.usage.prompt_tokens as u64, Ordering::AcqRel);
+                    rt.usage.cached_tokens = item.start;
                 }
         }
+        let step_started = std::time::Instant::now();
         let logits = match self.run_batch(&plan) {
             Ok(l) => l,
             Err(e) => {
@@ -179,6 +181,14 @@ impl Worker {
                 let (tok, lp) = rt.sampler.sample(&mut row);
                 sampled.push((item.id, tok));
                 samples.push((item.id, tok, lp));
+            }
+        }
+        // Each sequence's share of this step, by its tokens in it (for per-request cost).
+        let step_time = step_started.elapsed();
+        let step_tokens: usize = plan.scheduled.iter().map(|i| i.len).sum::<usize>().max(1);
+        for item in &plan.scheduled {
+            if let Some(rt) = self.seqs.get_mut(&item.id) {
+                rt.usage.compute_time += step_time.mul_f64(item.len as f64 / step_tokens as f64);
             }
         }
         self.scheduler.complete(&plan, &sampled);

@@ -89,6 +89,8 @@ struct UsagePeek {
     completion_tokens: u64,
     #[serde(default)]
     prompt_tokens_details: Option<CachedPeek>,
+    #[serde(default)]
+    compute_seconds: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -167,6 +169,7 @@ fn classify(p: &str) -> Payload {
                 cached_tokens: cached_tokens(&u),
                 completion_tokens: u.completion_tokens,
                 reported: true,
+                compute_seconds: u.compute_seconds,
             });
             Payload::Chunk { tokens, finishes, usage }
         }
@@ -314,6 +317,7 @@ pub async fn attempt(guard: AttemptGuard, input: AttemptInput) -> Result<Attempt
             cached_tokens: cached_tokens(&u),
             completion_tokens: u.completion_tokens,
             reported: true,
+            compute_seconds: u.compute_seconds,
         });
         guard.succeed(start.elapsed());
         return Ok(Attempted::Complete { status: resp.status, body: Bytes::from(body), usage });

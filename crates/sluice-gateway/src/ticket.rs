@@ -91,7 +91,7 @@ pub trait Governance: Send + Sync + Debug {
 }
 
 /// Token counts of one request.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct UsageCount {
     /// Prompt tokens (the backend's count, or our estimate when it gave none).
     pub prompt_tokens: u64,
@@ -101,6 +101,8 @@ pub struct UsageCount {
     pub completion_tokens: u64,
     /// The backend reported these numbers itself.
     pub reported: bool,
+    /// Engine time attributable to the request, when a Sluice engine reports it.
+    pub compute_seconds: Option<f64>,
 }
 
 /// The facts of a finished request.
@@ -144,8 +146,8 @@ fn micros(tokens: u64, usd_per_million: f64) -> f64 {
 }
 
 /// What a finished request cost on a backend: tokens at its prices, or its share of an hourly
-/// machine (the whole machine for the request's duration, divided among the requests it was
-/// serving, at least one).
+/// machine — the engine time the engine attributes to it (its share of every batched step it
+/// took part in) when reported, else its duration divided among the requests in flight there.
 pub fn request_cost(cost: &Cost, usage: &UsageCount, duration: Duration, concurrent: u32) -> i64 {
     match *cost {
         Cost::PerToken(p) => {
@@ -153,7 +155,10 @@ pub fn request_cost(cost: &Cost, usage: &UsageCount, duration: Duration, concurr
             (micros(fresh, p.input) + micros(usage.cached_tokens, p.cached_input) + micros(usage.completion_tokens, p.output)).ceil()
                 as i64
         }
-        Cost::Hourly(rate) => (rate * 1e6 * duration.as_secs_f64() / 3600.0 / f64::from(concurrent.max(1))).ceil() as i64,
+        Cost::Hourly(rate) => {
+            let seconds = usage.compute_seconds.unwrap_or_else(|| duration.as_secs_f64() / f64::from(concurrent.max(1)));
+            (rate * 1e6 * seconds / 3600.0).ceil() as i64
+        }
         Cost::Unknown => 0,
     }
 }
@@ -268,11 +273,14 @@ mod tests {
     #[test]
     fn costs_follow_prices_and_hours() {
         let price = Cost::PerToken(Price { input: 1.0, cached_input: 0.5, output: 4.0 });
-        let u = UsageCount { prompt_tokens: 1000, cached_tokens: 400, completion_tokens: 100, reported: true };
+        let u = UsageCount { prompt_tokens: 1000, cached_tokens: 400, completion_tokens: 100, reported: true, compute_seconds: None };
         // 600 × $1 + 400 × $0.5 + 100 × $4 per million = $0.0012 = 1200 µ$.
         assert_eq!(request_cost(&price, &u, Duration::from_secs(1), 1), 1200);
         // $3.6/h for 2 s shared by 4 requests = $0.0005 = 500 µ$.
         assert_eq!(request_cost(&Cost::Hourly(3.6), &u, Duration::from_secs(2), 4), 500);
+        // An engine that reports 0.25 s of step time for the request: $3.6/h × 0.25 s = 250 µ$.
+        let engine = UsageCount { compute_seconds: Some(0.25), ..u };
+        assert_eq!(request_cost(&Cost::Hourly(3.6), &engine, Duration::from_secs(2), 4), 250);
         assert_eq!(request_cost(&Cost::Unknown, &u, Duration::from_secs(2), 1), 0);
     }
 }

@@ -156,7 +156,7 @@ pub struct CompletionRequest {
 }
 
 /// Token counts of a request.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
 pub struct Usage {
     /// Tokens in the prompt.
     pub prompt_tokens: u32,
@@ -164,12 +164,35 @@ pub struct Usage {
     pub completion_tokens: u32,
     /// Sum of both.
     pub total_tokens: u32,
+    /// Prompt tokens served from the prefix cache (OpenAI's field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+    /// Sluice engines: engine time attributable to this request — its share of every batched
+    /// step it took part in, in seconds (what an hourly-priced engine charges for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_seconds: Option<f64>,
+}
+
+/// Details of prompt tokens.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PromptTokensDetails {
+    /// Tokens found in the prefix cache.
+    pub cached_tokens: u32,
 }
 
 impl Usage {
     /// Counts with their total.
     pub fn new(prompt_tokens: u32, completion_tokens: u32) -> Self {
-        Self { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens }
+        Self { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens, ..Default::default() }
+    }
+
+    /// With an engine's cached prompt tokens and compute time.
+    pub fn with_engine(self, cached_tokens: u32, compute_seconds: f64) -> Self {
+        Self {
+            prompt_tokens_details: Some(PromptTokensDetails { cached_tokens }),
+            compute_seconds: Some(compute_seconds),
+            ..self
+        }
     }
 }
 

@@ -133,6 +133,7 @@ async fn run(
             model: served.name.clone(),
             engine: served.engine.clone(),
             include_usage: settings.include_usage,
+            per_prompt: settings.n as usize,
             want_logprobs,
             started: vec![false; settings.n as usize],
             usage: Usage { prompt_tokens: prompt.len() as u32, ..Default::default() },
@@ -148,7 +149,7 @@ async fn run(
         .into_iter()
         .enumerate()
         .map(|(i, o)| {
-            usage.completion_tokens += o.usage.completion_tokens as u32;
+            generate::add_usage(&mut usage, i, settings.n as usize, &o.usage);
             ChatChoice {
                 index: i as u32,
                 message: ResponseMessage { role: "assistant".into(), content: o.text },
@@ -163,7 +164,7 @@ async fn run(
             }
         })
         .collect();
-    let usage = Usage::new(usage.prompt_tokens, usage.completion_tokens);
+    let usage = generate::final_usage(usage);
     let body = ChatCompletionResponse {
         id: id.clone(),
         object: "chat.completion".into(),
@@ -184,6 +185,7 @@ struct ChatStream {
     model: String,
     engine: sluice_engine::EngineHandle,
     include_usage: bool,
+    per_prompt: usize,
     want_logprobs: bool,
     started: Vec<bool>,
     usage: Usage,
@@ -229,7 +231,7 @@ impl StreamRenderer for ChatStream {
                 }
             }
             Event::Done { finish, text, usage } => {
-                self.usage.completion_tokens += usage.completion_tokens as u32;
+                generate::add_usage(&mut self.usage, index, self.per_prompt, &usage);
                 if !text.is_empty() {
                     out.push(self.delta(index, Some(text), None, None));
                     self.started[index] = true;
@@ -246,6 +248,6 @@ impl StreamRenderer for ChatStream {
         if !self.include_usage {
             return Vec::new();
         }
-        vec![self.chunk(Vec::new(), Some(Usage::new(self.usage.prompt_tokens, self.usage.completion_tokens)))]
+        vec![self.chunk(Vec::new(), Some(generate::final_usage(self.usage)))]
     }
 }

@@ -78,6 +78,7 @@ async fn run(
             model: served.name.clone(),
             engine: served.engine.clone(),
             include_usage: settings.include_usage,
+            per_prompt: n,
             want_logprobs: req.logprobs.is_some(),
             echo: echo_text.into_iter().map(Some).collect(),
             offsets: vec![0; streams.len()],
@@ -93,7 +94,7 @@ async fn run(
         .into_iter()
         .enumerate()
         .map(|(i, o)| {
-            usage.completion_tokens += o.usage.completion_tokens as u32;
+            generate::add_usage(&mut usage, i, n, &o.usage);
             let logprobs = req.logprobs.map(|_| {
                 let mut lp = CompletionLogprobs::default();
                 let mut offset = echo_text[i].len() as u32;
@@ -113,7 +114,7 @@ async fn run(
             }
         })
         .collect();
-    let usage = Usage::new(usage.prompt_tokens, usage.completion_tokens);
+    let usage = generate::final_usage(usage);
     let body = CompletionResponse {
         id: id.clone(),
         object: "text_completion".into(),
@@ -134,6 +135,7 @@ struct CompletionStream {
     model: String,
     engine: EngineHandle,
     include_usage: bool,
+    per_prompt: usize,
     want_logprobs: bool,
     echo: Vec<Option<String>>,
     offsets: Vec<u32>,
@@ -176,7 +178,7 @@ impl StreamRenderer for CompletionStream {
                 vec![self.chunk(vec![CompletionChoice { index: index as u32, text, finish_reason: None, logprobs: lp }], None)]
             }
             Event::Done { finish, text, usage } => {
-                self.usage.completion_tokens += usage.completion_tokens as u32;
+                generate::add_usage(&mut self.usage, index, self.per_prompt, &usage);
                 let choice = CompletionChoice {
                     index: index as u32,
                     text: prefix + &text,
@@ -193,6 +195,6 @@ impl StreamRenderer for CompletionStream {
         if !self.include_usage {
             return Vec::new();
         }
-        vec![self.chunk(Vec::new(), Some(Usage::new(self.usage.prompt_tokens, self.usage.completion_tokens)))]
+        vec![self.chunk(Vec::new(), Some(generate::final_usage(self.usage)))]
     }
 }

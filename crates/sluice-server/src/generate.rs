@@ -124,6 +124,22 @@ pub fn sse_response(
     Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()).into_response()
 }
 
+/// Adds a finished choice's engine usage to `acc` (choice `index`, `n` choices per prompt: the
+/// prompt's cached tokens count once, from its first choice; compute time adds up).
+pub fn add_usage(acc: &mut sluice_protocol::Usage, index: usize, n: usize, u: &RequestUsage) {
+    acc.completion_tokens += u.completion_tokens as u32;
+    acc.compute_seconds = Some(acc.compute_seconds.unwrap_or(0.0) + u.compute_time.as_secs_f64());
+    let details = acc.prompt_tokens_details.get_or_insert_with(Default::default);
+    if index.is_multiple_of(n.max(1)) {
+        details.cached_tokens += u.cached_tokens as u32;
+    }
+}
+
+/// The final usage: counts with their total.
+pub fn final_usage(acc: sluice_protocol::Usage) -> sluice_protocol::Usage {
+    sluice_protocol::Usage { total_tokens: acc.prompt_tokens + acc.completion_tokens, ..acc }
+}
+
 /// The error payload a stream carries when the engine fails mid-stream.
 pub fn stream_error_payload(e: sluice_engine::EngineError) -> String {
     serde_json::to_string(&ApiError::from(e).body()).unwrap_or_default()

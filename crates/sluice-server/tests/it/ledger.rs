@@ -334,3 +334,62 @@ async fn usage_reports_by_feature_for_members_and_csv() {
     let (status, text) = get("group_by=colour").await;
     assert_eq!(status, 400, "{text}");
 }
+
+#[tokio::test]
+async fn an_hourly_engine_charges_each_request_its_share_of_the_steps() {
+    use sluice_engine::EngineConfig;
+    use sluice_gateway::{Backend, InProcessBackend};
+    use sluice_server::{AppState, ServedModel};
+
+    let store = sqlite_store().await;
+    let e = crate::engine(EngineConfig::default());
+    let state = AppState::behind_gateway();
+    state.set_model(ServedModel { name: crate::MODEL.into(), engine: e });
+    let mut engines: HashMap<String, Arc<dyn Backend>> = HashMap::new();
+    engines.insert("local".into(), Arc::new(InProcessBackend::new(sluice_server::app(state))));
+    // $36 per hour: 1 ms of engine time costs 10 µ$.
+    let toml = format!(
+        "[backends.local]\nkind = \"engine\"\nmodel_path = \"unused.gguf\"\nmodel = \"{}\"\nhourly_cost = 36.0\n[models.m]\ntargets = [\"local\"]\n",
+        crate::MODEL
+    );
+    let cfg = sluice_gateway::config::parse("test.toml", &toml, &|_| None).unwrap();
+    let mut gateway = Gateway::new(&cfg, engines).unwrap();
+    let gov = Governor::new(store.clone());
+    gov.ensure_tenant("acme").await.unwrap();
+    let key = gov.create_key("acme", Role::Member, "", None).await.unwrap().secret;
+    let ledger = Ledger::start(store.clone()).await.unwrap();
+    gateway.set_governance(Arc::new(LedgerGovernance::new(ledger.clone())));
+    let app = sluice_server::gateway_app(GatewayState::new(Arc::new(gateway), Vec::new()).with_governor(gov).with_ledger(ledger));
+
+    let prompt = "The history of the printing press begins in the fifteenth century, when movable type changed how books were made. ".repeat(3);
+    let body = |p: &str| json!({"model": "m", "messages": [{"role": "user", "content": p}], "max_tokens": 8, "temperature": 0, "ignore_eos": true});
+    let t0 = std::time::Instant::now();
+    let tasks: Vec<_> = (0..6)
+        .map(|i| {
+            let app = app.clone();
+            let key = key.clone();
+            let b = body(&format!("{i}: {prompt}"));
+            tokio::spawn(async move { post(&app, &key, b, None).await })
+        })
+        .collect();
+    let mut compute = Vec::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text);
+        let j = r.json();
+        compute.push((r.headers["x-request-id"].to_str().unwrap().to_string(), j["usage"]["compute_seconds"].as_f64().unwrap()));
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let total: f64 = compute.iter().map(|c| c.1).sum();
+    assert!(total <= wall * 1.01 && total > 0.3 * wall, "shares add up to the busy time: {total:.4} s of {wall:.4} s");
+    // The same prompt again: its prefix is cached, and the cached tokens are reported and booked.
+    let again = post(&app, &key, body(&format!("0: {prompt}")), None).await.json();
+    let cached = again["usage"]["prompt_tokens_details"]["cached_tokens"].as_i64().unwrap();
+    assert!(cached >= 16, "{again}");
+    let rows = settled_rows(&store, 7).await;
+    for (id, seconds) in &compute {
+        let row = rows.iter().find(|r| &r.request_id == id).unwrap();
+        assert_eq!(row.cost_micros, Some((36.0 * 1e6 * seconds / 3600.0).ceil() as i64), "{id}");
+    }
+    assert!(rows.iter().any(|r| r.cached_tokens == Some(cached)));
+}

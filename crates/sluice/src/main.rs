@@ -5,6 +5,7 @@ mod bench_gateway;
 mod bench_model;
 mod keys;
 mod serve;
+mod usage;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -31,6 +32,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Create, list and revoke API keys in the store.
     Keys(keys::KeysArgs),
+    /// Requests, tokens and cost from the ledger, grouped and bucketed.
+    Usage(usage::UsageArgs),
     /// Check a configuration file without serving.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -66,6 +69,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => rt.block_on(serve::serve(args)),
         Command::Config(ConfigCommand::Check { file }) => serve::check_config(&file),
         Command::Keys(args) => rt.block_on(keys::run(args)),
+        Command::Usage(args) => rt.block_on(usage::run(args)),
         Command::MockUpstream(args) => rt.block_on(serve::mock_upstream(args)),
         Command::BenchModel(_) => Ok(()),
         Command::Bench(args) => rt.block_on(bench::run(args)),

@@ -30,7 +30,7 @@ pub use config::{BackendConfig, BackendKind, ConfigError, Endpoint, GatewayConfi
 pub use error::GatewayError;
 pub use forward::Reply;
 pub use target::Target;
-pub use ticket::{Admission, AttemptRecord, Caller, Governance, Refusal, RequestContext, Settled, UsageCount};
+pub use ticket::{Admission, AttemptRecord, Caller, Governance, Receipt, Refusal, RequestContext, Settled, UsageCount};
 
 use crate::forward::{AttemptInput, Attempted, attempt, backoff, spawn_forward};
 use crate::ticket::{Ticket, worst_case_cost};
@@ -231,6 +231,7 @@ impl Gateway {
         if primary.is_empty() && fallback.is_empty() {
             return Err(GatewayError::ContextLength { model: route.cfg.name.clone(), needed, largest: largest.unwrap_or(0) });
         }
+        let mut receipt = None;
         if let (Some(g), Some(caller)) = (&self.governance, &ticket.settled.caller) {
             // Worst case over every backend the request may reach; without max_tokens, the room
             // its window leaves.
@@ -251,7 +252,7 @@ impl Gateway {
                 max_tokens,
                 worst_case_micros: worst,
             };
-            g.admit(admission).await.map_err(GatewayError::Refused)?;
+            receipt = Some(g.admit(admission).await.map_err(GatewayError::Refused)?);
             ticket.settled.admitted = true;
             ticket.settled.admitted_tokens = insp.prompt_tokens + max_tokens;
         }
@@ -325,6 +326,9 @@ impl Gateway {
                 };
                 match attempt(guard, input).await {
                     Ok(Attempted::Complete { status, body, usage }) => {
+                        if let Some(r) = receipt.take() {
+                            r.wait().await.map_err(GatewayError::Refused)?;
+                        }
                         target.stats.served.fetch_add(1, Ordering::Relaxed);
                         let outcome = if status < 400 { "ok" } else { "passed_through" };
                         ticket.settled.attempts.push(record(Some(status), outcome, None));
@@ -332,6 +336,10 @@ impl Gateway {
                         return Ok(Handled::Complete { status, body, usage });
                     }
                     Ok(Attempted::Stream(committed)) => {
+                        if let Some(r) = receipt.take() {
+                            // Dropping `committed` on failure cancels the upstream stream.
+                            r.wait().await.map_err(GatewayError::Refused)?;
+                        }
                         target.stats.served.fetch_add(1, Ordering::Relaxed);
                         ticket.settled.attempts.push(record(Some(200), "ok", None));
                         ticket.settled.ttft = Some(ticket.arrived.elapsed());

@@ -81,11 +81,42 @@ pub struct AttemptRecord {
     pub duration: Duration,
 }
 
+/// The ledger's word that a request's row exists — or will, once a write in flight commits.
+/// The gateway calls the backend meanwhile, and waits for the receipt before any byte of the
+/// answer reaches the client: no client ever gets an answer the ledger does not hold.
+pub struct Receipt(Option<BoxFuture<'static, Result<(), Refusal>>>);
+
+impl Debug for Receipt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Receipt(pending)" } else { "Receipt(done)" })
+    }
+}
+
+impl Receipt {
+    /// The row is written.
+    pub fn done() -> Self {
+        Self(None)
+    }
+
+    /// The row is being written; `f` resolves when it is (or fails).
+    pub fn pending(f: BoxFuture<'static, Result<(), Refusal>>) -> Self {
+        Self(Some(f))
+    }
+
+    /// Waits for the write.
+    pub async fn wait(self) -> Result<(), Refusal> {
+        match self.0 {
+            Some(f) => f.await,
+            None => Ok(()),
+        }
+    }
+}
+
 /// Limits, budgets and the ledger, as the gateway sees them.
 pub trait Governance: Send + Sync + Debug {
     /// Checks limits and reserves the worst case; an error refuses the request before any
     /// backend is called.
-    fn admit(&self, a: Admission) -> BoxFuture<'_, Result<(), Refusal>>;
+    fn admit(&self, a: Admission) -> BoxFuture<'_, Result<Receipt, Refusal>>;
     /// Settles an admitted request (called exactly once per admitted request).
     fn settle(&self, s: Settled);
 }

@@ -169,6 +169,30 @@ impl AdmitError {
     }
 }
 
+/// An admitted request whose ledger row may still be in the writer's queue.
+#[derive(Debug)]
+pub struct Pending(Option<oneshot::Receiver<Result<Result<(), BudgetFull>, String>>>);
+
+impl Pending {
+    /// Whether the row is known to be written.
+    pub fn is_written(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Waits until the row is written.
+    pub async fn written(self) -> Result<(), AdmitError> {
+        match self.0 {
+            None => Ok(()),
+            Some(rx) => match rx.await {
+                Ok(Ok(Ok(()))) => Ok(()),
+                Ok(Ok(Err(_))) => Err(AdmitError::Store("a budget appeared while the row was being written".into())),
+                Ok(Err(e)) => Err(AdmitError::Store(e)),
+                Err(_) => Err(AdmitError::Store("the ledger writer stopped".into())),
+            },
+        }
+    }
+}
+
 /// The facts settlement needs besides the ledger row.
 #[derive(Debug, Clone)]
 pub struct SettleRequest {
@@ -347,8 +371,10 @@ impl Ledger {
         vec![("tenant", tenant.to_string()), ("key", key.to_string()), ("feature", format!("{tenant}/{feature}"))]
     }
 
-    /// Checks the limits and reserves the worst case; writes the ledger row.
-    pub async fn admit(&self, a: &AdmitRequest) -> Result<(), AdmitError> {
+    /// Checks the limits and reserves the worst case; writes the ledger row. A request under a
+    /// budget is admitted only once its reservation is committed; one under none is admitted
+    /// at once, its row still being written: the returned [`Pending`] says when it is.
+    pub async fn admit(&self, a: &AdmitRequest) -> Result<Pending, AdmitError> {
         let now = now_ms();
         let minute = now / 60_000;
         let retry_minute = (((minute + 1) * 60_000 - now) / 1000).max(1) as u32;
@@ -406,12 +432,14 @@ impl Ledger {
             budgets,
         };
         let (reply, answer) = oneshot::channel();
+        let unbudgeted = reservation.budgets.is_empty();
         let outcome = match self.writes.send(Op::Reserve(reservation, reply)) {
+            Ok(()) if unbudgeted => return Ok(Pending(Some(answer))),
             Ok(()) => answer.await.unwrap_or_else(|_| Err("the ledger writer stopped".into())),
             Err(_) => Err("the ledger writer stopped".into()),
         };
         let refused = match outcome {
-            Ok(Ok(())) => return Ok(()),
+            Ok(Ok(())) => return Ok(Pending(None)),
             Ok(Err(full)) => {
                 let h = &full.hold;
                 let per = if h.period.starts_with('d') { "day" } else { "month" };

@@ -5,4 +5,4 @@ mod keys;
 mod ledger;
 
 pub use keys::{AuthError, GovernError, Governor, NewKey, Principal, Role};
-pub use ledger::{AdmitError, AdmitRequest, Ledger, SettleRequest, periods};
+pub use ledger::{AdmitError, AdmitRequest, Ledger, Pending, SettleRequest, periods};

@@ -12,7 +12,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::json;
-use sluice_gateway::{Admission, Governance, Refusal, Settled};
+use sluice_gateway::{Admission, Governance, Receipt, Refusal, Settled};
 use sluice_govern::{AdmitRequest, Ledger, Principal, Role, SettleRequest};
 use sluice_store::{AttemptRow, GroupBy, Settlement};
 
@@ -62,7 +62,7 @@ pub fn settlement(s: &Settled) -> Settlement {
 }
 
 impl Governance for LedgerGovernance {
-    fn admit(&self, a: Admission) -> BoxFuture<'_, Result<(), Refusal>> {
+    fn admit(&self, a: Admission) -> BoxFuture<'_, Result<Receipt, Refusal>> {
         async move {
             let req = AdmitRequest {
                 request_id: a.request_id,
@@ -74,12 +74,14 @@ impl Governance for LedgerGovernance {
                 max_tokens: a.max_tokens,
                 worst_case_micros: a.worst_case_micros,
             };
-            self.ledger.admit(&req).await.map_err(|e| Refusal {
+            let refusal = |e: sluice_govern::AdmitError| Refusal {
                 status: e.status(),
                 code: e.kind(),
                 message: e.to_string(),
                 retry_after: e.retry_after(),
-            })
+            };
+            let pending = self.ledger.admit(&req).await.map_err(refusal)?;
+            Ok(if pending.is_written() { Receipt::done() } else { Receipt::pending(async move { pending.written().await.map_err(refusal) }.boxed()) })
         }
         .boxed()
     }

@@ -107,7 +107,15 @@ impl Store {
             opts = opts.max_connections(8).after_connect(|conn, _| {
                 Box::pin(async move {
                     use sqlx::Executor;
-                    for pragma in ["PRAGMA journal_mode=WAL", "PRAGMA busy_timeout=10000", "PRAGMA synchronous=NORMAL", "PRAGMA foreign_keys=ON"] {
+                    // Checkpoints (which sync the database file) run in the background, not in
+                    // whichever commit happens to cross the WAL threshold.
+                    for pragma in [
+                        "PRAGMA journal_mode=WAL",
+                        "PRAGMA busy_timeout=10000",
+                        "PRAGMA synchronous=NORMAL",
+                        "PRAGMA foreign_keys=ON",
+                        "PRAGMA wal_autocheckpoint=0",
+                    ] {
                         conn.execute(pragma).await?;
                     }
                     Ok(())
@@ -119,6 +127,21 @@ impl Store {
         let pool = opts.connect(&url).await?;
         let store = Self { pool, backend };
         migrate::run(&store).await?;
+        if backend == Backend::Sqlite {
+            let pool = store.pool.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(500));
+                loop {
+                    tick.tick().await;
+                    if pool.is_closed() {
+                        return;
+                    }
+                    if let Err(e) = sqlx::raw_sql("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
+                        tracing::debug!(error = %e, "WAL checkpoint failed");
+                    }
+                }
+            });
+        }
         Ok(store)
     }
 

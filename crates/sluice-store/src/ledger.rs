@@ -310,9 +310,9 @@ impl Store {
     /// reservation and take the cost. False when it was already settled (nothing changes).
     pub async fn settle(&self, s: &Settlement) -> Result<bool, StoreError> {
         let mut tx = self.pool().begin().await?;
-        let out = settle_in(&mut tx, s).await?;
+        let out = settle_many(&mut tx, std::slice::from_ref(s)).await?;
         tx.commit().await?;
-        Ok(out)
+        Ok(out.first().copied().unwrap_or(false))
     }
 
     /// Many reservations and settlements in one transaction (group commit): each reservation's
@@ -333,11 +333,7 @@ impl Store {
         for r in reservations {
             reserved.push(if r.budgets.is_empty() { Ok(()) } else { reserve_in(&mut tx, r).await? });
         }
-        let settled = if settlements.len() == 1 {
-            vec![settle_in(&mut tx, &settlements[0]).await?]
-        } else {
-            settle_many(&mut tx, settlements).await?
-        };
+        let settled = settle_many(&mut tx, settlements).await?;
         tx.commit().await?;
         Ok((reserved, settled))
     }
@@ -492,7 +488,7 @@ async fn insert_reservations(tx: &mut sqlx::AnyConnection, rows: &[&Reservation]
     Ok(())
 }
 
-/// Settles many requests with a few statements: one `UPDATE … FROM (VALUES …)` per chunk, one
+/// Settles requests with a few statements whatever their number: one `UPDATE … FROM (VALUES …)` per chunk, one
 /// update per budget touched, one insert of every attempt.
 async fn settle_many(tx: &mut sqlx::AnyConnection, all: &[Settlement]) -> Result<Vec<bool>, sqlx::Error> {
     // A request listed twice settles once: the first occurrence.
@@ -633,60 +629,6 @@ async fn reserve_in(tx: &mut sqlx::AnyConnection, r: &Reservation) -> Result<Res
     .execute(&mut *tx)
     .await?;
     Ok(Ok(()))
-}
-
-async fn settle_in(tx: &mut sqlx::AnyConnection, s: &Settlement) -> Result<bool, sqlx::Error> {
-    let claimed = sqlx::query(
-        "UPDATE ledger SET state = 'settled', backend = $1, model = $2, attempts = $3, prompt_tokens = $4, cached_tokens = $5, \
-         completion_tokens = $6, cost_micros = $7, ttft_ms = $8, duration_ms = $9, status = $10, outcome = $11, error_kind = $12, \
-         settled_ms = $13 WHERE request_id = $14 AND state = 'reserved' RETURNING reserved_micros, budgets",
-    )
-    .bind(&s.backend)
-    .bind(&s.model)
-    .bind(s.attempts.len() as i64)
-    .bind(s.prompt_tokens)
-    .bind(s.cached_tokens)
-    .bind(s.completion_tokens)
-    .bind(s.cost_micros)
-    .bind(s.ttft_ms)
-    .bind(s.duration_ms)
-    .bind(s.status)
-    .bind(&s.outcome)
-    .bind(s.error_kind.as_deref())
-    .bind(s.settled_ms)
-    .bind(&s.request_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(row) = claimed else { return Ok(false) };
-    let reserved: i64 = row.try_get("reserved_micros")?;
-    let budgets: String = row.try_get("budgets")?;
-    for (scope, scope_id, period) in parse_holds(&budgets) {
-        sqlx::query(
-            "UPDATE spend SET reserved_micros = reserved_micros - $1, spent_micros = spent_micros + $2 WHERE scope = $3 AND scope_id = $4 AND period = $5",
-        )
-        .bind(reserved)
-        .bind(s.cost_micros)
-        .bind(scope)
-        .bind(scope_id)
-        .bind(period)
-        .execute(&mut *tx)
-        .await?;
-    }
-    for (i, a) in s.attempts.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO ledger_attempts (request_id, attempt, backend, status, outcome, error, duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&s.request_id)
-        .bind(i as i64 + 1)
-        .bind(&a.backend)
-        .bind(a.status)
-        .bind(&a.outcome)
-        .bind(a.error.as_deref())
-        .bind(a.duration_ms)
-        .execute(&mut *tx)
-        .await?;
-    }
-    Ok(true)
 }
 
 const LEDGER_COLUMNS: &str = "request_id, created_ms, state, tenant_id, key_id, feature, route, backend, prompt_tokens, \

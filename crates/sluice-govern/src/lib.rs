@@ -1,8 +1,10 @@
 //! Tenancy policy: API keys and who they belong to, roles, and (as they arrive) rate limits,
 //! budgets and pricing. Storage is `sluice-store`'s; HTTP is `sluice-server`'s.
 
+pub mod audit;
 mod keys;
 mod ledger;
 
+pub use audit::{Auditor, Tip, Verification};
 pub use keys::{AuthError, GovernError, Governor, NewKey, Principal, Role};
 pub use ledger::{AdmitError, AdmitRequest, Ledger, Pending, SettleRequest, periods};

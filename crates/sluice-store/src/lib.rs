@@ -3,6 +3,7 @@
 //! gateway processes), through sqlx's `Any` driver; queries use `$N` placeholders, which both
 //! accept. The store is plain data access: policy lives in `sluice-govern`.
 
+mod audit;
 mod ledger;
 mod migrate;
 mod tenants;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 
+pub use audit::{AuditCheckpoint, AuditEntry, NewAuditEntry};
 pub use ledger::{AttemptRow, BudgetFull, BudgetHold, GroupBy, LedgerRow, Limits, Reservation, Settlement, UsageLine};
 pub use tenants::{KeyRecord, Tenant};
 

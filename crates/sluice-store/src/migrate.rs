@@ -11,6 +11,7 @@ use crate::{Backend, Store, StoreError};
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "0001_tenants_and_keys.sql", include_str!("../migrations/0001_tenants_and_keys.sql")),
     (2, "0002_ledger_and_limits.sql", include_str!("../migrations/0002_ledger_and_limits.sql")),
+    (3, "0003_audit.sql", include_str!("../migrations/0003_audit.sql")),
 ];
 
 /// Arbitrary, fixed: "sluice" in ASCII.

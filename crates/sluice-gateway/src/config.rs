@@ -37,6 +37,14 @@ struct RawConfig {
     store: Option<RawStore>,
     #[serde(default)]
     auth: Option<RawAuth>,
+    #[serde(default)]
+    audit: Option<RawAudit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    secret_file: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,6 +177,8 @@ pub struct GatewayConfig {
     pub database_url: Option<String>,
     /// The first admin key, for an empty store (instead of a printed fresh one).
     pub bootstrap_key: Option<String>,
+    /// The audit checkpoint secret's file (made when missing).
+    pub audit_secret_file: Option<PathBuf>,
 }
 
 /// Which kind of server a backend is.
@@ -446,12 +456,16 @@ impl Validator<'_> {
             }
             Some(a) => self.secret_from("auth", a.bootstrap_key_env.as_deref(), a.bootstrap_key_file.as_deref(), "bootstrap_key")?,
         };
+        if raw.audit.is_some() && database_url.is_none() {
+            return Err(self.err("audit", "the audit trail lives in the store: add [store] database_url"));
+        }
         Ok(GatewayConfig {
             server: ServerConfig { host: raw.server.host, port: raw.server.port },
             backends,
             routes,
             database_url,
             bootstrap_key,
+            audit_secret_file: raw.audit.map(|a| a.secret_file),
         })
     }
 

@@ -157,6 +157,28 @@ pub async fn verify(store: &Store, secret: &[u8], tip: Option<&Tip>) -> Result<V
     Ok(Verification { entries: prev_seq, checkpoints: checkpoints.len(), first_broken: broken })
 }
 
+/// Appends entries now and checkpoints the tip (for short-lived commands, which cannot wait
+/// for a background writer).
+pub async fn append_now(store: &Store, secret: &[u8], tip: Option<&std::path::Path>, entries: &[NewAuditEntry]) -> Result<(), StoreError> {
+    let mac = |seq: i64, hash: &str| checkpoint_mac(secret, seq, hash);
+    let (seq, hash) = store.append_audit(entries, &entry_hash, &mac, CHECKPOINT_EVERY, true).await?;
+    if let Some(path) = tip {
+        Tip::write(path, secret, seq, &hash);
+    }
+    Ok(())
+}
+
+/// An entry stamped now.
+pub fn entry(kind: &str, tenant_id: Option<&str>, actor: Option<&str>, body: serde_json::Value) -> NewAuditEntry {
+    NewAuditEntry {
+        ts_ms: now_ms(),
+        kind: kind.to_string(),
+        tenant_id: tenant_id.map(str::to_string),
+        actor: actor.map(str::to_string),
+        body: body.to_string(),
+    }
+}
+
 /// Appends audit entries for this process.
 #[derive(Debug)]
 pub struct Auditor {
@@ -173,13 +195,7 @@ impl Auditor {
 
     /// Records an event; `body` is its details (never prompt text unless policy allows).
     pub fn record(&self, kind: &str, tenant_id: Option<&str>, actor: Option<&str>, body: serde_json::Value) {
-        let e = NewAuditEntry {
-            ts_ms: now_ms(),
-            kind: kind.to_string(),
-            tenant_id: tenant_id.map(str::to_string),
-            actor: actor.map(str::to_string),
-            body: body.to_string(),
-        };
+        let e = entry(kind, tenant_id, actor, body);
         if self.writes.send(e).is_err() {
             tracing::error!(kind, "the audit writer stopped; entry lost");
         }

@@ -4,6 +4,7 @@
 //! Revocation and expiry are read from the store on every request, so they take effect on the
 //! next one.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::TryRngCore;
@@ -201,12 +202,37 @@ fn valid_name(s: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct Governor {
     store: Store,
+    auditor: Option<Arc<crate::Auditor>>,
 }
 
 impl Governor {
     /// Governs with `store`.
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self { store, auditor: None }
+    }
+
+    /// Records administrative actions, authentication failures and requests in `auditor`.
+    pub fn with_auditor(mut self, auditor: Arc<crate::Auditor>) -> Self {
+        self.auditor = Some(auditor);
+        self
+    }
+
+    /// The audit trail, if one is kept.
+    pub fn auditor(&self) -> Option<&Arc<crate::Auditor>> {
+        self.auditor.as_ref()
+    }
+
+    /// Appends an audit entry (when a trail is kept).
+    pub fn audit(&self, kind: &str, tenant_id: Option<&str>, actor: Option<&str>, body: serde_json::Value) {
+        if let Some(a) = &self.auditor {
+            a.record(kind, tenant_id, actor, body);
+        }
+    }
+
+    /// The public prefix of a presented key, safe to record (never the secret part).
+    pub fn key_prefix(authorization: Option<&str>) -> Option<String> {
+        let key = authorization?.strip_prefix("Bearer ").or_else(|| authorization?.strip_prefix("bearer "))?.trim();
+        (key.len() >= MIN_KEY_LEN && key.is_char_boundary(PREFIX_LEN)).then(|| key[..PREFIX_LEN].to_string())
     }
 
     /// The store.

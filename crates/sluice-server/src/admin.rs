@@ -65,6 +65,16 @@ fn body<T: serde::de::DeserializeOwned>(b: Result<Bytes, BytesRejection>) -> Res
     params::parse_body(&b)
 }
 
+/// The governor, for an admin caller; a member is refused (and the refusal audited).
+fn admin(g: Option<Governor>, p: &Principal, path: &str) -> Result<Governor, ApiError> {
+    let g = governor(g)?;
+    if let Err(e) = require_admin(p) {
+        g.audit("auth.forbidden", Some(&p.tenant_id), Some(&p.key_id), json!({"path": path, "role": p.role.as_str()}));
+        return Err(e);
+    }
+    Ok(g)
+}
+
 fn governor(g: Option<Governor>) -> Result<Governor, ApiError> {
     g.ok_or_else(|| ApiError {
         status: StatusCode::NOT_FOUND,
@@ -74,8 +84,7 @@ fn governor(g: Option<Governor>) -> Result<Governor, ApiError> {
 }
 
 async fn list_tenants(State(g): State<Option<Governor>>, Extension(p): Extension<Principal>) -> Result<Response, ApiError> {
-    require_admin(&p)?;
-    let tenants = governor(g)?.store().tenants().await.map_err(GovernError::from)?;
+    let tenants = admin(g, &p, "/admin/tenants")?.store().tenants().await.map_err(GovernError::from)?;
     let data: Vec<_> = tenants.iter().map(|t| json!({"id": t.id, "name": t.name, "created_ms": t.created_ms})).collect();
     Ok(Json(json!({"object": "list", "data": data})).into_response())
 }
@@ -85,10 +94,11 @@ async fn create_tenant(
     Extension(p): Extension<Principal>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    require_admin(&p)?;
+    let g = admin(g, &p, "/admin/tenants")?;
     let req: NewTenant = body(b)?;
-    let t = governor(g)?.create_tenant(&req.name).await?;
+    let t = g.create_tenant(&req.name).await?;
     tracing::info!(tenant = %t.name, by_key = %p.key_id, "tenant created");
+    g.audit("admin.tenant_created", Some(&t.id), Some(&p.key_id), json!({"tenant": t.name}));
     Ok((StatusCode::CREATED, Json(json!({"id": t.id, "name": t.name, "created_ms": t.created_ms}))).into_response())
 }
 
@@ -97,8 +107,7 @@ async fn list_keys(
     Extension(p): Extension<Principal>,
     Query(f): Query<KeyFilter>,
 ) -> Result<Response, ApiError> {
-    require_admin(&p)?;
-    let keys = governor(g)?.keys(f.tenant.as_deref()).await?;
+    let keys = admin(g, &p, "/admin/keys")?.keys(f.tenant.as_deref()).await?;
     Ok(Json(json!({"object": "list", "data": keys.iter().map(key_json).collect::<Vec<_>>()})).into_response())
 }
 
@@ -107,12 +116,18 @@ async fn create_key(
     Extension(p): Extension<Principal>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    require_admin(&p)?;
+    let g = admin(g, &p, "/admin/keys")?;
     let req: NewKeyBody = body(b)?;
     let role = Role::parse(&req.role).ok_or_else(|| ApiError::invalid("role", "`role` must be admin or member"))?;
     let expires = req.expires_in_seconds.map(std::time::Duration::from_secs);
-    let k = governor(g)?.create_key(&req.tenant, role, req.name.as_deref().unwrap_or(""), expires).await?;
+    let k = g.create_key(&req.tenant, role, req.name.as_deref().unwrap_or(""), expires).await?;
     tracing::info!(key = %k.record.id, tenant = %req.tenant, role = role.as_str(), by_key = %p.key_id, "API key created");
+    g.audit(
+        "admin.key_created",
+        Some(&k.record.tenant_id),
+        Some(&p.key_id),
+        json!({"key_id": k.record.id, "prefix": k.record.prefix, "role": role.as_str(), "name": k.record.name, "expires_ms": k.record.expires_ms}),
+    );
     let mut out = key_json(&k.record);
     out["key"] = json!(k.secret);
     Ok((StatusCode::CREATED, Json(out)).into_response())
@@ -124,13 +139,15 @@ async fn revoke_key(
     Path(id): Path<String>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    require_admin(&p)?;
+    let g = admin(g, &p, "/admin/keys/revoke")?;
     let reason = match b {
         Ok(bytes) if bytes.is_empty() => None,
         other => body::<Revoke>(other)?.reason,
     };
-    governor(g)?.revoke_key(&id, reason.as_deref().unwrap_or("revoked by an admin")).await?;
+    let reason = reason.unwrap_or_else(|| "revoked by an admin".into());
+    g.revoke_key(&id, &reason).await?;
     tracing::info!(key = %id, by_key = %p.key_id, "API key revoked");
+    g.audit("admin.key_revoked", None, Some(&p.key_id), json!({"key_id": id, "reason": reason}));
     Ok(Json(json!({"id": id, "revoked": true})).into_response())
 }
 
@@ -170,9 +187,8 @@ async fn set_limits(
     Extension(p): Extension<Principal>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    require_admin(&p)?;
+    let g = admin(g, &p, "/admin/limits")?;
     let req: LimitsBody = body(b)?;
-    let g = governor(g)?;
     let tenant = g
         .store()
         .tenant_by_name(&req.tenant)
@@ -208,14 +224,20 @@ async fn set_limits(
     };
     g.store().set_limits(&req.scope, &scope_id, &limits).await.map_err(GovernError::from)?;
     tracing::info!(scope = %req.scope, scope_id = %scope_id, by_key = %p.key_id, "limits set");
+    g.audit(
+        "admin.limits_set",
+        Some(&tenant.id),
+        Some(&p.key_id),
+        json!({"scope": req.scope, "scope_id": scope_id, "rpm": limits.rpm, "tpm": limits.tpm, "concurrent": limits.concurrent,
+               "usd_micros_per_day": limits.usd_micros_per_day, "usd_micros_per_month": limits.usd_micros_per_month}),
+    );
     Ok(Json(json!({"scope": req.scope, "scope_id": scope_id, "rpm": limits.rpm, "tpm": limits.tpm, "concurrent": limits.concurrent,
                    "usd_per_day": req.usd_per_day, "usd_per_month": req.usd_per_month, "takes_effect_within_seconds": 2}))
     .into_response())
 }
 
 async fn list_limits(State(g): State<Option<Governor>>, Extension(p): Extension<Principal>) -> Result<Response, ApiError> {
-    require_admin(&p)?;
-    let all = governor(g)?.store().all_limits().await.map_err(GovernError::from)?;
+    let all = admin(g, &p, "/admin/limits")?.store().all_limits().await.map_err(GovernError::from)?;
     let data: Vec<_> = all
         .iter()
         .map(|(scope, id, l)| {

@@ -44,6 +44,14 @@ pub async fn authenticate(State(gov): State<Option<Governor>>, mut req: Request,
         }
         Err(e) => {
             tracing::info!(error = e.kind(), path = %req.uri().path(), "request refused");
+            if !matches!(e, AuthError::Store(_)) {
+                gov.audit(
+                    "auth.failed",
+                    None,
+                    Governor::key_prefix(header).as_deref(),
+                    serde_json::json!({"reason": e.kind(), "path": req.uri().path(), "method": req.method().as_str()}),
+                );
+            }
             let mut resp = ApiError::from(e).into_response();
             if resp.status() == StatusCode::UNAUTHORIZED {
                 resp.headers_mut().insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));

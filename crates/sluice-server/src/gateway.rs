@@ -123,6 +123,14 @@ async fn proxy(
     };
     let mut routed = state.gateway.handle(api, &body, &ctx).await;
     let result = std::mem::replace(&mut routed.result, Err(GatewayError::BadRequest { message: String::new(), param: None }));
+    if let (Err(GatewayError::Refused(r)), Some(g), Some(c)) = (&result, &state.governor, &ctx.caller) {
+        g.audit(
+            "policy.denied",
+            Some(&c.tenant_id),
+            Some(&c.key_id),
+            serde_json::json!({"request_id": routed.request_id, "code": r.code, "message": r.message, "feature": ctx.feature}),
+        );
+    }
     let resp = match result {
         Err(e) => ApiError::from(e).into_response(),
         Ok(Reply::Complete { status, body }) => {

@@ -22,12 +22,19 @@ use crate::error::ApiError;
 #[derive(Debug, Clone)]
 pub struct LedgerGovernance {
     ledger: Arc<Ledger>,
+    auditor: Option<Arc<sluice_govern::Auditor>>,
 }
 
 impl LedgerGovernance {
     /// Over a started ledger.
     pub fn new(ledger: Arc<Ledger>) -> Self {
-        Self { ledger }
+        Self { ledger, auditor: None }
+    }
+
+    /// Also appends one audit entry per settled request (metadata only).
+    pub fn with_auditor(mut self, auditor: Option<Arc<sluice_govern::Auditor>>) -> Self {
+        self.auditor = auditor;
+        self
     }
 }
 
@@ -88,6 +95,17 @@ impl Governance for LedgerGovernance {
 
     fn settle(&self, s: Settled) {
         let Some(caller) = s.caller.clone() else { return };
+        if let Some(a) = &self.auditor {
+            a.record(
+                "request",
+                Some(&caller.tenant_id),
+                Some(&caller.key_id),
+                json!({"request_id": s.request_id, "feature": s.feature, "route": s.route, "backend": s.backend, "model": s.model,
+                       "attempts": s.attempts.len(), "prompt_tokens": s.usage.prompt_tokens, "cached_tokens": s.usage.cached_tokens,
+                       "completion_tokens": s.usage.completion_tokens, "cost_micros": s.cost_micros, "status": s.status,
+                       "outcome": s.outcome}),
+            );
+        }
         let req = SettleRequest {
             tenant_id: caller.tenant_id,
             key_id: caller.key_id,

@@ -13,6 +13,9 @@ pub struct KeysArgs {
     /// The store (the same URL `sluice serve --database-url` uses).
     #[arg(long, global = true, default_value = "sqlite://data/sluice.db")]
     database_url: String,
+    /// The audit checkpoint secret (the same file `sluice serve` uses).
+    #[arg(long, global = true, default_value = "data/audit.key")]
+    audit_secret_file: std::path::PathBuf,
     #[command(subcommand)]
     command: KeysCommand,
 }
@@ -55,7 +58,14 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
     let store = sluice_store::Store::open(&args.database_url)
         .await
         .with_context(|| format!("cannot open the store {}", crate::serve::redact(&args.database_url)))?;
-    let gov = sluice_govern::Governor::new(store);
+    let secret = crate::serve::audit_secret(&args.audit_secret_file)?;
+    let tip = args.audit_secret_file.with_extension("tip");
+    let gov = sluice_govern::Governor::new(store.clone());
+    let audit = |kind: &str, tenant: Option<&str>, body: serde_json::Value| {
+        let e = sluice_govern::audit::entry(kind, tenant, Some("cli"), body);
+        let (store, secret, tip) = (store.clone(), secret.clone(), tip.clone());
+        async move { sluice_govern::audit::append_now(&store, &secret, Some(&tip), &[e]).await }
+    };
     let mut out = std::io::stdout().lock();
     match args.command {
         KeysCommand::Create { tenant, role, name, expires_in_days } => {
@@ -63,6 +73,8 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
             gov.ensure_tenant(&tenant).await?;
             let expires = expires_in_days.map(|d| std::time::Duration::from_secs(d * 86_400));
             let k = gov.create_key(&tenant, role, &name, expires).await?;
+            let body = serde_json::json!({"key_id": k.record.id, "prefix": k.record.prefix, "role": role.as_str(), "name": name});
+            audit("admin.key_created", Some(&k.record.tenant_id), body).await?;
             writeln!(out, "id:     {}\ntenant: {tenant}\nrole:   {}\nkey:    {}\n(the key is shown only now)", k.record.id, role.as_str(), k.secret)?;
         }
         KeysCommand::List { tenant } => {
@@ -82,6 +94,7 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
         }
         KeysCommand::Revoke { id, reason } => {
             gov.revoke_key(&id, &reason).await?;
+            audit("admin.key_revoked", None, serde_json::json!({"key_id": id, "reason": reason})).await?;
             writeln!(out, "revoked {id}")?;
         }
     }

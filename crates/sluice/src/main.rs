@@ -1,5 +1,6 @@
 //! The `sluice` command line: `serve` runs the OpenAI-compatible server over a model.
 
+mod audit;
 mod bench;
 mod bench_gateway;
 mod bench_model;
@@ -34,6 +35,8 @@ enum Command {
     Keys(keys::KeysArgs),
     /// Requests, tokens and cost from the ledger, grouped and bucketed.
     Usage(usage::UsageArgs),
+    /// Verify the tamper-evident audit trail, or export it.
+    Audit(audit::AuditArgs),
     /// Check a configuration file without serving.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -70,6 +73,13 @@ fn main() -> anyhow::Result<()> {
         Command::Config(ConfigCommand::Check { file }) => serve::check_config(&file),
         Command::Keys(args) => rt.block_on(keys::run(args)),
         Command::Usage(args) => rt.block_on(usage::run(args)),
+        Command::Audit(args) => {
+            if rt.block_on(audit::run(args))? {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
+        }
         Command::MockUpstream(args) => rt.block_on(serve::mock_upstream(args)),
         Command::BenchModel(_) => Ok(()),
         Command::Bench(args) => rt.block_on(bench::run(args)),

@@ -58,6 +58,10 @@ pub struct ServeArgs {
     /// when given. On an empty store a first admin key is printed once.
     #[arg(long)]
     database_url: Option<String>,
+    /// The audit trail's checkpoint secret (made on first start; keep it off the database host's
+    /// backups of the database).
+    #[arg(long, default_value = "data/audit.key")]
+    audit_secret_file: PathBuf,
 }
 
 #[derive(Args)]
@@ -152,12 +156,38 @@ async fn start_engine(path: PathBuf, threads: Option<usize>, name: String, cfg: 
     Ok(ServedModel { name, engine })
 }
 
-/// Opens the store, applies migrations, and makes the first admin key on an empty store
-/// (printed once, unless `bootstrap` gives it).
-pub async fn open_governor(url: &str, bootstrap: Option<&str>) -> anyhow::Result<Governor> {
+/// The audit secret in `path`, made (random, owner-only) when the file does not exist.
+pub fn audit_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        let s = text.trim();
+        anyhow::ensure!(s.len() >= 32, "{}: the audit secret must be at least 32 characters", path.display());
+        return Ok(s.as_bytes().to_vec());
+    }
+    let mut bytes = [0u8; 32];
+    rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut bytes).map_err(|e| anyhow::anyhow!("random generator: {e}"))?;
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path).with_context(|| format!("cannot create {}", path.display()))?;
+    std::io::Write::write_all(&mut f, secret.as_bytes())?;
+    tracing::info!(path = %path.display(), "made the audit checkpoint secret");
+    Ok(secret.into_bytes())
+}
+
+/// Opens the store, applies migrations, starts the audit trail, and makes the first admin key
+/// on an empty store (printed once, unless `bootstrap` gives it).
+pub async fn open_governor(url: &str, bootstrap: Option<&str>, audit_secret_file: &Path) -> anyhow::Result<Governor> {
     let store = sluice_store::Store::open(url).await.with_context(|| format!("cannot open the store {}", redact(url)))?;
-    let gov = Governor::new(store);
+    let secret = audit_secret(audit_secret_file)?;
+    let auditor = sluice_govern::Auditor::start(store.clone(), secret, Some(audit_secret_file.with_extension("tip")));
+    let gov = Governor::new(store).with_auditor(auditor);
     if let Some(k) = gov.bootstrap(bootstrap).await.context("cannot create the first admin key")? {
+        gov.audit("admin.key_created", Some(&k.record.tenant_id), Some("bootstrap"), serde_json::json!({"key_id": k.record.id, "prefix": k.record.prefix, "role": "admin"}));
         if bootstrap.is_some() {
             tracing::info!(key = %k.record.id, "bootstrap admin key from the configuration stored");
         } else {
@@ -238,6 +268,7 @@ fn single_model(args: &ServeArgs, model: PathBuf) -> GatewayConfig {
         routes: vec![route],
         database_url: None,
         bootstrap_key: None,
+        audit_secret_file: None,
     }
 }
 
@@ -262,9 +293,12 @@ async fn serve_fleet(args: ServeArgs, cfg: GatewayConfig) -> anyhow::Result<()> 
     let database_url = args.database_url.clone().or(cfg.database_url.clone());
     let mut governed = None;
     if let Some(url) = &database_url {
-        let gov = open_governor(url, cfg.bootstrap_key.as_deref()).await?;
+        let secret_file = cfg.audit_secret_file.clone().unwrap_or_else(|| args.audit_secret_file.clone());
+        let gov = open_governor(url, cfg.bootstrap_key.as_deref(), &secret_file).await?;
         let ledger = sluice_govern::Ledger::start(gov.store().clone()).await.context("cannot start the ledger")?;
-        gateway.set_governance(Arc::new(sluice_server::ledger::LedgerGovernance::new(ledger.clone())));
+        gateway.set_governance(Arc::new(
+            sluice_server::ledger::LedgerGovernance::new(ledger.clone()).with_auditor(gov.auditor().cloned()),
+        ));
         governed = Some((gov, ledger));
     }
     let gateway = Arc::new(gateway);

@@ -187,3 +187,36 @@ async fn a_standalone_engine_ignores_a_namespace_header_from_clients() {
     settle(&e, before + 2).await;
     assert!(e.stats.prefix_hit_tokens.load(Ordering::Acquire) > h0, "the header is not trusted: one shared namespace");
 }
+
+#[tokio::test]
+async fn admin_actions_and_refusals_land_in_a_verifiable_audit_trail() {
+    let secret = b"0123456789abcdef0123456789abcdef".to_vec();
+    let base = governor().await;
+    let store = base.store().clone();
+    let gov = Governor::new(store.clone()).with_auditor(sluice_govern::Auditor::start(store.clone(), secret.clone(), None));
+    let admin = gov.bootstrap(None).await.unwrap().unwrap().secret;
+    let e = engine(EngineConfig::default());
+    let app = sluice_server::app_with_auth(AppState::with_model(ServedModel { name: MODEL.into(), engine: e }), Some(gov.clone()));
+    let r = send(&app, "POST", "/admin/tenants", Some(&admin), Some(json!({"name": "acme"}))).await;
+    assert_eq!(r.status, 201);
+    let r = send(&app, "POST", "/admin/keys", Some(&admin), Some(json!({"tenant": "acme", "role": "member"}))).await;
+    let member = r.json()["key"].as_str().unwrap().to_string();
+    assert_eq!(send(&app, "GET", "/admin/keys", Some(&member), None).await.status, 403);
+    assert_eq!(send(&app, "GET", "/v1/models", Some("sk-sluice-ffffffffffff-0000000000000000000000000000"), None).await.status, 401);
+    let mut entries = Vec::new();
+    for _ in 0..200 {
+        entries = store.audit_entries(0, 100).await.unwrap();
+        if entries.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let kinds: Vec<&str> = entries.iter().map(|e| e.entry.kind.as_str()).collect();
+    assert_eq!(kinds, ["admin.tenant_created", "admin.key_created", "auth.forbidden", "auth.failed"]);
+    let all: String = entries.iter().map(|e| format!("{:?}{}", e.entry.actor, e.entry.body)).collect();
+    assert!(!all.contains(&member[23..]), "no key secret in the trail");
+    assert!(!all.contains("0000000000000000000000000000"), "only the public prefix of a presented key");
+    assert_eq!(entries[3].entry.actor.as_deref(), Some("sk-sluice-ffffffffffff"));
+    let v = sluice_govern::audit::verify(&store, &secret, None).await.unwrap();
+    assert_eq!((v.entries, v.first_broken), (4, None));
+}

@@ -22,19 +22,19 @@ wait_ready() { for _ in $(seq 1 120); do curl -sf "$1" >/dev/null && return 0; s
 "$SLUICE" mock-upstream --port 18091 --tokens 4 >"$RES/mock.log" 2>&1 & pids+=($!)
 gateway() { # name port [database_url]
   { echo "[server]"; echo "port = $2"
-    [ -n "${3:-}" ] && { echo "[store]"; echo "database_url = \"$3\""; }
+    [ -n "${3:-}" ] && { echo "[store]"; echo "database_url = \"$3\""; echo "[audit]"; echo "secret_file = \"$RES/$1-audit.key\""; }
     echo "[backends.mock]"; echo 'kind = "openai"'; echo 'base_url = "http://127.0.0.1:18091/v1"'
     echo 'price = { input = 0.15, output = 0.60 }'
     echo "[models.m]"; echo 'targets = ["mock"]'; } >"$RES/$1.toml"
   "$SLUICE" serve --config "$RES/$1.toml" >"$RES/$1.log" 2>&1 & pids+=($!)
   wait_ready "http://127.0.0.1:$2/ready"
 }
-key() { "$SLUICE" keys create --tenant bench --database-url "$1" | awk '/^key:/ {print $2}'; }
+key() { "$SLUICE" keys create --tenant bench --database-url "$1" --audit-secret-file "$RES/$2-audit.key" | awk '/^key:/ {print $2}'; }
 gateway plain 18095
 gateway sqlite 18096 "sqlite://$RES/ledger.db"
 gateway postgres 18097 "$PG_URL"
-SQLITE_KEY=$(key "sqlite://$RES/ledger.db")
-PG_KEY=$(key "$PG_URL")
+SQLITE_KEY=$(key "sqlite://$RES/ledger.db" sqlite)
+PG_KEY=$(key "$PG_URL" postgres)
 for side in "sqlite 18096 $SQLITE_KEY" "postgres 18097 $PG_KEY"; do
   set -- $side
   echo "== no store vs $1" >&2

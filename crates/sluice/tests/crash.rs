@@ -48,8 +48,9 @@ async fn every_admitted_request_is_settled_once_after_a_kill_9() {
     std::fs::write(
         &config,
         format!(
-            "[server]\nport = {port}\n[store]\ndatabase_url = \"{db}\"\n[backends.up]\nkind = \"openai\"\nbase_url = \"{}\"\n\
+            "[server]\nport = {port}\n[store]\ndatabase_url = \"{db}\"\n[audit]\nsecret_file = \"{}\"\n[backends.up]\nkind = \"openai\"\nbase_url = \"{}\"\n\
              price = {{ input = 1.0, output = 2.0 }}\n[models.m]\ntargets = [\"up\"]\n",
+            dir.join("audit.key").display(),
             mock.url()
         ),
     )

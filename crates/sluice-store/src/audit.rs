@@ -82,31 +82,44 @@ impl Store {
         let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_one(&mut *tx).await?;
         let mut seq: i64 = head.try_get("seq")?;
         let mut prev: String = head.try_get("hash")?;
+        // Chain in memory, then write with multi-row inserts (a few statements per batch).
+        let mut rows = Vec::with_capacity(entries.len());
+        let mut checkpoints = Vec::new();
         for (i, e) in entries.iter().enumerate() {
             seq += 1;
             let h = hash(seq, &prev, e);
-            sqlx::query(&format!("INSERT INTO audit_log ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"))
-                .bind(seq)
-                .bind(e.ts_ms)
-                .bind(&e.kind)
-                .bind(e.tenant_id.as_deref())
-                .bind(e.actor.as_deref())
-                .bind(&e.body)
-                .bind(&prev)
-                .bind(&h)
+            if seq % checkpoint_every.max(1) == 0 || (checkpoint_last && i + 1 == entries.len()) {
+                checkpoints.push((seq, h.clone(), e.ts_ms, mac(seq, &h)));
+            }
+            rows.push((seq, e, std::mem::replace(&mut prev, h.clone()), h));
+        }
+        for chunk in rows.chunks(64) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|r| format!("(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})", r * 8 + 1, r * 8 + 2, r * 8 + 3, r * 8 + 4, r * 8 + 5, r * 8 + 6, r * 8 + 7, r * 8 + 8))
+                .collect();
+            let sql = format!("INSERT INTO audit_log ({COLUMNS}) VALUES {}", values.join(", "));
+            let mut q = sqlx::query(&sql);
+            for (seq, e, prev_hash, h) in chunk {
+                q = q
+                    .bind(*seq)
+                    .bind(e.ts_ms)
+                    .bind(&e.kind)
+                    .bind(e.tenant_id.as_deref())
+                    .bind(e.actor.as_deref())
+                    .bind(&e.body)
+                    .bind(prev_hash)
+                    .bind(h);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for (cseq, h, ts, m) in &checkpoints {
+            sqlx::query("INSERT INTO audit_checkpoints (seq, hash, ts_ms, mac) VALUES ($1, $2, $3, $4)")
+                .bind(*cseq)
+                .bind(h)
+                .bind(*ts)
+                .bind(m)
                 .execute(&mut *tx)
                 .await?;
-            let last = i + 1 == entries.len();
-            if seq % checkpoint_every.max(1) == 0 || (checkpoint_last && last) {
-                sqlx::query("INSERT INTO audit_checkpoints (seq, hash, ts_ms, mac) VALUES ($1, $2, $3, $4)")
-                    .bind(seq)
-                    .bind(&h)
-                    .bind(e.ts_ms)
-                    .bind(mac(seq, &h))
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            prev = h;
         }
         sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1").bind(seq).bind(&prev).execute(&mut *tx).await?;
         tx.commit().await?;

@@ -4,7 +4,9 @@
 pub mod audit;
 mod keys;
 mod ledger;
+pub mod redact;
 
 pub use audit::{Auditor, Tip, Verification};
 pub use keys::{AuthError, GovernError, Governor, NewKey, Principal, Role};
+pub use redact::{Finding, PiiKind, Redactor};
 pub use ledger::{AdmitError, AdmitRequest, Ledger, Pending, SettleRequest, periods};

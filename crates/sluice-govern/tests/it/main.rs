@@ -2,6 +2,8 @@
 //! required when `SLUICE_REQUIRE_POSTGRES=1`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code may unwrap")]
 
+mod redaction;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use sluice_govern::Tip;

@@ -39,6 +39,15 @@ struct RawConfig {
     auth: Option<RawAuth>,
     #[serde(default)]
     audit: Option<RawAudit>,
+    #[serde(default)]
+    redaction: Option<RawRedaction>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedaction {
+    #[serde(default)]
+    patterns: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,6 +153,8 @@ struct RawRoute {
     retry: RawRetry,
     #[serde(default)]
     prefix_bytes: Option<usize>,
+    #[serde(default)]
+    redact_outbound: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -179,6 +190,8 @@ pub struct GatewayConfig {
     pub bootstrap_key: Option<String>,
     /// The audit checkpoint secret's file (made when missing).
     pub audit_secret_file: Option<PathBuf>,
+    /// Custom PII patterns `(name, regular expression)`, besides the built-in kinds.
+    pub redaction_patterns: Vec<(String, String)>,
 }
 
 /// Which kind of server a backend is.
@@ -367,6 +380,8 @@ pub struct RouteConfig {
     pub retry: RetryConfig,
     /// Prompt bytes hashed for prefix affinity.
     pub prefix_bytes: usize,
+    /// Redact PII from prompts before they leave for an external (`openai`) backend.
+    pub redact_outbound: bool,
 }
 
 /// Reads and validates `path`; `secret` looks up environment variables (owned by `main`).
@@ -466,6 +481,7 @@ impl Validator<'_> {
             database_url,
             bootstrap_key,
             audit_secret_file: raw.audit.map(|a| a.secret_file),
+            redaction_patterns: raw.redaction.map(|r| r.patterns.into_iter().collect()).unwrap_or_default(),
         })
     }
 
@@ -730,7 +746,16 @@ impl Validator<'_> {
             Some(n) => n,
             None => 256,
         };
-        Ok(RouteConfig { name, targets: r.targets, weights, policy, fallback: r.fallback, retry, prefix_bytes })
+        Ok(RouteConfig {
+            name,
+            targets: r.targets,
+            weights,
+            policy,
+            fallback: r.fallback,
+            retry,
+            prefix_bytes,
+            redact_outbound: r.redact_outbound,
+        })
     }
 }
 

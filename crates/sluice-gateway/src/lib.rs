@@ -52,6 +52,18 @@ pub struct Gateway {
     targets: Vec<Arc<Target>>,
     health_tasks: Vec<tokio::task::JoinHandle<()>>,
     governance: Option<Arc<dyn Governance>>,
+    redactor: Option<RedactHook>,
+}
+
+/// Replaces PII in a text (for routes with `redact_outbound`).
+pub type Redact = Arc<dyn Fn(&str) -> String + Send + Sync>;
+
+struct RedactHook(Redact);
+
+impl std::fmt::Debug for RedactHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedactHook")
+    }
 }
 
 /// What routing produced.
@@ -116,13 +128,18 @@ impl Gateway {
         }
         let mut names: Vec<String> = routes.keys().cloned().collect();
         names.sort();
-        Ok(Self { routes, names, targets, health_tasks: Vec::new(), governance: None })
+        Ok(Self { routes, names, targets, health_tasks: Vec::new(), governance: None, redactor: None })
     }
 
     /// Admits every authenticated request through `g` (limits, budgets) and settles it there
     /// (the ledger).
     pub fn set_governance(&mut self, g: Arc<dyn Governance>) {
         self.governance = Some(g);
+    }
+
+    /// The redaction routes with `redact_outbound` apply to prompts bound for `openai` backends.
+    pub fn set_redactor(&mut self, r: Redact) {
+        self.redactor = Some(RedactHook(r));
     }
 
     /// Starts the active health checks (one task per backend, stopped when the gateway drops).
@@ -285,6 +302,8 @@ impl Gateway {
                 retry_after: self.soonest_retry(route),
             });
         }
+        // The body external backends get on a redacting route (made once, when first needed).
+        let mut redacted: Option<serde_json::Map<String, Value>> = None;
         let retry = route.cfg.retry;
         let mut failures = Vec::new();
         let mut timed_out = false;
@@ -306,10 +325,15 @@ impl Gateway {
                 ticket.settled.backend = target.name().to_string();
                 ticket.settled.model = target.cfg.model.clone();
                 ticket.target = Some(target.clone());
-                obj.insert("model".into(), Value::String(target.cfg.model.clone()));
+                let outbound = match (&self.redactor, route.cfg.redact_outbound && target.kind() == BackendKind::OpenAi) {
+                    (Some(r), true) => redacted.get_or_insert_with(|| request::redact(api, &obj, r.0.as_ref())),
+                    (None, true) => return Err(GatewayError::bad("", "this route redacts outbound prompts but no redactor is configured")),
+                    _ => &mut obj,
+                };
+                outbound.insert("model".into(), Value::String(target.cfg.model.clone()));
                 let input = AttemptInput {
                     api,
-                    body: Bytes::from(serde_json::to_vec(&obj).unwrap_or_default()),
+                    body: Bytes::from(serde_json::to_vec(&*outbound).unwrap_or_default()),
                     stream: insp.stream,
                     client_wants_usage: insp.include_usage,
                     prompt_estimate: insp.prompt_tokens,

@@ -69,6 +69,7 @@ struct Shared {
     requests: AtomicU64,
     open_streams: AtomicU64,
     name: String,
+    last_body: Mutex<Option<Value>>,
 }
 
 /// Counts a streamed body while it is alive (dropped when the client goes away or it ends).
@@ -98,7 +99,7 @@ impl MockUpstream {
     pub async fn start_on(name: &str, behaviour: MockBehaviour, addr: SocketAddr) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared { behaviour: Mutex::new(behaviour), requests: AtomicU64::new(0), open_streams: AtomicU64::new(0), name: name.into() });
+        let shared = Arc::new(Shared { behaviour: Mutex::new(behaviour), requests: AtomicU64::new(0), open_streams: AtomicU64::new(0), name: name.into(), last_body: Mutex::new(None) });
         let router = Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/completions", post(completions))
@@ -147,6 +148,11 @@ impl MockUpstream {
     /// Requests received so far.
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::Relaxed)
+    }
+
+    /// The body of the last completion request received.
+    pub fn last_body(&self) -> Option<Value> {
+        self.shared.last_body.lock().ok().and_then(|b| b.clone())
     }
 
     /// Streamed responses still being sent.
@@ -217,6 +223,9 @@ async fn answer(s: Arc<Shared>, body: Bytes, chat: bool) -> Response {
     let Ok(req) = serde_json::from_slice::<Value>(&body) else {
         return error(400, "The request body is not valid JSON", "invalid_json", None);
     };
+    if let Ok(mut last) = s.last_body.lock() {
+        *last = Some(req.clone());
+    }
     if !b.latency.is_zero() {
         tokio::time::sleep(b.latency).await;
     }

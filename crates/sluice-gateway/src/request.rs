@@ -113,6 +113,42 @@ pub fn inspect(api: Api, body: &Map<String, Value>, prefix_bytes: impl Fn(&str) 
     })
 }
 
+/// A copy of `body` with `redact` applied to every prompt text (message contents, text parts,
+/// completion prompts).
+pub fn redact(api: Api, body: &Map<String, Value>, redact: &(dyn Fn(&str) -> String + Send + Sync)) -> Map<String, Value> {
+    let mut out = body.clone();
+    let fix = |v: &mut Value| {
+        if let Value::String(s) = v {
+            *s = redact(s);
+        }
+    };
+    match api {
+        Api::Chat => {
+            if let Some(Value::Array(msgs)) = out.get_mut("messages") {
+                for m in msgs {
+                    match m.get_mut("content") {
+                        Some(Value::Array(parts)) => {
+                            for p in parts {
+                                if let Some(t) = p.get_mut("text") {
+                                    fix(t);
+                                }
+                            }
+                        }
+                        Some(c) => fix(c),
+                        None => {}
+                    }
+                }
+            }
+        }
+        Api::Completions => match out.get_mut("prompt") {
+            Some(Value::Array(items)) => items.iter_mut().for_each(fix),
+            Some(p) => fix(p),
+            None => {}
+        },
+    }
+    out
+}
+
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
@@ -156,6 +192,18 @@ mod tests {
         assert!(matches!(e, GatewayError::BadRequest { param: Some(ref p), .. } if p == "max_tokens"));
         let e = inspect(Api::Completions, &obj(json!({"model": "m"})), |_| 8).unwrap_err();
         assert!(matches!(e, GatewayError::BadRequest { param: Some(ref p), .. } if p == "prompt"));
+    }
+
+    #[test]
+    fn redaction_reaches_every_prompt_text() {
+        let upper = |s: &str| s.to_uppercase();
+        let chat = obj(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": [{"type": "text", "text": "yo"}]}]}));
+        let r = redact(Api::Chat, &chat, &upper);
+        assert_eq!(r["messages"][0]["content"], "HI");
+        assert_eq!(r["messages"][1]["content"][0]["text"], "YO");
+        assert_eq!(r["model"], "m");
+        let comp = obj(json!({"model": "m", "prompt": ["a", "b"]}));
+        assert_eq!(redact(Api::Completions, &comp, &upper)["prompt"], json!(["A", "B"]));
     }
 
     #[test]

@@ -261,6 +261,7 @@ fn single_model(args: &ServeArgs, model: PathBuf) -> GatewayConfig {
         fallback: Vec::new(),
         retry: RetryConfig { max_attempts: 1, attempts_per_target: 1, ..Default::default() },
         prefix_bytes: 256,
+        redact_outbound: false,
     };
     GatewayConfig {
         server: ServerConfig::default(),
@@ -269,6 +270,7 @@ fn single_model(args: &ServeArgs, model: PathBuf) -> GatewayConfig {
         database_url: None,
         bootstrap_key: None,
         audit_secret_file: None,
+        redaction_patterns: Vec::new(),
     }
 }
 
@@ -289,6 +291,8 @@ async fn serve_fleet(args: ServeArgs, cfg: GatewayConfig) -> anyhow::Result<()> 
         }
     }
     let mut gateway = Gateway::new(&cfg, in_process).map_err(anyhow::Error::msg)?;
+    let redactor = sluice_govern::Redactor::new(&cfg.redaction_patterns).context("redaction.patterns: invalid regular expression")?;
+    gateway.set_redactor(Arc::new(move |s: &str| redactor.redact(s)));
     gateway.start_health_checks();
     let database_url = args.database_url.clone().or(cfg.database_url.clone());
     let mut governed = None;

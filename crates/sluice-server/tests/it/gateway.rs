@@ -474,3 +474,26 @@ async fn busy_backends_give_a_503_with_retry_after_and_keep_their_circuit_closed
     assert_eq!((ma.requests(), mb.requests()), (1, 1), "each asked once, then left alone for 2 s");
     assert_eq!(f.target("a").breaker_state(Instant::now()), 0, "busy is not broken");
 }
+
+#[tokio::test]
+async fn redact_outbound_strips_pii_before_an_external_backend_sees_it() {
+    let ext = MockUpstream::start("ext", MockBehaviour::default()).await.unwrap();
+    let toml = format!(
+        "[backends.ext]\nkind = \"openai\"\nbase_url = \"{}\"\n[models.safe]\ntargets = [\"ext\"]\nredact_outbound = true\n[models.raw]\ntargets = [\"ext\"]\n",
+        ext.url()
+    );
+    let cfg = sluice_gateway::config::parse("test.toml", &toml, &|_| None).unwrap();
+    let mut g = Gateway::new(&cfg, HashMap::new()).unwrap();
+    let redactor = sluice_govern::Redactor::new(&[]).unwrap();
+    g.set_redactor(Arc::new(move |s: &str| redactor.redact(s)));
+    let g = Arc::new(g);
+    let f = Fleet { app: sluice_server::gateway_app(GatewayState::new(g.clone(), Vec::new())), gateway: g };
+    let secret = "My card is 4111 1111 1111 1111 and mail jane@example.com";
+    for (model, expect) in [("safe", "My card is [CARD] and mail [EMAIL]"), ("raw", secret)] {
+        let body = json!({"model": model, "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": secret}], "max_tokens": 2});
+        assert_eq!(f.post("/v1/chat/completions", body).await.status, 200);
+        let seen = ext.last_body().unwrap();
+        assert_eq!(seen["messages"][1]["content"], expect, "{model}");
+        assert_eq!(seen["messages"][0]["content"], "Be brief.");
+    }
+}

@@ -135,8 +135,9 @@ enum Payload {
     Done,
     /// An error event from the backend.
     Error(String),
-    /// A chunk: tokens in it, whether it ends a choice, usage if it is the usage chunk.
-    Chunk { tokens: u64, finishes: bool, usage: Option<UsageCount> },
+    /// A chunk: tokens in it, whether it ends a choice, usage if it is the usage chunk, and
+    /// its text.
+    Chunk { tokens: u64, finishes: bool, usage: Option<UsageCount>, text: String },
     /// Not JSON we understand: forwarded as is.
     Other,
 }
@@ -157,10 +158,12 @@ fn classify(p: &str) -> Payload {
         Ok(c) => {
             let mut tokens = 0;
             let mut finishes = false;
+            let mut all = String::new();
             for ch in &c.choices {
                 let text = ch.delta.as_ref().and_then(|d| d.content.as_deref()).or(ch.text.as_deref());
-                if text.is_some_and(|t| !t.is_empty()) {
+                if let Some(t) = text.filter(|t| !t.is_empty()) {
                     tokens += 1;
+                    all.push_str(t);
                 }
                 finishes |= ch.finish_reason.is_some();
             }
@@ -171,7 +174,7 @@ fn classify(p: &str) -> Payload {
                 reported: true,
                 compute_seconds: u.compute_seconds,
             });
-            Payload::Chunk { tokens, finishes, usage }
+            Payload::Chunk { tokens, finishes, usage, text: all }
         }
         Err(_) => Payload::Other,
     }
@@ -233,6 +236,8 @@ pub struct Committed {
     usage: UsageCount,
     start: Instant,
     client_wants_usage: bool,
+    /// Text of the events held before the commit.
+    first_text: String,
 }
 
 /// A successful attempt.
@@ -325,6 +330,7 @@ pub async fn attempt(guard: AttemptGuard, input: AttemptInput) -> Result<Attempt
     // Stream: read until the first token before committing to this backend.
     let mut sse = SseReader::new(resp.body);
     let mut held = Vec::new();
+    let mut first_text = String::new();
     let mut usage = UsageCount { prompt_tokens: input.prompt_estimate, ..Default::default() };
     let first_deadline = start + t.first_token.min(t.total);
     loop {
@@ -356,8 +362,9 @@ pub async fn attempt(guard: AttemptGuard, input: AttemptInput) -> Result<Attempt
                 held.push(payload);
                 break;
             }
-            Payload::Chunk { tokens, finishes, usage: u } => {
+            Payload::Chunk { tokens, finishes, usage: u, text } => {
                 usage.completion_tokens += tokens;
+                first_text.push_str(&text);
                 if let Some(u) = u {
                     usage = u;
                     if !input.client_wants_usage {
@@ -372,7 +379,7 @@ pub async fn attempt(guard: AttemptGuard, input: AttemptInput) -> Result<Attempt
             Payload::Other => held.push(payload),
         }
     }
-    Ok(Attempted::Stream(Committed { guard, sse, held, usage, start, client_wants_usage: input.client_wants_usage }))
+    Ok(Attempted::Stream(Committed { guard, sse, held, usage, start, client_wants_usage: input.client_wants_usage, first_text }))
 }
 
 /// Forwards a committed stream to the client until `[DONE]`, a failure, or the client leaving;
@@ -380,7 +387,11 @@ pub async fn attempt(guard: AttemptGuard, input: AttemptInput) -> Result<Attempt
 pub fn spawn_forward(c: Committed, mut ticket: Ticket) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
-        let Committed { guard, mut sse, held, mut usage, start, client_wants_usage } = c;
+        let Committed { guard, mut sse, held, mut usage, start, client_wants_usage, first_text } = c;
+        let capture = ticket.captures();
+        if capture {
+            ticket.settled.response_text = Some(first_text);
+        }
         let target: Arc<Target> = guard.target().clone();
         let t = target.cfg.timeouts;
         let deadline = start + t.total;
@@ -394,6 +405,7 @@ pub fn spawn_forward(c: Committed, mut ticket: Ticket) -> mpsc::Receiver<String>
             }
         }
         let mut failure: Option<String> = None;
+        let mut log_reason: Option<String> = None;
         while !done {
             let left = deadline.saturating_duration_since(Instant::now());
             let wait = t.idle.min(left);
@@ -426,12 +438,17 @@ pub fn spawn_forward(c: Committed, mut ticket: Ticket) -> mpsc::Receiver<String>
             match classify(&payload) {
                 Payload::Done => done = true,
                 Payload::Error(m) => {
+                    // The client sees the backend's message; logs only that there was one.
                     failure = Some(format!("error event: {m}"));
+                    log_reason = Some("the backend sent an error event".to_string());
                     break;
                 }
-                Payload::Chunk { tokens, usage: u, .. } => {
+                Payload::Chunk { tokens, usage: u, text, .. } => {
                     if !counted_from_usage {
                         usage.completion_tokens += tokens;
+                    }
+                    if capture && let Some(r) = ticket.settled.response_text.as_mut() {
+                        r.push_str(&text);
                     }
                     if let Some(u) = u {
                         usage = u;
@@ -461,11 +478,12 @@ pub fn spawn_forward(c: Committed, mut ticket: Ticket) -> mpsc::Receiver<String>
                     "error": { "message": message, "type": "server_error", "param": null, "code": "backend_stream_failed" }
                 });
                 let _ = tx.send(event.to_string()).await;
+                let logged = log_reason.unwrap_or_else(|| why.clone());
                 if let Some(a) = ticket.settled.attempts.last_mut() {
                     a.outcome = "stream_failed";
-                    a.error = Some(why.clone());
+                    a.error = Some(logged.clone());
                 }
-                ticket.finish("stream_failed", 200, usage, Some(&message));
+                ticket.finish("stream_failed", 200, usage, Some(&format!("backend `{}` failed mid-stream: {logged}", target.name())));
             }
         }
     });
@@ -511,7 +529,7 @@ mod tests {
         assert!(matches!(classify(r#"{"error":{"message":"boom"}}"#), Payload::Error(m) if m == "boom"));
         assert!(matches!(
             classify(r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#),
-            Payload::Chunk { tokens: 0, finishes: false, usage: None }
+            Payload::Chunk { tokens: 0, finishes: false, usage: None, .. }
         ));
         assert!(matches!(
             classify(r#"{"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}"#),

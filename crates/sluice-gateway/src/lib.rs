@@ -211,7 +211,10 @@ impl Gateway {
             Err(e) => {
                 if let Some(mut t) = ticket {
                     let usage = t.settled.usage;
-                    t.finish(e.kind(), e.status(), usage, Some(&e.to_string()));
+                    // The error's text may quote the request (an unknown model name, a backend's
+                    // message): the log gets the attempts' outcomes and statuses instead.
+                    let summary = t.attempt_summary();
+                    t.finish(e.kind(), e.status(), usage, (!summary.is_empty()).then_some(summary.as_str()));
                 }
                 routed.result = Err(e);
             }
@@ -233,6 +236,9 @@ impl Gateway {
         let Some(ticket) = slot.as_mut() else { return Err(GatewayError::bad("", "request already settled")) };
         ticket.settled.route = insp.model.clone();
         ticket.settled.usage.prompt_tokens = insp.prompt_tokens;
+        if ticket.captures() {
+            ticket.settled.prompt_text = Some(insp.prompt_text.clone());
+        }
         if ticket.settled.feature.is_empty() {
             ticket.settled.feature = insp.feature.clone().unwrap_or_else(|| "unattributed".into());
         }
@@ -357,6 +363,9 @@ impl Gateway {
                         let outcome = if status < 400 { "ok" } else { "passed_through" };
                         ticket.settled.attempts.push(record(Some(status), outcome, None));
                         let usage = usage.unwrap_or(UsageCount { prompt_tokens: insp.prompt_tokens, ..Default::default() });
+                        if ticket.captures() && status < 400 {
+                            ticket.settled.response_text = request::response_text(&body);
+                        }
                         return Ok(Handled::Complete { status, body, usage });
                     }
                     Ok(Attempted::Stream(committed)) => {
@@ -373,7 +382,15 @@ impl Gateway {
                         return Ok(Handled::Stream { rx: spawn_forward(committed, owned), backend, attempts });
                     }
                     Err(f) => {
-                        tracing::debug!(request_id = %ticket.settled.request_id, backend = %target.name(), error = %f.detail, "attempt failed");
+                        // Only content-free facts: a backend's error text may quote the prompt.
+                        tracing::debug!(
+                            request_id = %ticket.settled.request_id,
+                            backend = %target.name(),
+                            timed_out = f.timed_out,
+                            overloaded = f.overloaded,
+                            too_long = f.too_long,
+                            "attempt failed"
+                        );
                         let outcome = if f.overloaded { "busy" } else if f.too_long { "too_long" } else { "failed" };
                         ticket.settled.attempts.push(record(None, outcome, Some(f.detail.clone())));
                         failures.push(format!("{}: {}", target.name(), f.detail));

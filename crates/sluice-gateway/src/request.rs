@@ -26,6 +26,8 @@ pub struct Inspected {
     pub prefix_hash: u64,
     /// `metadata.feature`, for cost attribution.
     pub feature: Option<String>,
+    /// The prompt's text (message contents or prompts, concatenated).
+    pub prompt_text: String,
 }
 
 /// Tokens per message for role markers in chat templates.
@@ -110,6 +112,7 @@ pub fn inspect(api: Api, body: &Map<String, Value>, prefix_bytes: impl Fn(&str) 
         prompt_tokens: tokens,
         prefix_hash: fnv1a(&text.as_bytes()[..cut]),
         feature,
+        prompt_text: text,
     })
 }
 
@@ -147,6 +150,18 @@ pub fn redact(api: Api, body: &Map<String, Value>, redact: &(dyn Fn(&str) -> Str
         },
     }
     out
+}
+
+/// The generated text of a whole response (choices joined by newlines).
+pub fn response_text(body: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let texts: Vec<&str> = v
+        .get("choices")?
+        .as_array()?
+        .iter()
+        .filter_map(|c| c.get("message").and_then(|m| m.get("content")).or_else(|| c.get("text")).and_then(Value::as_str))
+        .collect();
+    Some(texts.join("\n"))
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {

@@ -19,6 +19,11 @@ pub struct Caller {
     pub tenant_id: String,
     /// API key id.
     pub key_id: String,
+    /// Keep the prompt and response text in the settlement (the tenant's logging policy wants
+    /// some trace of them: hashes, redacted or full text).
+    pub capture_content: bool,
+    /// The tenant's logging policy label, for the governance hook.
+    pub logging: String,
 }
 
 /// What the server knows about a request before routing it.
@@ -169,6 +174,10 @@ pub struct Settled {
     pub admitted: bool,
     /// Tokens admission counted (prompt estimate + allowed output), for per-minute limits.
     pub admitted_tokens: u64,
+    /// The prompt text, when the caller's policy captures content.
+    pub prompt_text: Option<String>,
+    /// The response text (choices joined), when captured.
+    pub response_text: Option<String>,
 }
 
 /// Micro-dollars of `tokens` at `usd_per_million`.
@@ -216,6 +225,11 @@ pub struct Ticket {
 }
 
 impl Ticket {
+    /// Whether the caller's policy wants the content kept.
+    pub(crate) fn captures(&self) -> bool {
+        self.settled.caller.as_ref().is_some_and(|c| c.capture_content)
+    }
+
     pub(crate) fn new(ctx: &RequestContext, request_id: String, governance: Option<Arc<dyn Governance>>) -> Self {
         Self {
             settled: Settled {
@@ -234,6 +248,8 @@ impl Ticket {
                 duration: Duration::ZERO,
                 admitted: false,
                 admitted_tokens: 0,
+                prompt_text: None,
+                response_text: None,
             },
             arrived: Instant::now(),
             governance,
@@ -242,7 +258,21 @@ impl Ticket {
         }
     }
 
-    /// Ends the request: one log line, the backend's counters, the ledger.
+    /// The attempts as `backend:outcome[:status]`, content-free (for logs).
+    pub(crate) fn attempt_summary(&self) -> String {
+        self.settled
+            .attempts
+            .iter()
+            .map(|a| match a.status {
+                Some(s) => format!("{}:{}:{s}", a.backend, a.outcome),
+                None => format!("{}:{}", a.backend, a.outcome),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Ends the request: one log line, the backend's counters, the ledger. `error` must not
+    /// carry request content.
     pub(crate) fn finish(&mut self, outcome: &'static str, status: u16, usage: UsageCount, error: Option<&str>) {
         if self.done {
             return;

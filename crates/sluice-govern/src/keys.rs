@@ -40,6 +40,43 @@ impl Role {
     }
 }
 
+/// What a tenant's requests leave in the audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LoggingPolicy {
+    /// Nothing about the content.
+    Off,
+    /// Sizes and hashes of prompt and response.
+    #[default]
+    Metadata,
+    /// Prompt and response with PII replaced by placeholders.
+    Redacted,
+    /// Prompt and response as they were.
+    Full,
+}
+
+impl LoggingPolicy {
+    /// The stored label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Metadata => "metadata",
+            Self::Redacted => "redacted",
+            Self::Full => "full",
+        }
+    }
+
+    /// Parses a label.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "off" => Self::Off,
+            "metadata" => Self::Metadata,
+            "redacted" => Self::Redacted,
+            "full" => Self::Full,
+            _ => return None,
+        })
+    }
+}
+
 /// Who is calling: the authenticated key's tenant and role.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
@@ -51,6 +88,8 @@ pub struct Principal {
     pub key_id: String,
     /// Role.
     pub role: Role,
+    /// The tenant's logging policy.
+    pub logging: LoggingPolicy,
 }
 
 impl Principal {
@@ -266,7 +305,8 @@ impl Governor {
             return Err(AuthError::Expired { expired_ms: at });
         }
         let role = Role::parse(&record.role).ok_or(AuthError::Invalid)?;
-        Ok(Principal { tenant_id: tenant.id, tenant_name: tenant.name, key_id: record.id, role })
+        let logging = LoggingPolicy::parse(&tenant.logging_policy).unwrap_or_default();
+        Ok(Principal { tenant_id: tenant.id, tenant_name: tenant.name, key_id: record.id, role, logging })
     }
 
     /// Creates a tenant.
@@ -274,7 +314,12 @@ impl Governor {
         if !valid_name(name) {
             return Err(GovernError::Invalid(format!("tenant names are 1-64 letters, digits, - _ or . (got {name:?})")));
         }
-        let t = Tenant { id: format!("ten_{}", random_hex(8)?), name: name.to_string(), created_ms: now_ms() };
+        let t = Tenant {
+            id: format!("ten_{}", random_hex(8)?),
+            name: name.to_string(),
+            created_ms: now_ms(),
+            logging_policy: LoggingPolicy::Metadata.as_str().to_string(),
+        };
         self.store.create_tenant(&t).await?;
         Ok(t)
     }
@@ -324,6 +369,13 @@ impl Governor {
             None => None,
         };
         Ok(self.store.keys(id.as_deref()).await?)
+    }
+
+    /// Sets the logging policy of tenant `name`.
+    pub async fn set_logging_policy(&self, name: &str, policy: LoggingPolicy) -> Result<Tenant, GovernError> {
+        let t = self.store.tenant_by_name(name).await?.ok_or_else(|| GovernError::NotFound(format!("tenant {name:?}")))?;
+        self.store.set_logging_policy(&t.id, policy.as_str()).await?;
+        Ok(Tenant { logging_policy: policy.as_str().to_string(), ..t })
     }
 
     /// Revokes a key by id.

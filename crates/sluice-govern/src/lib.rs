@@ -7,6 +7,6 @@ mod ledger;
 pub mod redact;
 
 pub use audit::{Auditor, Tip, Verification};
-pub use keys::{AuthError, GovernError, Governor, NewKey, Principal, Role};
+pub use keys::{AuthError, GovernError, Governor, LoggingPolicy, NewKey, Principal, Role};
 pub use redact::{Finding, PiiKind, Redactor};
 pub use ledger::{AdmitError, AdmitRequest, Ledger, Pending, SettleRequest, periods};

@@ -50,6 +50,28 @@ struct NewKeyBody {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct LoggingBody {
+    policy: String,
+}
+
+/// `PUT /admin/tenants/{name}/logging`: what the tenant's requests leave in the audit trail.
+async fn set_logging(
+    State(g): State<Option<Governor>>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let g = admin(g, &p, "/admin/tenants/logging")?;
+    let req: LoggingBody = body(b)?;
+    let policy = sluice_govern::LoggingPolicy::parse(&req.policy)
+        .ok_or_else(|| ApiError::invalid("policy", "`policy` must be off, metadata, redacted or full"))?;
+    let t = g.set_logging_policy(&name, policy).await?;
+    g.audit("admin.logging_policy_set", Some(&t.id), Some(&p.key_id), json!({"tenant": t.name, "policy": policy.as_str()}));
+    Ok(Json(json!({"tenant": t.name, "logging_policy": policy.as_str()})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Revoke {
     #[serde(default)]
     reason: Option<String>,
@@ -85,7 +107,8 @@ fn governor(g: Option<Governor>) -> Result<Governor, ApiError> {
 
 async fn list_tenants(State(g): State<Option<Governor>>, Extension(p): Extension<Principal>) -> Result<Response, ApiError> {
     let tenants = admin(g, &p, "/admin/tenants")?.store().tenants().await.map_err(GovernError::from)?;
-    let data: Vec<_> = tenants.iter().map(|t| json!({"id": t.id, "name": t.name, "created_ms": t.created_ms})).collect();
+    let data: Vec<_> =
+        tenants.iter().map(|t| json!({"id": t.id, "name": t.name, "created_ms": t.created_ms, "logging_policy": t.logging_policy})).collect();
     Ok(Json(json!({"object": "list", "data": data})).into_response())
 }
 
@@ -255,5 +278,6 @@ pub fn routes(gov: Option<Governor>) -> Router {
         .route("/admin/keys", get(list_keys).post(create_key))
         .route("/admin/keys/{id}/revoke", post(revoke_key))
         .route("/admin/limits", get(list_limits).put(set_limits))
+        .route("/admin/tenants/{name}/logging", axum::routing::put(set_logging))
         .with_state(gov)
 }

@@ -118,7 +118,12 @@ async fn proxy(
     let ctx = RequestContext {
         request_id: String::new(),
         cache_namespace: principal.as_ref().map(Principal::cache_namespace),
-        caller: principal.map(|p| Caller { tenant_id: p.tenant_id, key_id: p.key_id }),
+        caller: principal.map(|p| Caller {
+            tenant_id: p.tenant_id,
+            key_id: p.key_id,
+            capture_content: p.logging != sluice_govern::LoggingPolicy::Off,
+            logging: p.logging.as_str().to_string(),
+        }),
         feature,
     };
     let mut routed = state.gateway.handle(api, &body, &ctx).await;

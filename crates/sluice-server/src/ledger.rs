@@ -23,19 +23,58 @@ use crate::error::ApiError;
 pub struct LedgerGovernance {
     ledger: Arc<Ledger>,
     auditor: Option<Arc<sluice_govern::Auditor>>,
+    redactor: Option<Arc<sluice_govern::Redactor>>,
 }
 
 impl LedgerGovernance {
     /// Over a started ledger.
     pub fn new(ledger: Arc<Ledger>) -> Self {
-        Self { ledger, auditor: None }
+        Self { ledger, auditor: None, redactor: None }
     }
 
-    /// Also appends one audit entry per settled request (metadata only).
-    pub fn with_auditor(mut self, auditor: Option<Arc<sluice_govern::Auditor>>) -> Self {
+    /// Also appends one audit entry per settled request, with its content as the tenant's
+    /// logging policy allows (`redactor` serves the `redacted` policy).
+    pub fn with_auditor(mut self, auditor: Option<Arc<sluice_govern::Auditor>>, redactor: Option<Arc<sluice_govern::Redactor>>) -> Self {
         self.auditor = auditor;
+        self.redactor = redactor;
         self
     }
+}
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The content fields of a request's audit entry under `policy`: nothing (`off`), sizes and
+/// SHA-256 hashes (`metadata`), text with PII replaced (`redacted`), or the text (`full`).
+pub fn content_fields(policy: &str, prompt: Option<&str>, response: Option<&str>, redactor: Option<&sluice_govern::Redactor>) -> serde_json::Map<String, serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    for (name, text) in [("prompt", prompt), ("response", response)] {
+        let Some(t) = text else { continue };
+        match policy {
+            "metadata" => {
+                out.insert(format!("{name}_bytes"), json!(t.len()));
+                out.insert(format!("{name}_sha256"), json!(sha256_hex(t)));
+            }
+            "redacted" => {
+                // Without a redactor nothing safe can be written: fall back to metadata.
+                match redactor {
+                    Some(r) => {
+                        out.insert(name.to_string(), json!(r.redact(t)));
+                    }
+                    None => {
+                        out.insert(format!("{name}_bytes"), json!(t.len()));
+                    }
+                }
+            }
+            "full" => {
+                out.insert(name.to_string(), json!(t));
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// The ledger row of a settled request.
@@ -96,15 +135,14 @@ impl Governance for LedgerGovernance {
     fn settle(&self, s: Settled) {
         let Some(caller) = s.caller.clone() else { return };
         if let Some(a) = &self.auditor {
-            a.record(
-                "request",
-                Some(&caller.tenant_id),
-                Some(&caller.key_id),
-                json!({"request_id": s.request_id, "feature": s.feature, "route": s.route, "backend": s.backend, "model": s.model,
-                       "attempts": s.attempts.len(), "prompt_tokens": s.usage.prompt_tokens, "cached_tokens": s.usage.cached_tokens,
-                       "completion_tokens": s.usage.completion_tokens, "cost_micros": s.cost_micros, "status": s.status,
-                       "outcome": s.outcome}),
-            );
+            let mut body = json!({"request_id": s.request_id, "feature": s.feature, "route": s.route, "backend": s.backend, "model": s.model,
+                   "attempts": s.attempts.len(), "prompt_tokens": s.usage.prompt_tokens, "cached_tokens": s.usage.cached_tokens,
+                   "completion_tokens": s.usage.completion_tokens, "cost_micros": s.cost_micros, "status": s.status,
+                   "outcome": s.outcome, "logging": caller.logging});
+            if let Some(obj) = body.as_object_mut() {
+                obj.extend(content_fields(&caller.logging, s.prompt_text.as_deref(), s.response_text.as_deref(), self.redactor.as_deref()));
+            }
+            a.record("request", Some(&caller.tenant_id), Some(&caller.key_id), body);
         }
         let req = SettleRequest {
             tenant_id: caller.tenant_id,

@@ -12,6 +12,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "0001_tenants_and_keys.sql", include_str!("../migrations/0001_tenants_and_keys.sql")),
     (2, "0002_ledger_and_limits.sql", include_str!("../migrations/0002_ledger_and_limits.sql")),
     (3, "0003_audit.sql", include_str!("../migrations/0003_audit.sql")),
+    (4, "0004_logging_policy.sql", include_str!("../migrations/0004_logging_policy.sql")),
 ];
 
 /// Arbitrary, fixed: "sluice" in ASCII.

@@ -15,6 +15,8 @@ pub struct Tenant {
     pub name: String,
     /// Creation time (Unix ms).
     pub created_ms: i64,
+    /// What its requests leave in the audit trail: `off`, `metadata`, `redacted` or `full`.
+    pub logging_policy: String,
 }
 
 /// An API key as stored (never the key itself).
@@ -53,7 +55,12 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 }
 
 fn tenant(r: &AnyRow) -> Result<Tenant, sqlx::Error> {
-    Ok(Tenant { id: r.try_get("id")?, name: r.try_get("name")?, created_ms: r.try_get("created_ms")? })
+    Ok(Tenant {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        created_ms: r.try_get("created_ms")?,
+        logging_policy: r.try_get("logging_policy")?,
+    })
 }
 
 fn key(r: &AnyRow) -> Result<KeyRecord, sqlx::Error> {
@@ -76,10 +83,11 @@ const KEY_COLUMNS: &str = "id, prefix, hash, tenant_id, role, name, created_ms, 
 impl Store {
     /// Creates a tenant; `Conflict` when the name is taken.
     pub async fn create_tenant(&self, t: &Tenant) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO tenants (id, name, created_ms) VALUES ($1, $2, $3)")
+        sqlx::query("INSERT INTO tenants (id, name, created_ms, logging_policy) VALUES ($1, $2, $3, $4)")
             .bind(&t.id)
             .bind(&t.name)
             .bind(t.created_ms)
+            .bind(&t.logging_policy)
             .execute(self.pool())
             .await
             .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict(format!("tenant {:?}", t.name)) } else { e.into() })?;
@@ -88,19 +96,25 @@ impl Store {
 
     /// A tenant by name.
     pub async fn tenant_by_name(&self, name: &str) -> Result<Option<Tenant>, StoreError> {
-        let row = sqlx::query("SELECT id, name, created_ms FROM tenants WHERE name = $1").bind(name).fetch_optional(self.pool()).await?;
+        let row = sqlx::query("SELECT id, name, created_ms, logging_policy FROM tenants WHERE name = $1").bind(name).fetch_optional(self.pool()).await?;
         Ok(row.as_ref().map(tenant).transpose()?)
     }
 
     /// A tenant by id.
     pub async fn tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError> {
-        let row = sqlx::query("SELECT id, name, created_ms FROM tenants WHERE id = $1").bind(id).fetch_optional(self.pool()).await?;
+        let row = sqlx::query("SELECT id, name, created_ms, logging_policy FROM tenants WHERE id = $1").bind(id).fetch_optional(self.pool()).await?;
         Ok(row.as_ref().map(tenant).transpose()?)
+    }
+
+    /// Sets a tenant's logging policy; false when there is no such tenant.
+    pub async fn set_logging_policy(&self, tenant_id: &str, policy: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE tenants SET logging_policy = $1 WHERE id = $2").bind(policy).bind(tenant_id).execute(self.pool()).await?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// Every tenant, by name.
     pub async fn tenants(&self) -> Result<Vec<Tenant>, StoreError> {
-        let rows = sqlx::query("SELECT id, name, created_ms FROM tenants ORDER BY name").fetch_all(self.pool()).await?;
+        let rows = sqlx::query("SELECT id, name, created_ms, logging_policy FROM tenants ORDER BY name").fetch_all(self.pool()).await?;
         Ok(rows.iter().map(tenant).collect::<Result<_, _>>()?)
     }
 
@@ -137,14 +151,19 @@ impl Store {
     pub async fn key_and_tenant(&self, prefix: &str) -> Result<Option<(KeyRecord, Tenant)>, StoreError> {
         let row = sqlx::query(
             "SELECT k.id, k.prefix, k.hash, k.tenant_id, k.role, k.name, k.created_ms, k.expires_ms, k.revoked_ms, k.revoked_reason, \
-             t.name AS tenant_name, t.created_ms AS tenant_created_ms FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.prefix = $1",
+             t.name AS tenant_name, t.created_ms AS tenant_created_ms, t.logging_policy AS tenant_logging FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.prefix = $1",
         )
         .bind(prefix)
         .fetch_optional(self.pool())
         .await?;
         let Some(r) = row else { return Ok(None) };
         let k = key(&r)?;
-        let t = Tenant { id: k.tenant_id.clone(), name: r.try_get("tenant_name")?, created_ms: r.try_get("tenant_created_ms")? };
+        let t = Tenant {
+            id: k.tenant_id.clone(),
+            name: r.try_get("tenant_name")?,
+            created_ms: r.try_get("tenant_created_ms")?,
+            logging_policy: r.try_get("tenant_logging")?,
+        };
         Ok(Some((k, t)))
     }
 

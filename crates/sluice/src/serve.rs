@@ -291,8 +291,9 @@ async fn serve_fleet(args: ServeArgs, cfg: GatewayConfig) -> anyhow::Result<()> 
         }
     }
     let mut gateway = Gateway::new(&cfg, in_process).map_err(anyhow::Error::msg)?;
-    let redactor = sluice_govern::Redactor::new(&cfg.redaction_patterns).context("redaction.patterns: invalid regular expression")?;
-    gateway.set_redactor(Arc::new(move |s: &str| redactor.redact(s)));
+    let redactor = Arc::new(sluice_govern::Redactor::new(&cfg.redaction_patterns).context("redaction.patterns: invalid regular expression")?);
+    let outbound = redactor.clone();
+    gateway.set_redactor(Arc::new(move |s: &str| outbound.redact(s)));
     gateway.start_health_checks();
     let database_url = args.database_url.clone().or(cfg.database_url.clone());
     let mut governed = None;
@@ -301,7 +302,7 @@ async fn serve_fleet(args: ServeArgs, cfg: GatewayConfig) -> anyhow::Result<()> 
         let gov = open_governor(url, cfg.bootstrap_key.as_deref(), &secret_file).await?;
         let ledger = sluice_govern::Ledger::start(gov.store().clone()).await.context("cannot start the ledger")?;
         gateway.set_governance(Arc::new(
-            sluice_server::ledger::LedgerGovernance::new(ledger.clone()).with_auditor(gov.auditor().cloned()),
+            sluice_server::ledger::LedgerGovernance::new(ledger.clone()).with_auditor(gov.auditor().cloned(), Some(redactor.clone())),
         ));
         governed = Some((gov, ledger));
     }

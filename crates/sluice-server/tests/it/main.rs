@@ -8,6 +8,7 @@ mod errors;
 mod gateway;
 mod ledger;
 mod lifecycle;
+mod logging;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};

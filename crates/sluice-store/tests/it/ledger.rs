@@ -108,7 +108,7 @@ both!(limits_are_set_replaced_and_removed, |url: String| async move {
 
 both!(usage_reports_group_and_bucket, |url: String| async move {
     let s = open(&url).await;
-    s.create_tenant(&Tenant { id: "t1".into(), name: "acme".into(), created_ms: 0 }).await.unwrap();
+    s.create_tenant(&Tenant { id: "t1".into(), name: "acme".into(), created_ms: 0, logging_policy: "metadata".into() }).await.unwrap();
     let hour = 3_600_000;
     for (i, (t, feature, at)) in [("t1", "search", 0), ("t1", "chat", 10), ("t2", "search", hour + 5)].into_iter().enumerate() {
         let mut r = reservation(&format!("u{i}"), 10, Vec::new());

@@ -25,28 +25,32 @@ both!(migrations_apply_once_even_when_two_processes_race, |url: String| async mo
         .fetch_all(reopened.pool())
         .await
         .unwrap();
-    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(versions, [1, 2, 3, 4]);
     assert!(a.tenants().await.unwrap().is_empty());
 });
 
 both!(tenants_are_unique_by_name, |url: String| async move {
     let s = open(&url).await;
-    let acme = Tenant { id: "t1".into(), name: "acme".into(), created_ms: 1 };
+    let acme = Tenant { id: "t1".into(), name: "acme".into(), created_ms: 1, logging_policy: "metadata".into() };
     s.create_tenant(&acme).await.unwrap();
     let e = s.create_tenant(&Tenant { id: "t2".into(), ..acme.clone() }).await.unwrap_err();
     assert!(matches!(e, StoreError::Conflict(_)), "{e}");
-    s.create_tenant(&Tenant { id: "t0".into(), name: "beta".into(), created_ms: 2 }).await.unwrap();
+    s.create_tenant(&Tenant { id: "t0".into(), name: "beta".into(), created_ms: 2, logging_policy: "full".into() }).await.unwrap();
     assert_eq!(s.tenant_by_name("acme").await.unwrap(), Some(acme.clone()));
     assert_eq!(s.tenant("t1").await.unwrap(), Some(acme));
     assert_eq!(s.tenant_by_name("nope").await.unwrap(), None);
     let names: Vec<String> = s.tenants().await.unwrap().into_iter().map(|t| t.name).collect();
     assert_eq!(names, ["acme", "beta"]);
+    assert_eq!(s.tenant("t0").await.unwrap().unwrap().logging_policy, "full");
+    assert!(s.set_logging_policy("t1", "off").await.unwrap());
+    assert!(!s.set_logging_policy("nope", "off").await.unwrap());
+    assert_eq!(s.tenant_by_name("acme").await.unwrap().unwrap().logging_policy, "off");
 });
 
 both!(keys_are_found_by_prefix_listed_and_revoked_once, |url: String| async move {
     let s = open(&url).await;
-    s.create_tenant(&Tenant { id: "t1".into(), name: "acme".into(), created_ms: 1 }).await.unwrap();
-    s.create_tenant(&Tenant { id: "t2".into(), name: "beta".into(), created_ms: 1 }).await.unwrap();
+    s.create_tenant(&Tenant { id: "t1".into(), name: "acme".into(), created_ms: 1, logging_policy: "metadata".into() }).await.unwrap();
+    s.create_tenant(&Tenant { id: "t2".into(), name: "beta".into(), created_ms: 1, logging_policy: "metadata".into() }).await.unwrap();
     assert_eq!(s.key_count().await.unwrap(), 0);
     let k1 = key("k1", "p1", "t1");
     s.insert_key(&k1).await.unwrap();

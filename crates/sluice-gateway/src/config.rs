@@ -74,6 +74,8 @@ struct RawAuth {
 struct RawServer {
     host: Option<String>,
     port: Option<u16>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -173,6 +175,8 @@ pub struct ServerConfig {
     pub host: Option<String>,
     /// Listen port.
     pub port: Option<u16>,
+    /// TLS certificate chain (PEM) and private key (PEM), to serve HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// The validated configuration.
@@ -475,7 +479,15 @@ impl Validator<'_> {
             return Err(self.err("audit", "the audit trail lives in the store: add [store] database_url"));
         }
         Ok(GatewayConfig {
-            server: ServerConfig { host: raw.server.host, port: raw.server.port },
+            server: ServerConfig {
+                host: raw.server.host,
+                port: raw.server.port,
+                tls: match (raw.server.tls_cert, raw.server.tls_key) {
+                    (Some(c), Some(k)) => Some((c, k)),
+                    (None, None) => None,
+                    _ => return Err(self.err("server.tls_key", "give both tls_cert and tls_key, or neither")),
+                },
+            },
             backends,
             routes,
             database_url,

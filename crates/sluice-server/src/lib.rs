@@ -9,6 +9,7 @@ pub mod error;
 mod gateway;
 mod generate;
 pub mod ledger;
+pub mod listen;
 mod metrics;
 pub mod params;
 

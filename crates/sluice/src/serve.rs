@@ -2,7 +2,6 @@
 //! engines, remote Sluice engines, any OpenAI-compatible server) behind the gateway.
 
 use std::collections::HashMap;
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +26,15 @@ pub struct ServeArgs {
     /// The name clients pass as `model` (default: the file name without extension).
     #[arg(long)]
     served_model_name: Option<String>,
+    /// TLS certificate chain (PEM): serve HTTPS (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Seconds a client has to send its request headers (slow clients are dropped).
+    #[arg(long, default_value_t = 10)]
+    header_read_timeout: u64,
     /// Address to listen on (default 127.0.0.1, or the config file's).
     #[arg(long)]
     host: Option<String>,
@@ -314,11 +322,21 @@ async fn serve_fleet(args: ServeArgs, cfg: GatewayConfig) -> anyhow::Result<()> 
     }
     let (listener, addr) = listen(&host, port).await?;
     let app = sluice_server::gateway_app(state);
-    let server = tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(shutdown()).into_future());
+    let tls = match args.tls_cert.clone().zip(args.tls_key.clone()).or(cfg.server.tls.clone()) {
+        Some((cert, key)) => Some(sluice_server::listen::tls_config(&cert, &key).map_err(anyhow::Error::msg).context("TLS")?),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let opts = sluice_server::listen::ServeOptions {
+        tls,
+        header_read_timeout: std::time::Duration::from_secs(args.header_read_timeout.max(1)),
+        ..Default::default()
+    };
+    let server = tokio::spawn(sluice_server::listen::serve(listener, app, opts, shutdown()));
     for r in &cfg.routes {
         tracing::info!(model = %r.name, policy = r.policy.as_str(), targets = ?r.targets, fallback = ?r.fallback, "route");
     }
-    tracing::info!(api_keys = database_url.is_some(), "gateway listening on http://{addr}/v1 (engines load in the background; /ready says when)");
+    tracing::info!(api_keys = database_url.is_some(), "gateway listening on {scheme}://{addr}/v1 (engines load in the background; /ready says when)");
     // Engines load one after another: loading several at once would only fight over memory bandwidth.
     for (backend, name, path, threads, engine_cfg, state) in to_load {
         let served = start_engine(path, threads, name, engine_cfg).await.with_context(|| format!("backend `{backend}`"))?;

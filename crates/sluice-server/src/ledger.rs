@@ -214,8 +214,13 @@ pub(crate) async fn usage(
             None => None,
         }
     } else {
-        if q.tenant.as_ref().is_some_and(|t| t != &p.tenant_name) {
-            return Err(sluice_govern::AuthError::Forbidden { needed: "admin", has: p.role.as_str() }.into());
+        if let Some(other) = q.tenant.as_ref().filter(|t| **t != p.tenant_name) {
+            // Another tenant's data does not exist for a member: 404, as for a name never used.
+            return Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                code: Some("not_found"),
+                ..ApiError::invalid("tenant", format!("no tenant named {other:?}"))
+            });
         }
         Some(p.tenant_id.clone())
     };

@@ -220,3 +220,30 @@ async fn admin_actions_and_refusals_land_in_a_verifiable_audit_trail() {
     let v = sluice_govern::audit::verify(&store, &secret, None).await.unwrap();
     assert_eq!((v.entries, v.first_broken), (4, None));
 }
+
+#[tokio::test]
+async fn a_member_reaches_no_admin_endpoint_and_no_other_tenants_data() {
+    let gov = governor().await;
+    let admin = gov.bootstrap(None).await.unwrap().unwrap().secret;
+    let (a, _b) = two_tenants(&gov).await;
+    let e = engine(EngineConfig::default());
+    let app = sluice_server::app_with_auth(AppState::with_model(ServedModel { name: MODEL.into(), engine: e }), Some(gov));
+    let admin_calls: [(&str, &str, Option<Value>); 8] = [
+        ("GET", "/admin/tenants", None),
+        ("POST", "/admin/tenants", Some(json!({"name": "x"}))),
+        ("GET", "/admin/keys", None),
+        ("POST", "/admin/keys", Some(json!({"tenant": "b", "role": "admin"}))),
+        ("POST", "/admin/keys/key_0000/revoke", Some(json!({}))),
+        ("GET", "/admin/limits", None),
+        ("PUT", "/admin/limits", Some(json!({"scope": "tenant", "tenant": "b", "rpm": 1}))),
+        ("PUT", "/admin/tenants/b/logging", Some(json!({"policy": "full"}))),
+    ];
+    for (method, path, body) in admin_calls {
+        let r = send(&app, method, path, Some(&a), body.clone()).await;
+        assert_eq!(r.status, 403, "{method} {path}: {}", r.text);
+        assert_eq!(r.json()["error"]["code"], "forbidden");
+        // The same call by an admin is not refused (so the 403 above is the role, not the route).
+        let r = send(&app, method, path, Some(&admin), body).await;
+        assert_ne!(r.status, 403, "{method} {path}");
+    }
+}

@@ -330,7 +330,7 @@ async fn usage_reports_by_feature_for_members_and_csv() {
     assert!(csv.starts_with("bucket_start,group,requests"), "{csv}");
     assert_eq!(csv.lines().count(), 3);
     let (status, _) = get("tenant=someone-else").await;
-    assert_eq!(status, 403, "members see only their tenant");
+    assert_eq!(status, 404, "members see only their tenant; others do not exist for them");
     let (status, text) = get("group_by=colour").await;
     assert_eq!(status, 400, "{text}");
 }

@@ -7,3 +7,4 @@ mod golden;
 mod hf_dir;
 mod arch;
 mod batch;
+mod fuzz_smoke;

@@ -1,8 +1,9 @@
 //! Serving connections: plain HTTP/1.1 or TLS (rustls), with limits on slow and oversized
 //! clients — a client must send its request headers within `header_read_timeout` (a
 //! slowloris-style client is dropped), the request head may not exceed `max_header_bytes`
-//! (431), TLS handshakes must finish within `handshake_timeout`. Bodies are bounded by the
-//! handlers (2 MiB, 413) and JSON nesting by serde (128 levels, 400).
+//! (431), the body must arrive within `body_read_timeout` (408) and stay under 2 MiB (413), TLS
+//! handshakes must finish within `handshake_timeout`. JSON nesting is bounded by serde (128
+//! levels, 400).
 
 use std::future::Future;
 use std::path::Path;
@@ -26,6 +27,8 @@ pub struct ServeOptions {
     pub max_header_bytes: usize,
     /// Time a client has to finish the TLS handshake.
     pub handshake_timeout: Duration,
+    /// Time a client has to send its whole request body (slow uploads get 408).
+    pub body_read_timeout: Duration,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -45,6 +48,7 @@ impl Default for ServeOptions {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
             handshake_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -72,10 +76,49 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, 
     Ok(Arc::new(cfg))
 }
 
+/// Largest request body read (the handlers' limit too).
+const MAX_BODY: usize = 2 * 1024 * 1024;
+
+/// Reads the whole request body within `timeout` (our endpoints take small JSON bodies, so
+/// nothing is lost by buffering): a client that trickles its body is answered 408, one that
+/// sends too much 413.
+async fn read_body_in_time(
+    axum::extract::State(timeout): axum::extract::State<Duration>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use http_body_util::BodyExt;
+    let (parts, body) = req.into_parts();
+    let limited = http_body_util::Limited::new(body, MAX_BODY);
+    let bytes = match tokio::time::timeout(timeout, limited.collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            return crate::ApiError {
+                status: axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                code: Some("body_too_large"),
+                ..crate::ApiError::bad_request(format!("The request body exceeds {MAX_BODY} bytes"))
+            }
+            .into_response();
+        }
+        Ok(Err(_)) => return crate::ApiError::bad_request("The request body could not be read").into_response(),
+        Err(_) => {
+            return crate::ApiError {
+                status: axum::http::StatusCode::REQUEST_TIMEOUT,
+                code: Some("request_timeout"),
+                ..crate::ApiError::bad_request(format!("The request body did not arrive within {} s", timeout.as_secs()))
+            }
+            .into_response();
+        }
+    };
+    next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await
+}
+
 /// Serves `app` on `listener` until `shutdown` resolves (connections in progress finish on
 /// their own).
 pub async fn serve(listener: TcpListener, app: Router, opts: ServeOptions, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     let acceptor = opts.tls.clone().map(TlsAcceptor::from);
+    let app = app.layer(axum::middleware::from_fn_with_state(opts.body_read_timeout, read_body_in_time));
     tokio::pin!(shutdown);
     loop {
         let (stream, _peer) = tokio::select! {

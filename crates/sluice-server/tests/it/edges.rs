@@ -74,3 +74,28 @@ async fn serves_https_with_a_certificate() {
     let e = tls_config(&dir.join("cert.pem"), &dir.join("cert.pem")).unwrap_err();
     assert!(e.contains("cert.pem"), "{e}");
 }
+
+#[tokio::test]
+async fn a_client_that_trickles_its_body_gets_408() {
+    let addr = start(ServeOptions { body_read_timeout: Duration::from_millis(300), ..Default::default() }).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\"")
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+    let resp = String::from_utf8_lossy(&buf[..n]);
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+    assert!(resp.contains("request_timeout"), "{resp}");
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    // A body over the limit is 413.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let big = "x".repeat(3 * 1024 * 1024);
+    s.write_all(format!("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", big.len()).as_bytes())
+        .await
+        .unwrap();
+    let _ = s.write_all(big.as_bytes()).await; // the server may stop reading early
+    let (resp, _) = read_all(&mut s, Duration::from_secs(5)).await;
+    assert!(resp.starts_with("HTTP/1.1 413"), "{}", &resp[..resp.len().min(200)]);
+}

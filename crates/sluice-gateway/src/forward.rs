@@ -202,10 +202,10 @@ fn snippet(body: &[u8]) -> String {
 }
 
 /// A non-2xx answer: retry, move on, or hand it to the client.
-fn judge_status(guard: AttemptGuard, status: u16, retry_after: Option<Duration>, body: Vec<u8>) -> Result<Reply, AttemptFailure> {
+fn judge_status(guard: AttemptGuard, status: u16, retry_after: Option<Duration>, body: Vec<u8>) -> Result<Attempted, AttemptFailure> {
     let detail = format!("HTTP {status}: {}", snippet(&body));
     match status {
-        429 | 503 if status == 429 || retry_after.is_some() => {
+        _ if status == 429 || (status == 503 && retry_after.is_some()) => {
             // Alive but busy (rate limited, or a full queue that says when to come back): not a
             // breaker failure.
             guard.neutral();
@@ -222,7 +222,7 @@ fn judge_status(guard: AttemptGuard, status: u16, retry_after: Option<Duration>,
         _ => {
             // The client's mistake (or the backend's final word): pass it through.
             guard.neutral();
-            Ok(Reply::Complete { status, body: Bytes::from(body) })
+            Ok(Attempted::Complete { status, body: Bytes::from(body), usage: None })
         }
     }
 }
@@ -299,11 +299,7 @@ pub async fn attempt(guard: AttemptGuard, input: AttemptInput) -> Result<Attempt
                 return Err(AttemptFailure::timeout("reading the error body", t.total));
             }
         };
-        return judge_status(guard, resp.status, resp.retry_after, body)
-            .map(|r| match r {
-                Reply::Complete { status, body } => Attempted::Complete { status, body, usage: None },
-                Reply::Stream(_) => Attempted::Complete { status: 502, body: Bytes::new(), usage: None },
-            });
+        return judge_status(guard, resp.status, resp.retry_after, body);
     }
     if !input.stream {
         let body = match timeout(rest, read_all(resp.body)).await {

@@ -194,20 +194,16 @@ impl Gateway {
             Some(t) => (t.settled.backend.clone(), t.settled.attempts.len() as u32),
             None => (String::new(), 0),
         };
-        let mut routed = Routed { request_id: id, backend, attempts, result: Ok(Reply::Complete { status: 200, body: Bytes::new() }) };
-        match result {
+        let (backend, attempts, result) = match result {
             Ok(Handled::Complete { status, body, usage }) => {
                 if let Some(mut t) = ticket {
                     let outcome = if status < 400 { "ok" } else { "upstream_client_error" };
                     t.finish(outcome, status, usage, None);
                 }
-                routed.result = Ok(Reply::Complete { status, body });
+                (backend, attempts, Ok(Reply::Complete { status, body }))
             }
-            Ok(Handled::Stream { rx, backend, attempts }) => {
-                routed.backend = backend;
-                routed.attempts = attempts;
-                routed.result = Ok(Reply::Stream(rx));
-            }
+            // The stream's task owns the ticket now; it knows the backend that answered.
+            Ok(Handled::Stream { rx, backend, attempts }) => (backend, attempts, Ok(Reply::Stream(rx))),
             Err(e) => {
                 if let Some(mut t) = ticket {
                     let usage = t.settled.usage;
@@ -216,10 +212,10 @@ impl Gateway {
                     let summary = t.attempt_summary();
                     t.finish(e.kind(), e.status(), usage, (!summary.is_empty()).then_some(summary.as_str()));
                 }
-                routed.result = Err(e);
+                (backend, attempts, Err(e))
             }
-        }
-        routed
+        };
+        Routed { request_id: id, backend, attempts, result }
     }
 
     async fn route(&self, api: Api, body: &[u8], ctx: &RequestContext, slot: &mut Option<Ticket>) -> Result<Handled, GatewayError> {

@@ -19,10 +19,8 @@ pub struct Caller {
     pub tenant_id: String,
     /// API key id.
     pub key_id: String,
-    /// Keep the prompt and response text in the settlement (the tenant's logging policy wants
-    /// some trace of them: hashes, redacted or full text).
-    pub capture_content: bool,
-    /// The tenant's logging policy label, for the governance hook.
+    /// The tenant's logging policy label (`off`, `metadata`, `redacted`, `full`): anything but
+    /// `off` keeps the prompt and response text in the settlement for the governance hook.
     pub logging: String,
 }
 
@@ -227,7 +225,7 @@ pub struct Ticket {
 impl Ticket {
     /// Whether the caller's policy wants the content kept.
     pub(crate) fn captures(&self) -> bool {
-        self.settled.caller.as_ref().is_some_and(|c| c.capture_content)
+        self.settled.caller.as_ref().is_some_and(|c| c.logging != "off")
     }
 
     pub(crate) fn new(ctx: &RequestContext, request_id: String, governance: Option<Arc<dyn Governance>>) -> Self {
@@ -320,7 +318,7 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         if !self.done {
             // The client went away before the answer: charge what was counted so far.
-            let usage = UsageCount { prompt_tokens: self.settled.usage.prompt_tokens, ..self.settled.usage };
+            let usage = self.settled.usage;
             self.finish("client_gone", 499, usage, None);
         }
     }

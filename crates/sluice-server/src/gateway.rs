@@ -84,14 +84,14 @@ impl From<GatewayError> for ApiError {
     }
 }
 
-fn with_route_headers(mut resp: Response, r: &Routed) -> Response {
+fn with_route_headers(mut resp: Response, request_id: &str, backend: &str, attempts: u32) -> Response {
     let h = resp.headers_mut();
-    for (name, value) in [("x-request-id", r.request_id.as_str()), ("x-sluice-backend", r.backend.as_str())] {
+    for (name, value) in [("x-request-id", request_id), ("x-sluice-backend", backend)] {
         if let Ok(v) = HeaderValue::from_str(value) {
             h.insert(name, v);
         }
     }
-    h.insert("x-sluice-attempts", HeaderValue::from(r.attempts));
+    h.insert("x-sluice-attempts", HeaderValue::from(attempts));
     resp
 }
 
@@ -121,19 +121,17 @@ async fn proxy(
         caller: principal.map(|p| Caller {
             tenant_id: p.tenant_id,
             key_id: p.key_id,
-            capture_content: p.logging != sluice_govern::LoggingPolicy::Off,
             logging: p.logging.as_str().to_string(),
         }),
         feature,
     };
-    let mut routed = state.gateway.handle(api, &body, &ctx).await;
-    let result = std::mem::replace(&mut routed.result, Err(GatewayError::BadRequest { message: String::new(), param: None }));
+    let Routed { request_id, backend, attempts, result } = state.gateway.handle(api, &body, &ctx).await;
     if let (Err(GatewayError::Refused(r)), Some(g), Some(c)) = (&result, &state.governor, &ctx.caller) {
         g.audit(
             "policy.denied",
             Some(&c.tenant_id),
             Some(&c.key_id),
-            serde_json::json!({"request_id": routed.request_id, "code": r.code, "message": r.message, "feature": ctx.feature}),
+            serde_json::json!({"request_id": request_id, "code": r.code, "message": r.message, "feature": ctx.feature}),
         );
     }
     let resp = match result {
@@ -149,7 +147,7 @@ async fn proxy(
             Sse::new(events).keep_alive(KeepAlive::default()).into_response()
         }
     };
-    with_route_headers(resp, &routed)
+    with_route_headers(resp, &request_id, &backend, attempts)
 }
 
 async fn chat(

@@ -61,15 +61,17 @@ impl Default for AppState {
 impl AppState {
     /// State of a server whose model is still loading (`/ready` answers 503 until `set_model`).
     pub fn loading() -> Self {
-        Self { inner: Arc::new(Inner { served: OnceLock::new(), created: generate::unix_now(), trust_namespace_header: false }) }
+        Self::new(false)
+    }
+
+    fn new(trust_namespace_header: bool) -> Self {
+        Self { inner: Arc::new(Inner { served: OnceLock::new(), created: generate::unix_now(), trust_namespace_header }) }
     }
 
     /// State of an engine that only a gateway in this process reaches (its router has no
     /// socket), which passes each request's tenant namespace in a header.
     pub fn behind_gateway() -> Self {
-        Self {
-            inner: Arc::new(Inner { served: OnceLock::new(), created: generate::unix_now(), trust_namespace_header: true }),
-        }
+        Self::new(true)
     }
 
     /// The prefix-cache namespace of a request: the authenticated tenant's, the gateway's

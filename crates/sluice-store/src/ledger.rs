@@ -325,7 +325,8 @@ impl Store {
     ) -> Result<(Vec<Result<(), BudgetFull>>, Vec<bool>), StoreError> {
         let mut tx = self.pool().begin().await?;
         let mut reserved = Vec::with_capacity(reservations.len());
-        // Reservations without budgets are plain inserts: one statement for all of them.
+        // Reservations without budgets are plain inserts: one statement for all of them (those
+        // with budgets insert theirs after their holds succeed).
         let plain: Vec<&Reservation> = reservations.iter().filter(|r| r.budgets.is_empty()).collect();
         for chunk in plain.chunks(ROWS_PER_STATEMENT) {
             insert_reservations(&mut tx, chunk).await?;
@@ -482,7 +483,7 @@ async fn insert_reservations(tx: &mut sqlx::AnyConnection, rows: &[&Reservation]
             .bind(&r.feature)
             .bind(&r.route)
             .bind(r.reserved_micros)
-            .bind("");
+            .bind(holds_text(&r.budgets));
     }
     q.execute(&mut *tx).await?;
     Ok(())
@@ -613,21 +614,7 @@ async fn reserve_in(tx: &mut sqlx::AnyConnection, r: &Reservation) -> Result<Res
             return Ok(Err(full));
         }
     }
-    sqlx::query(
-        "INSERT INTO ledger (request_id, created_ms, instance_id, state, tenant_id, key_id, feature, route, reserved_micros, budgets) \
-         VALUES ($1, $2, $3, 'reserved', $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(&r.request_id)
-    .bind(r.created_ms)
-    .bind(&r.instance_id)
-    .bind(&r.tenant_id)
-    .bind(&r.key_id)
-    .bind(&r.feature)
-    .bind(&r.route)
-    .bind(r.reserved_micros)
-    .bind(holds_text(&r.budgets))
-    .execute(&mut *tx)
-    .await?;
+    insert_reservations(tx, &[r]).await?;
     Ok(Ok(()))
 }
 

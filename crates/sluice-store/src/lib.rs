@@ -7,6 +7,8 @@ mod audit;
 mod ledger;
 mod migrate;
 mod tenants;
+#[doc(hidden)]
+pub mod testing;
 
 use std::path::Path;
 use std::time::Duration;

@@ -4,35 +4,16 @@
 
 mod redaction;
 
-use std::sync::atomic::{AtomicU32, Ordering};
-
 use sluice_govern::Tip;
 use sluice_govern::audit::{CHECKPOINT_EVERY, checkpoint_mac, entry_hash, verify};
 use sluice_store::{NewAuditEntry, Store};
 
-static N: AtomicU32 = AtomicU32::new(0);
 const SECRET: &[u8] = b"a server secret kept outside the database";
 
 async fn stores() -> Vec<Store> {
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let path = std::env::temp_dir().join(format!("sluice-audit-{}-{n}.db", std::process::id()));
-    for ext in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
-    }
-    let mut out = vec![Store::open(&format!("sqlite://{}", path.display())).await.unwrap()];
-    match std::env::var("SLUICE_TEST_POSTGRES_URL") {
-        Ok(base) => {
-            sqlx::any::install_default_drivers();
-            let name = format!("audit_{}_{n}", std::process::id());
-            let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(&base).await.unwrap();
-            sqlx::Executor::execute(&mut admin, format!("CREATE DATABASE {name}").as_str()).await.unwrap();
-            let (root, _) = base.rsplit_once('/').unwrap();
-            out.push(Store::open(&format!("{root}/{name}")).await.unwrap());
-        }
-        Err(_) => {
-            assert!(std::env::var("SLUICE_REQUIRE_POSTGRES").as_deref() != Ok("1"), "SLUICE_TEST_POSTGRES_URL is not set");
-            eprintln!("SKIPPED: PostgreSQL half (set SLUICE_TEST_POSTGRES_URL)");
-        }
+    let mut out = vec![Store::open(&sluice_store::testing::sqlite_url("audit")).await.unwrap()];
+    if let Some(url) = sluice_store::testing::postgres_url("audit").await {
+        out.push(Store::open(&url).await.unwrap());
     }
     out
 }

@@ -19,12 +19,7 @@ use tower::ServiceExt;
 use crate::{MODEL, Reply, engine};
 
 async fn governor() -> Governor {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let path = std::env::temp_dir().join(format!("sluice-auth-{}-{}.db", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
-    for ext in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
-    }
-    Governor::new(sluice_store::Store::open(&format!("sqlite://{}", path.display())).await.unwrap())
+    Governor::new(sluice_store::Store::open(&sluice_store::testing::sqlite_url("auth")).await.unwrap())
 }
 
 async fn send(app: &Router, method: &str, path: &str, key: Option<&str>, body: Option<Value>) -> Reply {

@@ -22,32 +22,11 @@ use tower::ServiceExt;
 use crate::Reply;
 
 async fn sqlite_store() -> Store {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = std::env::temp_dir().join(format!("sluice-ledger-{}-{n}.db", std::process::id()));
-    for ext in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
-    }
-    Store::open(&format!("sqlite://{}", path.display())).await.unwrap()
+    Store::open(&sluice_store::testing::sqlite_url("ledger")).await.unwrap()
 }
 
-/// A fresh PostgreSQL database when the tests have a server (see sluice-store's suite).
 async fn postgres_url() -> Option<String> {
-    let Ok(base) = std::env::var("SLUICE_TEST_POSTGRES_URL") else {
-        assert!(std::env::var("SLUICE_REQUIRE_POSTGRES").as_deref() != Ok("1"), "SLUICE_TEST_POSTGRES_URL is not set");
-        eprintln!("SKIPPED: PostgreSQL half (set SLUICE_TEST_POSTGRES_URL)");
-        return None;
-    };
-    sqlx::any::install_default_drivers();
-    let name = format!("srv_{}_{}", std::process::id(), rand_suffix());
-    let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(&base).await.unwrap();
-    sqlx::Executor::execute(&mut admin, format!("CREATE DATABASE {name}").as_str()).await.unwrap();
-    let (root, _) = base.rsplit_once('/').unwrap();
-    Some(format!("{root}/{name}"))
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 % 1_000_000_007
+    sluice_store::testing::postgres_url("srv").await
 }
 
 struct Governed {

@@ -35,6 +35,12 @@ impl ApiError {
         }
     }
 
+    /// 404: the thing does not exist, or not for this caller (another tenant's data is answered
+    /// exactly as a name never used).
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::NOT_FOUND, code: Some("not_found"), param: None, ..Self::invalid("", message) }
+    }
+
     /// 400 without a specific parameter.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self { param: None, code: None, ..Self::invalid("", message) }

@@ -270,7 +270,7 @@ pub fn gateway_app(state: GatewayState) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .with_state(state.clone())
-        .merge(Router::new().route("/v1/usage", get(crate::ledger::usage)).with_state(state.ledger.clone()));
+        .merge(crate::records_router(state.ledger.clone()));
     open.merge(crate::secure(api, state.governor.clone()))
         .fallback(crate::not_found)
         .method_not_allowed_fallback(crate::method_not_allowed)

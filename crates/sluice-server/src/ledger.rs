@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures_util::FutureExt;
@@ -174,13 +174,7 @@ pub(crate) async fn usage(
     q: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(format!("Invalid query: {}", e.body_text())))?;
-    let (Some(ledger), Some(Extension(p))) = (ledger, principal) else {
-        return Err(ApiError {
-            status: StatusCode::NOT_FOUND,
-            code: Some("not_found"),
-            ..ApiError::bad_request("Usage needs a store and API keys: start with --database-url")
-        });
-    };
+    let (ledger, p) = records_access(ledger, principal)?;
     let now = sluice_store::now_ms();
     let to = q.to.map_or(now, |s| s * 1000);
     let from = q.from.map_or(to - 86_400_000, |s| s * 1000);
@@ -200,30 +194,7 @@ pub(crate) async fn usage(
         "day" => 86_400_000,
         other => return Err(ApiError::invalid("granularity", format!("`granularity` must be hour or day, got {other:?}"))),
     };
-    let tenant_id = if p.role == Role::Admin {
-        match &q.tenant {
-            Some(name) => Some(
-                ledger
-                    .store()
-                    .tenant_by_name(name)
-                    .await
-                    .map_err(|e| ApiError::internal(e.to_string()))?
-                    .ok_or_else(|| ApiError::invalid("tenant", format!("no tenant named {name:?}")))?
-                    .id,
-            ),
-            None => None,
-        }
-    } else {
-        if let Some(other) = q.tenant.as_ref().filter(|t| **t != p.tenant_name) {
-            // Another tenant's data does not exist for a member: 404, as for a name never used.
-            return Err(ApiError {
-                status: StatusCode::NOT_FOUND,
-                code: Some("not_found"),
-                ..ApiError::invalid("tenant", format!("no tenant named {other:?}"))
-            });
-        }
-        Some(p.tenant_id.clone())
-    };
+    let tenant_id = tenant_scope(&ledger, &p, q.tenant.as_deref()).await?;
     let lines = ledger.store().usage(from, to, bucket, group_by, tenant_id.as_deref()).await.map_err(|e| ApiError::internal(e.to_string()))?;
     if q.format.as_deref() == Some("csv") {
         let mut csv = String::from("bucket_start,group,requests,prompt_tokens,cached_tokens,completion_tokens,cost_usd\n");
@@ -250,4 +221,27 @@ pub(crate) async fn usage(
         .collect();
     Ok(Json(json!({"object": "usage", "from": from / 1000, "to": to / 1000, "group_by": q.group_by.unwrap_or_else(|| "tenant".into()), "data": data}))
         .into_response())
+}
+
+/// The store and the caller, for the read APIs (usage, requests, audit); 404 without a store.
+pub(crate) fn records_access(ledger: Option<Arc<Ledger>>, principal: Option<Extension<Principal>>) -> Result<(Arc<Ledger>, Principal), ApiError> {
+    match (ledger, principal) {
+        (Some(l), Some(Extension(p))) => Ok((l, p)),
+        _ => Err(ApiError::not_found("This needs a store and API keys: start with --database-url")),
+    }
+}
+
+/// Which tenant's records a read covers: an admin's chosen tenant (by name) or every tenant; a
+/// member's own tenant only. Another tenant's data does not exist for a member: 404, as for a
+/// name never used.
+pub(crate) async fn tenant_scope(ledger: &Ledger, p: &Principal, asked: Option<&str>) -> Result<Option<String>, ApiError> {
+    if p.role != Role::Admin {
+        if let Some(other) = asked.filter(|t| *t != p.tenant_name) {
+            return Err(ApiError { param: Some("tenant".into()), ..ApiError::not_found(format!("no tenant named {other:?}")) });
+        }
+        return Ok(Some(p.tenant_id.clone()));
+    }
+    let Some(name) = asked else { return Ok(None) };
+    let tenant = ledger.store().tenant_by_name(name).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    tenant.map(|t| Some(t.id)).ok_or_else(|| ApiError::invalid("tenant", format!("no tenant named {name:?}")))
 }

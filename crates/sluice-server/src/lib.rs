@@ -12,6 +12,7 @@ pub mod ledger;
 pub mod listen;
 mod metrics;
 pub mod params;
+mod records;
 
 use std::sync::{Arc, OnceLock};
 
@@ -203,4 +204,15 @@ pub fn app(state: AppState) -> Router {
 /// The router of `sluice serve --model`: API keys required when `gov` is given.
 pub fn app_with_auth(state: AppState, gov: Option<sluice_govern::Governor>) -> Router {
     finish(open_routes(state.clone()).merge(secure(api_routes(state), gov)))
+}
+
+/// The read APIs over the store: usage reports, ledger rows, audit entries.
+pub(crate) fn records_router(ledger: Option<std::sync::Arc<sluice_govern::Ledger>>) -> Router {
+    Router::new()
+        .route("/v1/usage", get(ledger::usage))
+        .route("/v1/requests", get(records::list_requests))
+        .route("/v1/requests/{id}", get(records::get_request))
+        .route("/v1/audit", get(records::list_audit))
+        .route("/v1/audit/{seq}", get(records::get_audit))
+        .with_state(ledger)
 }

@@ -136,6 +136,24 @@ impl Store {
         Ok(rows.iter().map(entry).collect::<Result<_, _>>()?)
     }
 
+    /// One entry.
+    pub async fn audit_entry(&self, seq: i64) -> Result<Option<AuditEntry>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM audit_log WHERE seq = $1")).bind(seq).fetch_optional(self.pool()).await?;
+        Ok(row.as_ref().map(entry).transpose()?)
+    }
+
+    /// Up to `limit` entries of one tenant (or, None, of all) after `after_seq`, in order.
+    pub async fn audit_page(&self, tenant_id: Option<&str>, after_seq: i64, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
+        let tenant_clause = if tenant_id.is_some() { "AND tenant_id = $3" } else { "" };
+        let sql = format!("SELECT {COLUMNS} FROM audit_log WHERE seq > $1 {tenant_clause} ORDER BY seq LIMIT $2");
+        let mut q = sqlx::query(&sql).bind(after_seq).bind(limit);
+        if let Some(t) = tenant_id {
+            q = q.bind(t);
+        }
+        let rows = q.fetch_all(self.pool()).await?;
+        Ok(rows.iter().map(entry).collect::<Result<_, _>>()?)
+    }
+
     /// Entries written in `[from_ms, to_ms)`, in order, optionally of one tenant.
     pub async fn audit_range(&self, from_ms: i64, to_ms: i64, tenant_id: Option<&str>) -> Result<Vec<AuditEntry>, StoreError> {
         let rows = match tenant_id {

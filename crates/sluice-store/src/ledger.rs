@@ -150,6 +150,8 @@ pub struct LedgerRow {
     pub route: String,
     /// Backend.
     pub backend: Option<String>,
+    /// Model sent upstream.
+    pub model: Option<String>,
     /// Prompt tokens.
     pub prompt_tokens: Option<i64>,
     /// Cached prompt tokens.
@@ -166,6 +168,14 @@ pub struct LedgerRow {
     pub outcome: Option<String>,
     /// Attempts.
     pub attempts: Option<i64>,
+    /// Error kind, if it failed.
+    pub error_kind: Option<String>,
+    /// Time to first token.
+    pub ttft_ms: Option<f64>,
+    /// Duration.
+    pub duration_ms: Option<f64>,
+    /// Settlement time.
+    pub settled_ms: Option<i64>,
 }
 
 /// Grouping of usage reports.
@@ -390,6 +400,42 @@ impl Store {
             .fetch_all(self.pool())
             .await?;
         Ok(rows.iter().map(ledger_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Up to `limit` ledger rows created in `[from_ms, to_ms)`, newest first, of one tenant or
+    /// (None) of all.
+    pub async fn ledger_page(&self, tenant_id: Option<&str>, from_ms: i64, to_ms: i64, limit: i64) -> Result<Vec<LedgerRow>, StoreError> {
+        let tenant_clause = if tenant_id.is_some() { "AND tenant_id = $4" } else { "" };
+        let sql = format!(
+            "SELECT {LEDGER_COLUMNS} FROM ledger WHERE created_ms >= $1 AND created_ms < $2 {tenant_clause} \
+             ORDER BY created_ms DESC, request_id DESC LIMIT $3"
+        );
+        let mut q = sqlx::query(&sql).bind(from_ms).bind(to_ms).bind(limit);
+        if let Some(t) = tenant_id {
+            q = q.bind(t);
+        }
+        let rows = q.fetch_all(self.pool()).await?;
+        Ok(rows.iter().map(ledger_row).collect::<Result<_, _>>()?)
+    }
+
+    /// The attempts of one request, in order.
+    pub async fn ledger_attempts(&self, request_id: &str) -> Result<Vec<AttemptRow>, StoreError> {
+        let rows = sqlx::query("SELECT backend, status, outcome, error, duration_ms FROM ledger_attempts WHERE request_id = $1 ORDER BY attempt")
+            .bind(request_id)
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AttemptRow {
+                    backend: r.try_get("backend")?,
+                    status: r.try_get("status")?,
+                    outcome: r.try_get("outcome")?,
+                    error: r.try_get("error")?,
+                    duration_ms: r.try_get("duration_ms")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
     }
 
     /// Money spent and held on one budget in one period.
@@ -618,8 +664,8 @@ async fn reserve_in(tx: &mut sqlx::AnyConnection, r: &Reservation) -> Result<Res
     Ok(Ok(()))
 }
 
-const LEDGER_COLUMNS: &str = "request_id, created_ms, state, tenant_id, key_id, feature, route, backend, prompt_tokens, \
-    cached_tokens, completion_tokens, cost_micros, reserved_micros, status, outcome, attempts";
+const LEDGER_COLUMNS: &str = "request_id, created_ms, state, tenant_id, key_id, feature, route, backend, model, prompt_tokens, \
+    cached_tokens, completion_tokens, cost_micros, reserved_micros, status, outcome, attempts, error_kind, ttft_ms, duration_ms, settled_ms";
 
 fn ledger_row(r: &AnyRow) -> Result<LedgerRow, sqlx::Error> {
     Ok(LedgerRow {
@@ -631,6 +677,7 @@ fn ledger_row(r: &AnyRow) -> Result<LedgerRow, sqlx::Error> {
         feature: r.try_get("feature")?,
         route: r.try_get("route")?,
         backend: r.try_get("backend")?,
+        model: r.try_get("model")?,
         prompt_tokens: r.try_get("prompt_tokens")?,
         cached_tokens: r.try_get("cached_tokens")?,
         completion_tokens: r.try_get("completion_tokens")?,
@@ -639,5 +686,9 @@ fn ledger_row(r: &AnyRow) -> Result<LedgerRow, sqlx::Error> {
         status: r.try_get("status")?,
         outcome: r.try_get("outcome")?,
         attempts: r.try_get("attempts")?,
+        error_kind: r.try_get("error_kind")?,
+        ttft_ms: r.try_get("ttft_ms")?,
+        duration_ms: r.try_get("duration_ms")?,
+        settled_ms: r.try_get("settled_ms")?,
     })
 }

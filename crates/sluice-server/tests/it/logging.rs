@@ -9,7 +9,7 @@ use sluice_gateway::mock::MockBehaviour;
 use sluice_govern::LoggingPolicy;
 
 #[path = "../common/logging_setup.rs"]
-mod logging_setup;
+pub(crate) mod logging_setup;
 use logging_setup::{SECRET, chat, post, request_entries, setup};
 
 #[tokio::test]

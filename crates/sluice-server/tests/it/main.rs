@@ -10,6 +10,7 @@ mod gateway;
 mod ledger;
 mod lifecycle;
 mod logging;
+mod records;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};

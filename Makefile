@@ -7,7 +7,7 @@ PYTHON ?= python3
 .PHONY: run test models build bench fmt lint
 
 models:
-	scripts/fetch-models.sh smollm2 gemma3
+	scripts/fetch-models.sh smollm2 gemma3 minilm
 
 build:
 	cargo build --release -p sluice

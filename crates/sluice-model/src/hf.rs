@@ -119,16 +119,18 @@ struct Entry {
     offset: usize,
 }
 
-struct SafetensorsSource {
+pub(crate) struct SafetensorsSource {
     files: Vec<Bytes>,
     tensors: HashMap<String, Entry>,
+    /// Tensors of types we do not read, with their type.
+    unsupported: HashMap<String, String>,
     /// Gemma stores RMSNorm weights as offsets from 1.
     norm_plus_one: bool,
     prefix: String,
 }
 
 impl SafetensorsSource {
-    fn open(dir: &Path) -> Result<Self> {
+    pub(crate) fn open(dir: &Path) -> Result<Self> {
         let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -140,6 +142,7 @@ impl SafetensorsSource {
         }
         let mut files: Vec<Bytes> = Vec::new();
         let mut tensors = HashMap::new();
+        let mut unsupported = HashMap::new();
         for path in paths {
             let io = |source| ModelError::Io { path: path.clone(), source };
             let file = std::fs::File::open(&path).map_err(io)?;
@@ -153,8 +156,10 @@ impl SafetensorsSource {
                     safetensors::Dtype::F32 => GgmlType::F32,
                     safetensors::Dtype::F16 => GgmlType::F16,
                     safetensors::Dtype::BF16 => GgmlType::BF16,
+                    // Integer buffers (BERT's position_ids) are not weights: refused only if asked for.
                     other => {
-                        return Err(ModelError::UnsupportedTensorType { type_name: format!("{other:?}"), tensor: name });
+                        unsupported.insert(name, format!("{other:?}"));
+                        continue;
                     }
                 };
                 let (start, end) = info.data_offsets;
@@ -171,7 +176,7 @@ impl SafetensorsSource {
             .find(|p| tensors.contains_key(&format!("{p}embed_tokens.weight")))
             .unwrap_or("model.")
             .to_string();
-        Ok(Self { files, tensors, norm_plus_one: false, prefix })
+        Ok(Self { files, tensors, unsupported, norm_plus_one: false, prefix })
     }
 
     /// The HF name of a GGUF-named tensor.
@@ -210,6 +215,9 @@ impl SafetensorsSource {
 
     fn entry(&self, gguf: &str) -> Result<(&Entry, String)> {
         let name = self.hf_name(gguf);
+        if let Some(ty) = self.unsupported.get(&name) {
+            return Err(ModelError::UnsupportedTensorType { type_name: ty.clone(), tensor: name });
+        }
         self.tensors
             .get(&name)
             .map(|e| (e, name.clone()))

@@ -2,9 +2,11 @@
 //! architecture family, and the CPU kernels they run on.
 
 mod attention_kernels;
+pub mod bert;
 pub mod cache;
 pub mod chat;
 pub mod config;
+pub mod embedder;
 pub mod error;
 pub mod gguf;
 mod hf;
@@ -15,9 +17,11 @@ pub mod quant;
 pub mod tokenizer;
 pub mod weights;
 
+pub use bert::BertEncoder;
 pub use cache::{KvCache, PagedKv};
 pub use chat::{ChatMessage, ChatTemplate};
 pub use config::{Arch, ModelConfig};
+pub use embedder::EmbeddingModel;
 pub use error::{ModelError, Result};
 pub use loader::{LoadedModel, load};
 pub use model::{BatchSeq, Logits, Model};

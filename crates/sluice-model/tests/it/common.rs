@@ -26,6 +26,11 @@ pub fn gemma3() -> &'static LoadedModel {
     M.get_or_init(|| sluice_model::load(&model_path("gemma-3-270m-q4_k_m.gguf"), 2).unwrap())
 }
 
+pub fn minilm() -> &'static sluice_model::EmbeddingModel {
+    static M: OnceLock<sluice_model::EmbeddingModel> = OnceLock::new();
+    M.get_or_init(|| sluice_model::EmbeddingModel::load(&model_path("all-MiniLM-L6-v2"), 2).unwrap())
+}
+
 /// Greedy continuation of `prompt_ids` for `n` tokens.
 pub fn greedy(m: &LoadedModel, prompt_ids: &[u32], n: usize) -> Vec<u32> {
     let mut cache = sluice_model::KvCache::new(&m.model.cfg, prompt_ids.len() + n);

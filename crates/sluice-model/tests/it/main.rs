@@ -8,3 +8,4 @@ mod hf_dir;
 mod arch;
 mod batch;
 mod fuzz_smoke;
+mod embeddings;

@@ -13,9 +13,9 @@ build:
 	cargo build --release -p sluice
 
 run:
-	scripts/fetch-models.sh smollm2
+	scripts/fetch-models.sh smollm2 minilm
 	cargo build --release -p sluice
-	target/release/sluice serve --model $(MODEL_FILE) --served-model-name smollm2 --host $(HOST) --port $(PORT)
+	target/release/sluice serve --model $(MODEL_FILE) --served-model-name smollm2 --embedding-model models/all-MiniLM-L6-v2 --host $(HOST) --port $(PORT)
 
 test: models
 	$(PYTHON) -m pip install -q --disable-pip-version-check -r tests/e2e/requirements.txt

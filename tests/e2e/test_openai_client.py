@@ -18,6 +18,9 @@ BIN = os.environ.get("SLUICE_BIN", os.path.join(ROOT, "target", "debug", "sluice
 MODEL_PATH = os.environ.get(
     "SLUICE_MODEL", os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf"))
 NAME = "smollm2"
+EMBED_PATH = os.environ.get("SLUICE_EMBEDDING_MODEL", os.path.join(ROOT, "models", "all-MiniLM-L6-v2"))
+EMBED = os.path.basename(EMBED_PATH)
+GOLDEN = os.path.join(ROOT, "crates", "sluice-model", "tests", "golden", "minilm_embeddings.json")
 
 
 def free_port():
@@ -32,7 +35,7 @@ class Server:
         self.log = open(os.path.join(ROOT, "target", "e2e-server.log"), "w")
         self.proc = subprocess.Popen(
             [BIN, "serve", "--model", MODEL_PATH, "--served-model-name", NAME, "--port", str(self.port),
-             "--threads", "2"], stdout=self.log, stderr=subprocess.STDOUT)
+             "--threads", "2", "--embedding-model", EMBED_PATH], stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 120
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -74,7 +77,7 @@ class OpenAIClientTest(unittest.TestCase):
 
     def test_models(self):
         ids = [m.id for m in self.client.models.list().data]
-        self.assertEqual(ids, [NAME])
+        self.assertEqual(ids, [NAME, EMBED])
 
     def test_chat(self):
         r = self.chat("What is the capital of France?", max_tokens=24, temperature=0)
@@ -149,6 +152,37 @@ class OpenAIClientTest(unittest.TestCase):
             self.chat("x", max_tokens=100000)
         self.assertEqual(e.exception.body["code"], "context_length_exceeded")
         self.assertIn("8192", e.exception.body["message"])
+
+    def test_embeddings(self):
+        import json, math
+        with open(GOLDEN) as f:
+            golden = json.load(f)["texts"][:8]
+        texts = [g["text"] for g in golden]
+        # The client asks for base64 by default and decodes it; ask for floats too.
+        for fmt in [openai.NOT_GIVEN, "float"]:
+            r = self.client.embeddings.create(model=EMBED, input=texts, encoding_format=fmt)
+            self.assertEqual([d.index for d in r.data], list(range(len(texts))))
+            self.assertEqual(r.usage.prompt_tokens, sum(len(g["ids"]) for g in golden))
+            for d, g in zip(r.data, golden):
+                dot = sum(a * b for a, b in zip(d.embedding, g["embedding"]))
+                self.assertGreater(dot, 0.9999, g["text"])
+                self.assertAlmostEqual(math.sqrt(sum(a * a for a in d.embedding)), 1.0, places=5)
+        one = self.client.embeddings.create(model=EMBED, input="Hello, world!", encoding_format="float")
+        self.assertEqual(len(one.data), 1)
+        self.assertEqual(len(one.data[0].embedding), 384)
+
+    def test_embedding_errors(self):
+        with self.assertRaises(openai.BadRequestError) as e:
+            self.client.embeddings.create(model=EMBED, input=["short", "word " * 600])
+        self.assertEqual(e.exception.body["code"], "context_length_exceeded")
+        self.assertEqual(e.exception.body["param"], "input[1]")
+        r = self.client.embeddings.create(model=EMBED, input="word " * 600, extra_body={"truncate": True})
+        self.assertEqual(r.usage.prompt_tokens, 512)
+        with self.assertRaises(openai.NotFoundError):
+            self.client.embeddings.create(model="nope", input="x")
+        with self.assertRaises(openai.BadRequestError) as e:
+            self.client.embeddings.create(model=EMBED, input="x", dimensions=128)
+        self.assertEqual(e.exception.body["param"], "dimensions")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,27 @@ struct RawConfig {
     audit: Option<RawAudit>,
     #[serde(default)]
     redaction: Option<RawRedaction>,
+    #[serde(default)]
+    embeddings: BTreeMap<String, RawEmbedding>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEmbedding {
+    model_path: PathBuf,
+    #[serde(default)]
+    threads: Option<usize>,
+}
+
+/// An embedding model served in this process at `/v1/embeddings`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddingConfig {
+    /// The name clients pass as `model`.
+    pub name: String,
+    /// Its Hugging Face directory.
+    pub model_path: PathBuf,
+    /// Compute threads (default: all cores).
+    pub threads: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -196,6 +217,8 @@ pub struct GatewayConfig {
     pub audit_secret_file: Option<PathBuf>,
     /// Custom PII patterns `(name, regular expression)`, besides the built-in kinds.
     pub redaction_patterns: Vec<(String, String)>,
+    /// Embedding models served in this process.
+    pub embeddings: Vec<EmbeddingConfig>,
 }
 
 /// Which kind of server a backend is.
@@ -475,6 +498,14 @@ impl Validator<'_> {
             }
             Some(a) => self.secret_from("auth", a.bootstrap_key_env.as_deref(), a.bootstrap_key_file.as_deref(), "bootstrap_key")?,
         };
+        let mut embeddings = Vec::new();
+        for (name, e) in raw.embeddings {
+            self.name("embeddings", &name)?;
+            if routes.iter().any(|r: &RouteConfig| r.name == name) {
+                return Err(self.err(format!("embeddings.{name}"), "a model route has the same name"));
+            }
+            embeddings.push(EmbeddingConfig { name, model_path: e.model_path, threads: e.threads });
+        }
         if raw.audit.is_some() && database_url.is_none() {
             return Err(self.err("audit", "the audit trail lives in the store: add [store] database_url"));
         }
@@ -494,6 +525,7 @@ impl Validator<'_> {
             bootstrap_key,
             audit_secret_file: raw.audit.map(|a| a.secret_file),
             redaction_patterns: raw.redaction.map(|r| r.patterns.into_iter().collect()).unwrap_or_default(),
+            embeddings,
         })
     }
 

@@ -403,3 +403,82 @@ pub struct ErrorBody {
     /// The error.
     pub error: ErrorDetail,
 }
+
+/// `input` of an embeddings request: text(s) or token ids.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum EmbeddingInput {
+    /// One text.
+    One(String),
+    /// Several texts.
+    Many(Vec<String>),
+    /// One input as token ids.
+    Tokens(Vec<u32>),
+    /// Several inputs as token ids.
+    ManyTokens(Vec<Vec<u32>>),
+}
+
+/// `POST /v1/embeddings` body.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingRequest {
+    /// Model name.
+    pub model: String,
+    /// What to embed.
+    pub input: EmbeddingInput,
+    /// `float` (default) or `base64` (little-endian f32 bytes).
+    #[serde(default)]
+    pub encoding_format: Option<String>,
+    /// Output dimensions; only the model's own is accepted.
+    #[serde(default)]
+    pub dimensions: Option<u32>,
+    /// End-user id (accepted, unused).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Sluice extension: cut inputs longer than the model takes instead of refusing them.
+    #[serde(default)]
+    pub truncate: Option<bool>,
+}
+
+/// One vector as sent: floats, or base64 of little-endian f32.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum EmbeddingVector {
+    /// `encoding_format: float`.
+    Float(Vec<f32>),
+    /// `encoding_format: base64`.
+    Base64(String),
+}
+
+/// One entry of an embeddings response.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct EmbeddingData {
+    /// Always `embedding`.
+    pub object: String,
+    /// Position of the input.
+    pub index: u32,
+    /// The vector.
+    pub embedding: EmbeddingVector,
+}
+
+/// Token counts of an embeddings request.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct EmbeddingUsage {
+    /// Tokens read.
+    pub prompt_tokens: u32,
+    /// Same as `prompt_tokens`.
+    pub total_tokens: u32,
+}
+
+/// `POST /v1/embeddings` response.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct EmbeddingResponse {
+    /// Always `list`.
+    pub object: String,
+    /// One entry per input, in order.
+    pub data: Vec<EmbeddingData>,
+    /// Model name.
+    pub model: String,
+    /// Tokens.
+    pub usage: EmbeddingUsage,
+}

@@ -32,12 +32,19 @@ pub struct GatewayState {
     created: u64,
     governor: Option<sluice_govern::Governor>,
     ledger: Option<Arc<sluice_govern::Ledger>>,
+    embedders: crate::embeddings::Embedders,
 }
 
 impl GatewayState {
     /// The gateway and the states of its in-process engines (which may still be loading).
     pub fn new(gateway: Arc<Gateway>, engines: Vec<AppState>) -> Self {
-        Self { gateway, engines, created: crate::generate::unix_now(), governor: None, ledger: None }
+        Self { gateway, engines, created: crate::generate::unix_now(), governor: None, ledger: None, embedders: Default::default() }
+    }
+
+    /// Serves `/v1/embeddings` with these models (by name).
+    pub fn with_embedders(mut self, embedders: crate::embeddings::Embedders) -> Self {
+        self.embedders = embedders;
+        self
     }
 
     /// Serves usage reports from `ledger` (the gateway itself must be given the matching
@@ -180,6 +187,13 @@ async fn models(State(state): State<GatewayState>) -> impl IntoResponse {
             owned_by: "sluice".into(),
             max_model_len: window.unwrap_or(0),
         })
+        .chain(state.embedders.values().map(|e| ModelCard {
+            id: e.name().to_string(),
+            object: "model".into(),
+            created: state.created,
+            owned_by: "sluice".into(),
+            max_model_len: e.max_tokens() as u32,
+        }))
         .collect();
     axum::Json(ModelList { object: "list".into(), data })
 }
@@ -270,7 +284,8 @@ pub fn gateway_app(state: GatewayState) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .with_state(state.clone())
-        .merge(crate::records_router(state.ledger.clone()));
+        .merge(crate::records_router(state.ledger.clone()))
+        .merge(Router::new().route("/v1/embeddings", post(crate::embeddings::embeddings)).with_state(state.embedders.clone()));
     open.merge(crate::secure(api, state.governor.clone()))
         .fallback(crate::not_found)
         .method_not_allowed_fallback(crate::method_not_allowed)

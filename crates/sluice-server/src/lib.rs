@@ -5,6 +5,7 @@ mod admin;
 pub mod auth;
 mod chat;
 mod completions;
+pub mod embeddings;
 pub mod error;
 mod gateway;
 mod generate;

@@ -26,13 +26,23 @@ pub fn read_body(body: Result<axum::body::Bytes, axum::extract::rejection::Bytes
 /// sampling fields are checked on their own first, because serde loses the field path inside a
 /// flattened struct and we want every error to name its parameter.
 pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value = json_object(bytes)?;
+    from_value::<SamplingFields>(value.clone())?;
+    from_value(value)
+}
+
+/// Parses a JSON object body into `T`, errors naming the parameter.
+pub fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    from_value(json_object(bytes)?)
+}
+
+fn json_object(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("The request body is not valid JSON: {e}")))?;
     if !value.is_object() {
         return Err(ApiError::bad_request("The request body must be a JSON object"));
     }
-    from_value::<SamplingFields>(value.clone())?;
-    from_value(value)
+    Ok(value)
 }
 
 fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {

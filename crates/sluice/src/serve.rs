@@ -35,6 +35,10 @@ pub struct ServeArgs {
     /// Seconds a client has to send its request headers (slow clients are dropped).
     #[arg(long, default_value_t = 10)]
     header_read_timeout: u64,
+    /// An embedding model directory (BERT family, e.g. all-MiniLM-L6-v2) to serve at
+    /// /v1/embeddings under its directory name; may be repeated.
+    #[arg(long)]
+    embedding_model: Vec<PathBuf>,
     /// Address to listen on (default 127.0.0.1, or the config file's).
     #[arg(long)]
     host: Option<String>,
@@ -279,7 +283,38 @@ fn single_model(args: &ServeArgs, model: PathBuf) -> GatewayConfig {
         bootstrap_key: None,
         audit_secret_file: None,
         redaction_patterns: Vec::new(),
+        embeddings: flag_embeddings(args),
     }
+}
+
+/// `--embedding-model DIR`s, named after their directories.
+fn flag_embeddings(args: &ServeArgs) -> Vec<sluice_gateway::config::EmbeddingConfig> {
+    args.embedding_model
+        .iter()
+        .map(|p| sluice_gateway::config::EmbeddingConfig {
+            name: p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "embedding".into()),
+            model_path: p.clone(),
+            threads: args.threads,
+        })
+        .collect()
+}
+
+/// Loads the embedding models (small: they load before the server listens).
+fn start_embedders(cfg: &GatewayConfig, args: &ServeArgs) -> anyhow::Result<sluice_server::embeddings::Embedders> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut all = cfg.embeddings.clone();
+    if args.config.is_some() {
+        all.extend(flag_embeddings(args));
+    }
+    for e in all {
+        let threads = e.threads.or(args.threads).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let model = sluice_model::EmbeddingModel::load(&e.model_path, threads)
+            .with_context(|| format!("cannot load embedding model {} from {}", e.name, e.model_path.display()))?;
+        tracing::info!(model = %e.name, dim = model.dim(), max_tokens = model.max_tokens(), "embedding model loaded");
+        let svc = sluice_retrieval::EmbeddingService::start(model, args.max_waiting, sluice_retrieval::embed::DEFAULT_MAX_BATCH_TOKENS)?;
+        out.insert(e.name, svc);
+    }
+    Ok(Arc::new(out))
 }
 
 async fn shutdown() {
@@ -316,7 +351,7 @@ async fn serve_fleet(args: ServeArgs, cfg: GatewayConfig) -> anyhow::Result<()> 
     }
     let gateway = Arc::new(gateway);
     let engines: Vec<AppState> = to_load.iter().map(|l| l.5.clone()).collect();
-    let mut state = GatewayState::new(gateway.clone(), engines);
+    let mut state = GatewayState::new(gateway.clone(), engines).with_embedders(start_embedders(&cfg, &args)?);
     if let Some((gov, ledger)) = governed {
         state = state.with_governor(gov).with_ledger(ledger);
     }

@@ -14,6 +14,8 @@ pub struct EmbeddingModel {
     tokenizer: tokenizers::Tokenizer,
     /// The directory name (the model's name in the API).
     pub name: String,
+    prefix: Vec<u32>,
+    suffix: Vec<u32>,
 }
 
 impl EmbeddingModel {
@@ -27,13 +29,39 @@ impl EmbeddingModel {
         tokenizer.with_truncation(None).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         tokenizer.with_padding(None);
         let name = dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "embedding".into());
-        Ok(Self { encoder, tokenizer, name })
+        // The special tokens around every input, found by encoding one word with and without them.
+        let tok_err = |e: tokenizers::Error| ModelError::Tokenizer(e.to_string());
+        let with = tokenizer.encode("a", true).map_err(tok_err)?.get_ids().to_vec();
+        let bare = tokenizer.encode("a", false).map_err(tok_err)?.get_ids().to_vec();
+        let at = with.windows(bare.len().max(1)).position(|w| w == bare.as_slice()).unwrap_or(with.len());
+        let (prefix, suffix) = (with[..at].to_vec(), with[(at + bare.len()).min(with.len())..].to_vec());
+        Ok(Self { encoder, tokenizer, name, prefix, suffix })
     }
 
     /// Token ids of `text`, with the model's special tokens ([CLS] … [SEP]).
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self.tokenizer.encode(text, true).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// Token ids of `text` without special tokens, each with its span in characters of `text`.
+    pub fn tokenize_spans(&self, text: &str) -> Result<Vec<(u32, (usize, usize))>> {
+        let enc = self.tokenizer.encode_char_offsets(text, false).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().iter().copied().zip(enc.get_offsets().iter().copied()).collect())
+    }
+
+    /// `ids` between the special tokens every input carries ([CLS] … [SEP]).
+    pub fn wrap(&self, ids: &[u32]) -> Vec<u32> {
+        let mut out = Vec::with_capacity(ids.len() + self.prefix.len() + self.suffix.len());
+        out.extend_from_slice(&self.prefix);
+        out.extend_from_slice(ids);
+        out.extend_from_slice(&self.suffix);
+        out
+    }
+
+    /// Special tokens `wrap` adds.
+    pub fn special_tokens(&self) -> usize {
+        self.prefix.len() + self.suffix.len()
     }
 
     /// The longest input the model takes, in tokens (special tokens included).

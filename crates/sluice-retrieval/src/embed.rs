@@ -10,6 +10,9 @@ use tokio::sync::oneshot;
 
 use crate::error::RetrievalError;
 
+/// The embedding models served, by name.
+pub type Embedders = Arc<std::collections::BTreeMap<String, EmbeddingService>>;
+
 /// Tokens in one forward, at most (bounds the activations: ~6 KiB per token for MiniLM).
 pub const DEFAULT_MAX_BATCH_TOKENS: usize = 8192;
 
@@ -66,6 +69,11 @@ impl EmbeddingService {
             .spawn(move || run(&m, &s, &rx, cap))
             .map_err(|e| RetrievalError::Model(format!("cannot start the embedding thread: {e}")))?;
         Ok(Self { model, tx, stats })
+    }
+
+    /// The model (tokenizer and chunking use it directly).
+    pub fn model(&self) -> &EmbeddingModel {
+        &self.model
     }
 
     /// The model's name.

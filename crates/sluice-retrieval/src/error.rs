@@ -27,6 +27,30 @@ pub enum RetrievalError {
     /// The model failed.
     #[error("embedding model error: {0}")]
     Model(String),
+    /// No such collection or document (for this tenant).
+    #[error("{0}")]
+    NotFound(String),
+    /// The write conflicts with what is stored (an existing name, an older version).
+    #[error("{0}")]
+    Conflict(String),
+    /// The vector index failed.
+    #[error("vector index: {0}")]
+    Index(String),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(String),
+}
+
+impl From<sqlx::Error> for RetrievalError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Store(e.to_string())
+    }
+}
+
+impl From<sluice_store::StoreError> for RetrievalError {
+    fn from(e: sluice_store::StoreError) -> Self {
+        Self::Store(e.to_string())
+    }
 }
 
 impl RetrievalError {
@@ -38,6 +62,10 @@ impl RetrievalError {
             Self::Overloaded => "overloaded",
             Self::Stopped => "embedding_stopped",
             Self::Model(_) => "model_error",
+            Self::NotFound(_) => "not_found",
+            Self::Conflict(_) => "conflict",
+            Self::Index(_) => "index_error",
+            Self::Store(_) => "store_error",
         }
     }
 
@@ -51,7 +79,9 @@ impl RetrievalError {
         match self {
             Self::InputTooLong { .. } | Self::Invalid(_) => 400,
             Self::Overloaded | Self::Stopped => 503,
-            Self::Model(_) => 500,
+            Self::NotFound(_) => 404,
+            Self::Conflict(_) => 409,
+            Self::Model(_) | Self::Index(_) | Self::Store(_) => 500,
         }
     }
 }

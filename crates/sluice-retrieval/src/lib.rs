@@ -1,8 +1,16 @@
-//! Retrieval: the embedding service (batched forwards on their own thread), and — built on it —
-//! chunking, tenant-scoped collections, vector and lexical search with freshness guarantees.
+//! Retrieval: the embedding service (batched forwards on their own thread); token-aware
+//! chunking; tenant-scoped collections with vector (embedded HNSW or pgvector), lexical and
+//! hybrid search, and freshness guarantees (read-your-writes, TTL, max age).
 
+pub mod chunk;
+pub mod collections;
 pub mod embed;
 pub mod error;
+pub mod index;
+pub mod search;
+mod sql;
 
-pub use embed::{EmbeddingService, Embedded};
+pub use collections::{Collection, CollectionSpec, Collections, DocumentInput, Stats, Upserted};
+pub use embed::{Embedded, Embedders, EmbeddingService};
 pub use error::RetrievalError;
+pub use search::{Hit, Mode, Query};

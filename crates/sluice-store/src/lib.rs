@@ -5,7 +5,7 @@
 
 mod audit;
 mod ledger;
-mod migrate;
+pub mod migrate;
 mod tenants;
 #[doc(hidden)]
 pub mod testing;

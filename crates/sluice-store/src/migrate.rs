@@ -18,32 +18,39 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 /// Arbitrary, fixed: "sluice" in ASCII.
 const LOCK_ID: i64 = 0x736c_7569_6365;
 
-async fn applied(conn: &mut AnyConnection) -> Result<i64, StoreError> {
-    let v: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM sluice_migrations").fetch_one(&mut *conn).await?;
-    Ok(v.unwrap_or(0))
+async fn applied(conn: &mut AnyConnection, version: i64) -> Result<bool, StoreError> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sluice_migrations WHERE version = $1").bind(version).fetch_one(&mut *conn).await?;
+    Ok(n > 0)
 }
 
 /// Applies every migration newer than the database.
 pub async fn run(store: &Store) -> Result<(), StoreError> {
+    run_list(store, MIGRATIONS).await
+}
+
+/// Applies the migrations of `list` (version, name, SQL) newer than the database, under the
+/// same lock and bookkeeping as the store's own. Other crates keep their schema this way, in
+/// their own version range, with SQL chosen for the store's backend.
+pub async fn run_list(store: &Store, list: &[(i64, &'static str, &'static str)]) -> Result<(), StoreError> {
     let mut conn = store.pool().acquire().await?;
     if store.backend() == Backend::Postgres {
         sqlx::query("SELECT pg_advisory_lock($1)").bind(LOCK_ID).execute(&mut *conn).await?;
     }
-    let result = apply(&mut conn).await;
+    let result = apply(&mut conn, list).await;
     if store.backend() == Backend::Postgres {
         sqlx::query("SELECT pg_advisory_unlock($1)").bind(LOCK_ID).execute(&mut *conn).await?;
     }
     result
 }
 
-async fn apply(conn: &mut AnyConnection) -> Result<(), StoreError> {
+async fn apply(conn: &mut AnyConnection, list: &[(i64, &'static str, &'static str)]) -> Result<(), StoreError> {
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS sluice_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_ms BIGINT NOT NULL)",
     )
     .execute(&mut *conn)
     .await?;
-    for &(version, name, sql) in MIGRATIONS {
-        if applied(conn).await? >= version {
+    for &(version, name, sql) in list {
+        if applied(conn, version).await? {
             continue;
         }
         let result: Result<(), sqlx::Error> = async {
@@ -60,7 +67,7 @@ async fn apply(conn: &mut AnyConnection) -> Result<(), StoreError> {
         .await;
         match result {
             Ok(()) => tracing::info!(version, name, "migration applied"),
-            Err(_) if applied(conn).await? >= version => {} // another process applied it
+            Err(_) if applied(conn, version).await? => {} // another process applied it
             Err(source) => return Err(StoreError::Migration { version, name, source }),
         }
     }

@@ -216,13 +216,14 @@ impl Collections {
             dim = c.dim,
             id = c.id
         );
-        let mut tx = self.store.pool().begin().await?;
-        // pgvector 0.8: keep scanning the graph until enough rows pass the filters.
-        sqlx::raw_sql(&format!("SET LOCAL hnsw.ef_search = {}; SET LOCAL hnsw.iterative_scan = strict_order", EXPANSION_SEARCH.max(k * 2).min(1000)))
-            .execute(&mut *tx)
-            .await?;
-        let rows = p.bind(&sql).fetch_all(&mut *tx).await?;
-        tx.commit().await?;
+        let mut conn = self.store.pool().acquire().await?;
+        // Session settings of this pooled connection (they only steer HNSW scans): the search
+        // breadth for this k, and pgvector 0.8's iterative scan, which keeps walking the graph
+        // until enough rows pass the filters.
+        let set = format!("SET hnsw.ef_search = {}; SET hnsw.iterative_scan = strict_order", EXPANSION_SEARCH.max(k * 2).min(1000));
+        let conn: &mut sqlx::AnyConnection = &mut conn;
+        sqlx::Executor::execute(&mut *conn, sqlx::raw_sql(&set)).await?;
+        let rows = sqlx::Executor::fetch_all(&mut *conn, p.bind(&sql)).await?;
         rows.iter().map(|r| hit(r, 1.0 - r.try_get::<f64, _>("dist")?, now)).collect()
     }
 
@@ -300,6 +301,13 @@ fn fuse(a: Vec<Hit>, b: Vec<Hit>) -> Vec<Hit> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Compiles only if a query's future may move between threads (axum handlers need it).
+    #[allow(dead_code)]
+    fn query_futures_are_send(c: &'static Collections, q: &'static Query) {
+        fn is_send<T: Send>(_: T) {}
+        is_send(c.query("t", "n", q));
+    }
 
     #[test]
     fn query_words_are_quoted_and_any_may_match() {

@@ -3,9 +3,6 @@
 //! for by default); usage counted. An input longer than the model takes is a 400, unless the
 //! request sets `"truncate": true`.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -18,8 +15,7 @@ use sluice_retrieval::{EmbeddingService, RetrievalError};
 use crate::error::ApiError;
 use crate::params;
 
-/// The embedding models served, by name.
-pub type Embedders = Arc<BTreeMap<String, EmbeddingService>>;
+pub use sluice_retrieval::Embedders;
 
 /// Most inputs in one request (OpenAI's limit).
 const MAX_INPUTS: usize = 2048;
@@ -31,7 +27,10 @@ impl From<RetrievalError> for ApiError {
             RetrievalError::InputTooLong { index, .. } => {
                 ApiError { code: Some("context_length_exceeded"), ..ApiError::invalid(format!("input[{index}]"), message) }
             }
-            RetrievalError::Invalid(_) => ApiError::invalid("input", message),
+            RetrievalError::Invalid(_) => ApiError::bad_request(message),
+            RetrievalError::NotFound(_) => ApiError::not_found(message),
+            RetrievalError::Conflict(_) => ApiError { status: StatusCode::CONFLICT, code: Some("conflict"), ..ApiError::bad_request(message) },
+            RetrievalError::Index(_) | RetrievalError::Store(_) => ApiError::internal(message),
             RetrievalError::Overloaded | RetrievalError::Stopped => ApiError::unavailable(message, 1),
             RetrievalError::Model(_) => ApiError::internal(message),
         }

@@ -33,12 +33,19 @@ pub struct GatewayState {
     governor: Option<sluice_govern::Governor>,
     ledger: Option<Arc<sluice_govern::Ledger>>,
     embedders: crate::embeddings::Embedders,
+    collections: Option<Arc<sluice_retrieval::Collections>>,
 }
 
 impl GatewayState {
     /// The gateway and the states of its in-process engines (which may still be loading).
     pub fn new(gateway: Arc<Gateway>, engines: Vec<AppState>) -> Self {
-        Self { gateway, engines, created: crate::generate::unix_now(), governor: None, ledger: None, embedders: Default::default() }
+        Self { gateway, engines, created: crate::generate::unix_now(), governor: None, ledger: None, embedders: Default::default(), collections: None }
+    }
+
+    /// Serves `/v1/collections` from `collections`.
+    pub fn with_collections(mut self, collections: Arc<sluice_retrieval::Collections>) -> Self {
+        self.collections = Some(collections);
+        self
     }
 
     /// Serves `/v1/embeddings` with these models (by name).
@@ -285,7 +292,8 @@ pub fn gateway_app(state: GatewayState) -> Router {
         .route("/v1/completions", post(completions))
         .with_state(state.clone())
         .merge(crate::records_router(state.ledger.clone()))
-        .merge(Router::new().route("/v1/embeddings", post(crate::embeddings::embeddings)).with_state(state.embedders.clone()));
+        .merge(Router::new().route("/v1/embeddings", post(crate::embeddings::embeddings)).with_state(state.embedders.clone()))
+        .merge(crate::collections::router(state.collections.clone()));
     open.merge(crate::secure(api, state.governor.clone()))
         .fallback(crate::not_found)
         .method_not_allowed_fallback(crate::method_not_allowed)

@@ -4,6 +4,7 @@
 mod admin;
 pub mod auth;
 mod chat;
+mod collections;
 mod completions;
 pub mod embeddings;
 pub mod error;

@@ -39,6 +39,10 @@ pub struct ServeArgs {
     /// /v1/embeddings under its directory name; may be repeated.
     #[arg(long)]
     embedding_model: Vec<PathBuf>,
+    /// Where local state lives: the retrieval store when no --database-url is given
+    /// (DIR/sluice.db) and embedded vector indexes (DIR/index/).
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
     /// Address to listen on (default 127.0.0.1, or the config file's).
     #[arg(long)]
     host: Option<String>,
@@ -351,7 +355,13 @@ async fn serve_fleet(args: ServeArgs, cfg: GatewayConfig) -> anyhow::Result<()> 
     }
     let gateway = Arc::new(gateway);
     let engines: Vec<AppState> = to_load.iter().map(|l| l.5.clone()).collect();
-    let mut state = GatewayState::new(gateway.clone(), engines).with_embedders(start_embedders(&cfg, &args)?);
+    let embedders = start_embedders(&cfg, &args)?;
+    let store = governed.as_ref().map(|(g, _)| g.store().clone());
+    let collections = open_collections(&args, &embedders, store).await?;
+    let mut state = GatewayState::new(gateway.clone(), engines).with_embedders(embedders);
+    if let Some(c) = &collections {
+        state = state.with_collections(c.clone());
+    }
     if let Some((gov, ledger)) = governed {
         state = state.with_governor(gov).with_ledger(ledger);
     }
@@ -383,5 +393,42 @@ async fn serve_fleet(args: ServeArgs, cfg: GatewayConfig) -> anyhow::Result<()> 
         state.set_model(served);
     }
     server.await.context("server task failed")?.context("server error")?;
+    if let Some(c) = collections {
+        c.save_indexes().await.context("cannot save the vector indexes")?;
+    }
     Ok(())
+}
+
+/// Collections, when an embedding model is served: in the store of the API keys, or else in an
+/// SQLite file in the data directory; embedded indexes are saved every 30 s when changed (and
+/// at exit; a stale or missing index is rebuilt from the store on start).
+async fn open_collections(
+    args: &ServeArgs,
+    embedders: &sluice_server::embeddings::Embedders,
+    store: Option<sluice_store::Store>,
+) -> anyhow::Result<Option<Arc<sluice_retrieval::Collections>>> {
+    if embedders.is_empty() {
+        return Ok(None);
+    }
+    let store = match store {
+        Some(s) => s,
+        None => {
+            let url = format!("sqlite://{}", args.data_dir.join("sluice.db").display());
+            sluice_store::Store::open(&url).await.with_context(|| format!("cannot open {url}"))?
+        }
+    };
+    let c = Arc::new(
+        sluice_retrieval::Collections::open(store, embedders.clone(), args.data_dir.join("index")).await.context("cannot open the collections")?,
+    );
+    let saver = c.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+        loop {
+            tick.tick().await;
+            if let Err(e) = saver.save_indexes().await {
+                tracing::warn!(error = %e, "saving vector indexes failed");
+            }
+        }
+    });
+    Ok(Some(c))
 }

@@ -4,6 +4,7 @@
 mod api;
 mod auth;
 mod chaos;
+mod collections;
 mod edges;
 mod errors;
 mod gateway;

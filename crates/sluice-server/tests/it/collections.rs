@@ -1,0 +1,140 @@
+//! `/v1/embeddings` and `/v1/collections` over HTTP behind API keys: the lifecycle of a
+//! collection, errors in OpenAI's shape, and tenants kept apart on every endpoint.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::Request;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use sluice_gateway::Gateway;
+use sluice_govern::{Governor, Role};
+use sluice_retrieval::{Collections, Embedders, EmbeddingService};
+use sluice_server::GatewayState;
+use tower::ServiceExt;
+
+fn embedders() -> Embedders {
+    static E: OnceLock<Embedders> = OnceLock::new();
+    E.get_or_init(|| {
+        let dir = std::env::var_os("SLUICE_MODELS_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"))
+            .join("all-MiniLM-L6-v2");
+        let svc = EmbeddingService::start(sluice_model::EmbeddingModel::load(&dir, 2).unwrap(), 64, 8192).unwrap();
+        Arc::new([("minilm".to_string(), svc)].into_iter().collect())
+    })
+    .clone()
+}
+
+async fn call(app: &Router, method: &str, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {key}"))
+        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+async fn app() -> (Router, String, String) {
+    let store = sluice_store::Store::open(&sluice_store::testing::sqlite_url("http_coll")).await.unwrap();
+    let gov = Governor::new(store.clone());
+    for t in ["a", "b"] {
+        gov.ensure_tenant(t).await.unwrap();
+    }
+    let ka = gov.create_key("a", Role::Member, "", None).await.unwrap().secret;
+    let kb = gov.create_key("b", Role::Member, "", None).await.unwrap().secret;
+    let dir = std::env::temp_dir().join(format!("sluice-http-index-{}-{}", std::process::id(), sluice_store::now_ms()));
+    let collections = Arc::new(Collections::open(store, embedders(), dir).await.unwrap());
+    let toml = "[backends.up]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\n[models.m]\ntargets = [\"up\"]\n";
+    let cfg = sluice_gateway::config::parse("test.toml", toml, &|_| None).unwrap();
+    let gateway = Arc::new(Gateway::new(&cfg, std::collections::HashMap::new()).unwrap());
+    let state = GatewayState::new(gateway, Vec::new()).with_governor(gov).with_embedders(embedders()).with_collections(collections);
+    (sluice_server::gateway_app(state), ka, kb)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_over_http_from_creation_to_deletion() {
+    let (app, ka, _) = app().await;
+    let (s, v) = call(&app, "POST", "/v1/collections", &ka, Some(json!({"name": "kb", "chunk_size": 64, "chunk_overlap": 8}))).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!((v["collection"]["model"].as_str(), v["collection"]["dim"].as_u64()), (Some("minilm"), Some(384)));
+    let (s, _) = call(&app, "POST", "/v1/collections", &ka, Some(json!({"name": "kb"}))).await;
+    assert_eq!(s, 409);
+    let docs = json!({"documents": [
+        {"id": "faq-1", "text": "Refunds are issued within 14 days of a return.", "metadata": {"topic": "billing"}},
+        {"id": "faq-2", "text": "Passwords can be reset from the login page.", "metadata": {"topic": "account"}, "ttl_seconds": 3600}
+    ]});
+    let (s, v) = call(&app, "POST", "/v1/collections/kb/documents", &ka, Some(docs)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data"][0]["version"], 1);
+    let (s, v) = call(&app, "POST", "/v1/collections/kb/query", &ka, Some(json!({"query": "how do I get my money back", "k": 1, "mode": "vector"}))).await;
+    assert_eq!(s, 200, "{v}");
+    let hit = &v["data"][0];
+    assert_eq!((hit["document_id"].as_str(), hit["version"].as_i64(), hit["chunk_index"].as_i64()), (Some("faq-1"), Some(1), Some(0)));
+    assert!(hit["age_seconds"].as_f64().unwrap() >= 0.0 && hit["score"].as_f64().unwrap() > 0.3);
+    let (s, v) = call(&app, "POST", "/v1/collections/kb/query", &ka, Some(json!({"query": "reset password", "filter": {"topic": "account"}}))).await;
+    assert_eq!((s, v["data"][0]["document_id"].as_str()), (200, Some("faq-2")));
+    let (s, v) = call(&app, "GET", "/v1/collections/kb/stats", &ka, None).await;
+    assert_eq!((s, v["stats"]["documents"].as_i64(), v["stats"]["expired"].as_i64()), (200, Some(2), Some(0)));
+    let (s, v) = call(&app, "POST", "/v1/collections/kb/query", &ka, Some(json!({"query": "x", "mode": "fuzzy"}))).await;
+    assert_eq!((s, v["error"]["param"].as_str()), (400, Some("mode")));
+    let (s, v) = call(&app, "POST", "/v1/collections/kb/documents", &ka, Some(json!({"documents": [{"id": "faq-1", "text": "old", "version": 1}]}))).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (409, Some("conflict")));
+    let (s, _) = call(&app, "DELETE", "/v1/collections/kb/documents/faq-1", &ka, None).await;
+    assert_eq!(s, 200);
+    let (_, v) = call(&app, "POST", "/v1/collections/kb/query", &ka, Some(json!({"query": "refunds within 14 days", "k": 5}))).await;
+    assert!(v["data"].as_array().unwrap().iter().all(|h| h["document_id"] != "faq-1"));
+    let (s, _) = call(&app, "DELETE", "/v1/collections/kb", &ka, None).await;
+    assert_eq!(s, 200);
+    let (_, v) = call(&app, "GET", "/v1/collections", &ka, None).await;
+    assert_eq!(v["data"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenants_collection_does_not_exist_on_any_endpoint() {
+    let (app, ka, kb) = app().await;
+    call(&app, "POST", "/v1/collections", &ka, Some(json!({"name": "private"}))).await;
+    let (s, _) = call(&app, "POST", "/v1/collections/private/documents", &ka, Some(json!({"documents": [{"id": "d", "text": "secret plans"}]}))).await;
+    assert_eq!(s, 200);
+    let never = call(&app, "GET", "/v1/collections/never-made", &kb, None).await;
+    assert_eq!((never.0, never.1["error"]["code"].as_str()), (404, Some("not_found")));
+    let calls: [(&str, &str, Option<Value>); 6] = [
+        ("GET", "/v1/collections/private", None),
+        ("GET", "/v1/collections/private/stats", None),
+        ("POST", "/v1/collections/private/query", Some(json!({"query": "secret plans"}))),
+        ("POST", "/v1/collections/private/documents", Some(json!({"documents": [{"id": "d", "text": "overwrite"}]}))),
+        ("DELETE", "/v1/collections/private/documents/d", None),
+        ("DELETE", "/v1/collections/private", None),
+    ];
+    for (method, path, body) in calls {
+        let (s, v) = call(&app, method, path, &kb, body).await;
+        assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")), "{method} {path}: {v}");
+    }
+    let (_, v) = call(&app, "GET", "/v1/collections", &kb, None).await;
+    assert_eq!(v["data"].as_array().unwrap().len(), 0);
+    // Still there, untouched, for its owner.
+    let (s, v) = call(&app, "POST", "/v1/collections/private/query", &ka, Some(json!({"query": "secret plans", "k": 1}))).await;
+    assert_eq!((s, v["data"][0]["text"].as_str()), (200, Some("secret plans")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_need_a_key_and_name_bad_inputs() {
+    let (app, ka, _) = app().await;
+    let (s, _) = call(&app, "POST", "/v1/embeddings", "sk-wrong", Some(json!({"model": "minilm", "input": "x"}))).await;
+    assert_eq!(s, 401);
+    let (s, v) = call(&app, "POST", "/v1/embeddings", &ka, Some(json!({"model": "minilm", "input": ["a", "b"]}))).await;
+    assert_eq!((s, v["data"].as_array().unwrap().len()), (200, 2));
+    let (s, v) = call(&app, "POST", "/v1/embeddings", &ka, Some(json!({"model": "minilm", "input": []}))).await;
+    assert_eq!((s, v["error"]["param"].as_str()), (400, Some("input")));
+    let (s, v) = call(&app, "POST", "/v1/embeddings", &ka, Some(json!({"model": "minilm", "input": "x", "encoding_format": "hex"}))).await;
+    assert_eq!((s, v["error"]["param"].as_str()), (400, Some("encoding_format")));
+    let (s, v) = call(&app, "POST", "/v1/embeddings", &ka, Some(json!({"model": "minilm", "input": 5}))).await;
+    assert_eq!((s, v["error"]["param"].as_str()), (400, Some("input")), "{v}");
+}

@@ -74,6 +74,31 @@ pub struct DocumentInput {
     pub ttl_ms: Option<i64>,
 }
 
+/// A document with its chunks and their vectors, ready to write.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The document.
+    pub doc: DocumentInput,
+    /// Its chunks (their `ids` may be empty).
+    pub chunks: Vec<crate::chunk::Chunk>,
+    /// One vector per chunk.
+    pub vectors: Vec<Vec<f32>>,
+}
+
+fn check_documents<'a>(docs: impl Iterator<Item = &'a DocumentInput>) -> Result<(), RetrievalError> {
+    let mut seen = std::collections::HashSet::new();
+    for d in docs {
+        valid_name("document id", &d.id)?;
+        if d.text.trim().is_empty() {
+            return Err(RetrievalError::Invalid(format!("document {:?} has no text", d.id)));
+        }
+        if !seen.insert(d.id.as_str()) {
+            return Err(RetrievalError::Invalid(format!("document {:?} appears twice", d.id)));
+        }
+    }
+    Ok(())
+}
+
 /// What an upsert stored.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Upserted {
@@ -123,7 +148,7 @@ pub struct Collections {
     pub(crate) embedders: Embedders,
     /// Where embedded indexes are kept (SQLite).
     index_dir: PathBuf,
-    pub(crate) indexes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Loaded>>>>>,
+    pub(crate) indexes: Mutex<HashMap<String, Arc<tokio::sync::RwLock<Option<Loaded>>>>>,
 }
 
 impl std::fmt::Debug for Collections {
@@ -283,7 +308,7 @@ impl Collections {
     pub async fn delete(&self, tenant: &str, name: &str) -> Result<(), RetrievalError> {
         let c = self.get(tenant, name).await?;
         let slot = self.slot(&c.id);
-        let mut guard = slot.lock().await;
+        let mut guard = slot.write().await;
         let mut tx = self.store.pool().begin().await?;
         for sql in ["DELETE FROM chunks WHERE collection_id = $1", "DELETE FROM documents WHERE collection_id = $1", "DELETE FROM collections WHERE id = $1"] {
             sqlx::query(sql).bind(&c.id).execute(&mut *tx).await?;
@@ -302,7 +327,7 @@ impl Collections {
     }
 
     /// The lock and loaded index of a collection.
-    pub(crate) fn slot(&self, id: &str) -> Arc<tokio::sync::Mutex<Option<Loaded>>> {
+    pub(crate) fn slot(&self, id: &str) -> Arc<tokio::sync::RwLock<Option<Loaded>>> {
         let mut map = self.indexes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         map.entry(id.to_string()).or_default().clone()
     }
@@ -312,25 +337,42 @@ impl Collections {
     pub async fn upsert(&self, tenant: &str, name: &str, docs: Vec<DocumentInput>) -> Result<Vec<Upserted>, RetrievalError> {
         let c = self.get(tenant, name).await?;
         let svc = self.embedders.get(&c.model).ok_or_else(|| RetrievalError::Invalid(format!("the embedding model {:?} is not served", c.model)))?;
-        let mut seen = std::collections::HashSet::new();
-        for d in &docs {
-            valid_name("document id", &d.id)?;
-            if d.text.trim().is_empty() {
-                return Err(RetrievalError::Invalid(format!("document {:?} has no text", d.id)));
-            }
-            if !seen.insert(d.id.as_str()) {
-                return Err(RetrievalError::Invalid(format!("document {:?} appears twice", d.id)));
-            }
-        }
-        // Chunk and embed outside the write lock: it is the slow part.
-        let mut prepared = Vec::with_capacity(docs.len());
+        check_documents(docs.iter())?;
+        // Chunk and embed outside the write lock (the slow part), every chunk of every
+        // document in one call: the service packs them into as few forwards as it can.
+        let mut chunked = Vec::with_capacity(docs.len());
         for d in docs {
             let chunks = crate::chunk::chunk(svc.model(), &d.text, c.chunk_size, c.chunk_overlap)?;
-            let vectors = svc.embed_ids(chunks.iter().map(|ch| ch.ids.clone()).collect(), false).await?.vectors;
-            prepared.push((d, chunks, vectors));
+            chunked.push((d, chunks));
         }
+        let ids: Vec<Vec<u32>> = chunked.iter().flat_map(|(_, ch)| ch.iter().map(|c| c.ids.clone())).collect();
+        let mut vectors = svc.embed_ids(ids, false).await?.vectors.into_iter();
+        let prepared = chunked
+            .into_iter()
+            .map(|(doc, chunks)| {
+                let v = vectors.by_ref().take(chunks.len()).collect();
+                Prepared { doc, chunks, vectors: v }
+            })
+            .collect();
+        self.write(&c, prepared).await
+    }
+
+    /// Upserts documents whose chunks are already embedded (vectors from elsewhere, of the
+    /// collection's dimension), as `upsert` does otherwise.
+    pub async fn upsert_embedded(&self, tenant: &str, name: &str, docs: Vec<Prepared>) -> Result<Vec<Upserted>, RetrievalError> {
+        let c = self.get(tenant, name).await?;
+        check_documents(docs.iter().map(|p| &p.doc))?;
+        for p in &docs {
+            if p.chunks.is_empty() || p.chunks.len() != p.vectors.len() || p.vectors.iter().any(|v| v.len() != c.dim) {
+                return Err(RetrievalError::Invalid(format!("document {:?}: one {}-dimensional vector per chunk", p.doc.id, c.dim)));
+            }
+        }
+        self.write(&c, docs).await
+    }
+
+    async fn write(&self, c: &Collection, prepared: Vec<Prepared>) -> Result<Vec<Upserted>, RetrievalError> {
         let slot = self.slot(&c.id);
-        let mut loaded = slot.lock().await;
+        let mut loaded = slot.write().await;
         let now = sluice_store::now_ms();
         let mut tx = self.store.pool().begin().await?;
         // The generation bump comes first: it takes the collection's write lock in the database.
@@ -338,11 +380,11 @@ impl Collections {
             .bind(&c.id)
             .fetch_one(&mut *tx)
             .await?;
-        let total: i64 = prepared.iter().map(|p| p.1.len() as i64).sum();
+        let total: i64 = prepared.iter().map(|p| p.chunks.len() as i64).sum();
         let next: i64 = sqlx::query_scalar("UPDATE retrieval_seq SET next = next + $1 WHERE id = 1 RETURNING next").bind(total).fetch_one(&mut *tx).await?;
         let mut chunk_id = next - total;
         let (mut removed, mut added, mut out) = (Vec::new(), Vec::new(), Vec::new());
-        for (d, chunks, vectors) in &prepared {
+        for Prepared { doc: d, chunks, vectors } in &prepared {
             let stored: Option<i64> = sqlx::query_scalar("SELECT version FROM documents WHERE collection_id = $1 AND doc_id = $2")
                 .bind(&c.id)
                 .bind(&d.id)
@@ -416,7 +458,7 @@ impl Collections {
         }
         tx.commit().await?;
         if !self.is_postgres() {
-            self.apply_to_index(&c, &mut loaded, generation, &removed, &added).await?;
+            self.apply_to_index(c, &mut loaded, generation, &removed, &added).await?;
         }
         Ok(out)
     }
@@ -425,7 +467,7 @@ impl Collections {
     pub async fn delete_document(&self, tenant: &str, name: &str, doc_id: &str) -> Result<(), RetrievalError> {
         let c = self.get(tenant, name).await?;
         let slot = self.slot(&c.id);
-        let mut loaded = slot.lock().await;
+        let mut loaded = slot.write().await;
         let mut tx = self.store.pool().begin().await?;
         let generation: i64 = sqlx::query_scalar("UPDATE collections SET generation = generation + 1 WHERE id = $1 RETURNING generation")
             .bind(&c.id)
@@ -466,6 +508,20 @@ impl Collections {
             _ => *loaded = Some(self.rebuild(c, generation).await?),
         }
         Ok(())
+    }
+
+    /// The embedded index of `c`, current, shared with other readers.
+    pub(crate) async fn read_index(&self, c: &Collection) -> Result<tokio::sync::OwnedRwLockReadGuard<Option<Loaded>>, RetrievalError> {
+        let slot = self.slot(&c.id);
+        let generation: i64 = sqlx::query_scalar("SELECT generation FROM collections WHERE id = $1").bind(&c.id).fetch_one(self.store.pool()).await?;
+        let guard = slot.clone().read_owned().await;
+        if guard.as_ref().is_some_and(|l| l.generation == generation) {
+            return Ok(guard);
+        }
+        drop(guard);
+        let mut w = slot.clone().write_owned().await;
+        self.ensure_index(c, &mut w).await?;
+        Ok(w.downgrade())
     }
 
     /// The embedded index of `c` at its current generation: as loaded, from its file, or
@@ -510,11 +566,11 @@ impl Collections {
 
     /// Saves every loaded embedded index whose file is behind (call periodically and at exit).
     pub async fn save_indexes(&self) -> Result<usize, RetrievalError> {
-        let slots: Vec<(String, Arc<tokio::sync::Mutex<Option<Loaded>>>)> =
+        let slots: Vec<(String, Arc<tokio::sync::RwLock<Option<Loaded>>>)> =
             self.indexes.lock().map_err(|e| RetrievalError::Index(e.to_string()))?.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut saved = 0;
         for (id, slot) in slots {
-            let guard = slot.lock().await;
+            let guard = slot.read().await;
             if let Some(l) = guard.as_ref() {
                 let path = self.index_path(&id);
                 let on_disk = std::fs::read_to_string(path.with_extension("generation")).ok().and_then(|s| s.trim().parse::<i64>().ok());
@@ -552,10 +608,7 @@ impl Collections {
         let index_vectors = if self.is_postgres() {
             None
         } else {
-            let slot = self.slot(&c.id);
-            let mut loaded = slot.lock().await;
-            self.ensure_index(&c, &mut loaded).await?;
-            loaded.as_ref().map(|l| l.vectors.len())
+            self.read_index(&c).await?.as_ref().map(|l| l.vectors.len())
         };
         Ok(Stats { documents: r.try_get("documents")?, chunks, expired: r.try_get("expired")?, oldest, index_vectors })
     }

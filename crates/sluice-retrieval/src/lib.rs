@@ -10,7 +10,7 @@ pub mod index;
 pub mod search;
 mod sql;
 
-pub use collections::{Collection, CollectionSpec, Collections, DocumentInput, Stats, Upserted};
+pub use collections::{Collection, CollectionSpec, Collections, DocumentInput, Prepared, Stats, Upserted};
 pub use embed::{Embedded, Embedders, EmbeddingService};
 pub use error::RetrievalError;
 pub use search::{Hit, Mode, Query};

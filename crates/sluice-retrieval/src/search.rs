@@ -52,6 +52,8 @@ pub struct Query {
     pub filter: Map<String, Json>,
     /// Only documents updated within this many milliseconds.
     pub max_age_ms: Option<i64>,
+    /// A query vector to use instead of embedding `text` (which lexical search still uses).
+    pub vector: Option<Vec<f32>>,
 }
 
 /// One result: a chunk of a document's current version.
@@ -114,7 +116,12 @@ impl Collections {
         let lexical = matches!(q.mode, Mode::Lexical | Mode::Hybrid);
         // Hybrid fuses deeper lists than it returns.
         let depth = if q.mode == Mode::Hybrid { (q.k * 2).max(20) } else { q.k };
-        let embedding = if vector {
+        if let Some(v) = q.vector.as_ref().filter(|v| v.len() != c.dim) {
+            return Err(RetrievalError::Invalid(format!("a {}-dimensional query vector for a {}-dimensional collection", v.len(), c.dim)));
+        }
+        let embedding = if let (true, Some(v)) = (vector, &q.vector) {
+            Some(v.clone())
+        } else if vector {
             let svc = self.embedders.get(&c.model).ok_or_else(|| RetrievalError::Invalid(format!("the embedding model {:?} is not served", c.model)))?;
             Some(svc.embed_texts(std::slice::from_ref(&q.text), true).await?.vectors.remove(0))
         } else {
@@ -179,9 +186,7 @@ impl Collections {
     }
 
     async fn vector_embedded(&self, c: &Collection, e: &[f32], q: &Query, k: usize, now: i64) -> Result<Vec<Hit>, RetrievalError> {
-        let slot = self.slot(&c.id);
-        let mut loaded = slot.lock().await;
-        self.ensure_index(c, &mut loaded).await?;
+        let loaded = self.read_index(c).await?;
         let Some(l) = loaded.as_ref() else { return Ok(Vec::new()) };
         let total = l.vectors.len();
         let mut n = (k * 4).max(40).min(total.max(1));
@@ -331,6 +336,7 @@ mod tests {
         };
         let fused = fuse(vec![h("a"), h("b"), h("c")], vec![h("c"), h("b"), h("d")]);
         let order: Vec<&str> = fused.iter().map(|h| h.document_id.as_str()).collect();
-        assert_eq!(order, ["b", "c", "a", "d"]);
+        // c: 1/63 + 1/61 edges out b: 2/62; both beat a (one list) and d (one list, lower).
+        assert_eq!(order, ["c", "b", "a", "d"]);
     }
 }

@@ -145,6 +145,8 @@ struct QueryBody {
     filter: Option<Map<String, Value>>,
     #[serde(default)]
     max_age_seconds: Option<f64>,
+    #[serde(default)]
+    vector: Option<Vec<f32>>,
 }
 
 async fn query(State(c): Coll, p: Caller, Path(name): Path<String>, b: Result<Bytes, BytesRejection>) -> Result<Json<Value>, ApiError> {
@@ -157,7 +159,7 @@ async fn query(State(c): Coll, p: Caller, Path(name): Path<String>, b: Result<By
     if b.max_age_seconds.is_some_and(|a| !(a > 0.0 && a.is_finite())) {
         return Err(ApiError::invalid("max_age_seconds", "`max_age_seconds` must be a positive number"));
     }
-    let q = Query { text: b.query, k: b.k.unwrap_or(10), mode, filter: b.filter.unwrap_or_default(), max_age_ms: b.max_age_seconds.map(|a| (a * 1e3) as i64) };
+    let q = Query { text: b.query, k: b.k.unwrap_or(10), mode, filter: b.filter.unwrap_or_default(), max_age_ms: b.max_age_seconds.map(|a| (a * 1e3) as i64), vector: b.vector };
     let hits = c.query(&tenant, &name, &q).await?;
     Ok(Json(json!({"object": "list", "data": hits})))
 }

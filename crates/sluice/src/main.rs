@@ -4,6 +4,7 @@ mod audit;
 mod bench;
 mod bench_gateway;
 mod bench_model;
+mod ingest;
 mod keys;
 mod serve;
 mod usage;
@@ -37,6 +38,8 @@ enum Command {
     Usage(usage::UsageArgs),
     /// Verify the tamper-evident audit trail, or export it.
     Audit(audit::AuditArgs),
+    /// Send files to a running server's collection (chunked and embedded there).
+    Ingest(ingest::IngestArgs),
     /// Check a configuration file without serving.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -73,6 +76,7 @@ fn main() -> anyhow::Result<()> {
         Command::Config(ConfigCommand::Check { file }) => serve::check_config(&file),
         Command::Keys(args) => rt.block_on(keys::run(args)),
         Command::Usage(args) => rt.block_on(usage::run(args)),
+        Command::Ingest(args) => rt.block_on(ingest::run(args)),
         Command::Audit(args) => {
             if rt.block_on(audit::run(args))? {
                 Ok(())

@@ -15,8 +15,8 @@ use serde::Deserialize;
 use crate::error::{ModelError, Result};
 use crate::hf::SafetensorsSource;
 use crate::model::TensorSource;
-use crate::quant::{self, Isa};
-use crate::weights::{QMatrix, matmul};
+use crate::sgemm::sgemm_nt;
+use crate::weights::QMatrix;
 
 /// The `config.json` fields of a BERT encoder.
 #[derive(Debug, Clone, Deserialize)]
@@ -59,23 +59,32 @@ fn default_act() -> String {
     "gelu".into()
 }
 
+/// A dense layer, its weights decoded to f32 once at load (encoders are small; the product
+/// then runs on register-tiled f32 kernels).
 struct Linear {
-    w: QMatrix,
+    w: Vec<f32>,
+    rows: usize,
+    cols: usize,
     b: Vec<f32>,
 }
 
 impl Linear {
     fn load(src: &dyn TensorSource, name: &str, rows: usize, cols: usize) -> Result<Self> {
-        Ok(Self { w: src.matrix(&format!("{name}.weight"), rows, cols)?, b: src.vector(&format!("{name}.bias"), rows)? })
+        let m = src.matrix(&format!("{name}.weight"), rows, cols)?;
+        let mut w = vec![0f32; rows * cols];
+        for (r, row) in w.chunks_exact_mut(cols).enumerate() {
+            m.dequantize_row(r, row);
+        }
+        Ok(Self { w, rows, cols, b: src.vector(&format!("{name}.bias"), rows)? })
     }
 
     /// `x · Wᵀ + b` for every row of `x`.
-    fn apply(&self, isa: Isa, x: &[f32], out: &mut Vec<f32>) {
-        let n = x.len() / self.w.cols;
+    fn apply(&self, x: &[f32], out: &mut Vec<f32>) {
+        let n = x.len() / self.cols;
         out.clear();
-        out.resize(n * self.w.rows, 0.0);
-        matmul(isa, &self.w, x, out);
-        for row in out.chunks_exact_mut(self.w.rows) {
+        out.resize(n * self.rows, 0.0);
+        sgemm_nt(&self.w, x, self.cols, out);
+        for row in out.chunks_exact_mut(self.rows) {
             for (v, b) in row.iter_mut().zip(&self.b) {
                 *v += b;
             }
@@ -126,7 +135,6 @@ pub struct BertEncoder {
     token_type0: Vec<f32>,
     emb_norm: LayerNorm,
     layers: Vec<Layer>,
-    isa: Isa,
     pool: Arc<rayon::ThreadPool>,
 }
 
@@ -191,7 +199,6 @@ impl BertEncoder {
             token_type0,
             emb_norm: LayerNorm::load(&src, "embeddings.LayerNorm", h)?,
             layers,
-            isa: quant::detect_isa(),
             pool: Arc::new(pool),
             cfg,
         })
@@ -241,16 +248,16 @@ impl BertEncoder {
         self.emb_norm.apply(&mut x, eps);
         let (mut q, mut k, mut v, mut ctx, mut tmp, mut ff) = (Vec::new(), Vec::new(), Vec::new(), vec![0f32; total * h], Vec::new(), Vec::new());
         for l in &self.layers {
-            l.q.apply(self.isa, &x, &mut q);
-            l.k.apply(self.isa, &x, &mut k);
-            l.v.apply(self.isa, &x, &mut v);
+            l.q.apply(&x, &mut q);
+            l.k.apply(&x, &mut k);
+            l.v.apply(&x, &mut v);
             self.attention(&spans, &q, &k, &v, &mut ctx);
-            l.attn_out.apply(self.isa, &ctx, &mut tmp);
+            l.attn_out.apply(&ctx, &mut tmp);
             x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
             l.attn_norm.apply(&mut x, eps);
-            l.ffn_in.apply(self.isa, &x, &mut ff);
+            l.ffn_in.apply(&x, &mut ff);
             ff.par_chunks_mut(4096).for_each(|c| c.iter_mut().for_each(|v| *v = gelu_erf(*v)));
-            l.ffn_out.apply(self.isa, &ff, &mut tmp);
+            l.ffn_out.apply(&ff, &mut tmp);
             x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
             l.ffn_norm.apply(&mut x, eps);
         }

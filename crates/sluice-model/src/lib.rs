@@ -14,6 +14,7 @@ pub mod layers;
 pub mod loader;
 pub mod model;
 pub mod quant;
+pub mod sgemm;
 pub mod tokenizer;
 pub mod weights;
 

@@ -77,7 +77,7 @@ impl QMatrix {
 
 /// A raw pointer that tasks writing disjoint elements of one output buffer may share.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(crate) struct OutPtr(pub(crate) *mut f32);
 // SAFETY: every task writes a disjoint set of indices (its own band of output columns).
 unsafe impl Send for OutPtr {}
 // SAFETY: as above.
@@ -85,7 +85,7 @@ unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
     /// Element `i` (a method, so closures capture the whole `Send` wrapper).
-    fn at(self, i: usize) -> *mut f32 {
+    pub(crate) fn at(self, i: usize) -> *mut f32 {
         // SAFETY: callers stay inside the buffer the pointer came from.
         unsafe { self.0.add(i) }
     }

@@ -127,12 +127,17 @@ impl Collections {
         } else {
             None
         };
-        let by_vector = match &embedding {
-            Some(e) if self.is_postgres() => self.vector_pg(&c, e, q, depth, now).await?,
-            Some(e) => self.vector_embedded(&c, e, q, depth, now).await?,
-            None => Vec::new(),
+        // The two searches run side by side: a hybrid query takes as long as the slower one.
+        let vector_search = async {
+            match &embedding {
+                Some(e) if self.is_postgres() => self.vector_pg(&c, e, q, depth, now).await,
+                Some(e) => self.vector_embedded(&c, e, q, depth, now).await,
+                None => Ok(Vec::new()),
+            }
         };
-        let by_words = if lexical { self.lexical(&c, q, depth, now).await? } else { Vec::new() };
+        let lexical_search = async { if lexical { self.lexical(&c, q, depth, now).await } else { Ok(Vec::new()) } };
+        let (by_vector, by_words) = tokio::join!(vector_search, lexical_search);
+        let (by_vector, by_words) = (by_vector?, by_words?);
         let mut hits = match q.mode {
             Mode::Vector => by_vector,
             Mode::Lexical => by_words,

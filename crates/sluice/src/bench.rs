@@ -212,7 +212,7 @@ async fn one(client: &reqwest::Client, args: &BenchArgs, w: &Work) -> Outcome {
     out
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

@@ -4,6 +4,7 @@ mod audit;
 mod bench;
 mod bench_gateway;
 mod bench_model;
+mod bench_retrieval;
 mod ingest;
 mod keys;
 mod serve;
@@ -50,6 +51,8 @@ enum Command {
     BenchModel(bench_model::BenchModelArgs),
     /// Load-test any OpenAI-compatible server (throughput, TTFT, TPOT, ITL, goodput).
     Bench(bench::BenchArgs),
+    /// Query latency and recall of collections at scale, embedded index and pgvector side by side.
+    BenchRetrieval(bench_retrieval::BenchRetrievalArgs),
     /// Measure the latency and throughput a gateway adds in front of an upstream.
     BenchGateway(bench_gateway::BenchGatewayArgs),
 }
@@ -88,6 +91,7 @@ fn main() -> anyhow::Result<()> {
         Command::BenchModel(_) => Ok(()),
         Command::Bench(args) => rt.block_on(bench::run(args)),
         Command::BenchGateway(args) => rt.block_on(bench_gateway::run(args)),
+        Command::BenchRetrieval(args) => rt.block_on(bench_retrieval::run(args)),
     }
 }
 

@@ -84,16 +84,31 @@ const RRF_K: f64 = 60.0;
 /// Most results a query may ask for.
 pub const MAX_K: usize = 1000;
 
-/// Words of a query as an FTS5 expression: each quoted, any may match.
-fn fts5_query(text: &str) -> Option<String> {
-    let words: Vec<String> = text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(|w| format!("\"{}\"", w.to_lowercase())).collect();
-    (!words.is_empty()).then(|| words.join(" OR "))
+/// A chunk count above which a query word is common: it is left out of the lexical query when
+/// rarer words remain (its BM25 weight is small, and ranking its long posting list is what
+/// makes lexical search slow on large collections).
+const COMMON_WORD_CHUNKS: i64 = 1000;
+
+/// The words of a query, lowercased, each once, in order.
+fn words(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for w in text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
+        let w = w.to_lowercase();
+        if !out.contains(&w) {
+            out.push(w);
+        }
+    }
+    out
 }
 
-/// Words of a query as a PostgreSQL tsquery: any may match.
-fn tsquery(text: &str) -> Option<String> {
-    let words: Vec<String> = text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(|w| format!("'{}'", w.to_lowercase())).collect();
-    (!words.is_empty()).then(|| words.join(" | "))
+/// Words as an FTS5 expression: each quoted, any may match.
+fn fts5_query(words: &[String]) -> Option<String> {
+    (!words.is_empty()).then(|| words.iter().map(|w| format!("\"{w}\"")).collect::<Vec<_>>().join(" OR "))
+}
+
+/// Words as a PostgreSQL tsquery: any may match.
+fn tsquery(words: &[String]) -> Option<String> {
+    (!words.is_empty()).then(|| words.iter().map(|w| format!("'{w}'")).collect::<Vec<_>>().join(" | "))
 }
 
 impl Collections {
@@ -172,7 +187,8 @@ impl Collections {
         sql
     }
 
-    /// Rows of the given chunks that pass the conditions, keyed by chunk id.
+    /// Rows of the given chunks that pass the conditions, keyed by chunk id (SQLite: the
+    /// unary `+` keeps the planner on the chunk-id lookups instead of scanning the collection).
     async fn live_rows(&self, c: &Collection, ids: &[i64], q: &Query, now: i64) -> Result<HashMap<i64, Hit>, RetrievalError> {
         if ids.is_empty() {
             return Ok(HashMap::new());
@@ -184,7 +200,7 @@ impl Collections {
         let sql = format!(
             "SELECT c.chunk_id, c.doc_id, c.version, c.idx, c.start_char, c.end_char, c.text, d.metadata, d.updated_ms \
              FROM chunks c JOIN documents d ON d.collection_id = c.collection_id AND d.doc_id = c.doc_id AND d.version = c.version \
-             WHERE c.collection_id = {coll} AND c.chunk_id IN ({list}){cond}"
+             WHERE c.chunk_id IN ({list}) AND +c.collection_id = {coll}{cond}"
         );
         let rows = p.bind(&sql).fetch_all(self.store.pool()).await?;
         rows.iter().map(|r| Ok((r.try_get::<i64, _>("chunk_id")?, hit(r, 0.0, now)?))).collect()
@@ -237,9 +253,38 @@ impl Collections {
         rows.iter().map(|r| hit(r, 1.0 - r.try_get::<f64, _>("dist")?, now)).collect()
     }
 
+    /// The query's words without the common ones (see `COMMON_WORD_CHUNKS`), unless all are.
+    async fn discriminative_words(&self, c: &Collection, text: &str) -> Result<Vec<String>, RetrievalError> {
+        let all = words(text);
+        let mut rare = Vec::new();
+        for w in &all {
+            // Counting stops at the threshold: bounded work however common the word is.
+            let n: i64 = if self.is_postgres() {
+                sqlx::query_scalar("SELECT COUNT(*) FROM (SELECT 1 FROM chunks WHERE collection_id = $1 AND tsv @@ to_tsquery('simple', $2) LIMIT $3) s")
+                    .bind(&c.id)
+                    .bind(format!("'{w}'"))
+                    .bind(COMMON_WORD_CHUNKS + 1)
+                    .fetch_one(self.store.pool())
+                    .await?
+            } else {
+                sqlx::query_scalar("SELECT COUNT(*) FROM (SELECT 1 FROM chunks_fts WHERE chunks_fts MATCH $1 AND collection_id = $2 LIMIT $3)")
+                    .bind(format!("\"{w}\""))
+                    .bind(&c.id)
+                    .bind(COMMON_WORD_CHUNKS + 1)
+                    .fetch_one(self.store.pool())
+                    .await?
+            };
+            if n <= COMMON_WORD_CHUNKS {
+                rare.push(w.clone());
+            }
+        }
+        Ok(if rare.is_empty() { all } else { rare })
+    }
+
     async fn lexical(&self, c: &Collection, q: &Query, k: usize, now: i64) -> Result<Vec<Hit>, RetrievalError> {
+        let words = self.discriminative_words(c, &q.text).await?;
         if self.is_postgres() {
-            let Some(tq) = tsquery(&q.text) else { return Ok(Vec::new()) };
+            let Some(tq) = tsquery(&words) else { return Ok(Vec::new()) };
             let mut p = Params::default();
             let tq = p.push(Value::Text(tq));
             let coll = p.push(Value::Text(c.id.clone()));
@@ -254,7 +299,7 @@ impl Collections {
             let rows = p.bind(&sql).fetch_all(self.store.pool()).await?;
             return rows.iter().map(|r| hit(r, r.try_get::<f64, _>("s")?, now)).collect();
         }
-        let Some(m) = fts5_query(&q.text) else { return Ok(Vec::new()) };
+        let Some(m) = fts5_query(&words) else { return Ok(Vec::new()) };
         let mut n = (k * 4).max(40);
         loop {
             let rows = sqlx::query("SELECT rowid, bm25(chunks_fts) AS s FROM chunks_fts WHERE chunks_fts MATCH $1 AND collection_id = $2 ORDER BY s LIMIT $3")
@@ -321,9 +366,9 @@ mod tests {
 
     #[test]
     fn query_words_are_quoted_and_any_may_match() {
-        assert_eq!(fts5_query("Hello, \"world\" OR-not").as_deref(), Some("\"hello\" OR \"world\" OR \"or\" OR \"not\""));
-        assert_eq!(fts5_query(" ,; "), None);
-        assert_eq!(tsquery("it's fine").as_deref(), Some("'it' | 's' | 'fine'"));
+        assert_eq!(fts5_query(&words("Hello, \"world\" OR-not hello")).as_deref(), Some("\"hello\" OR \"world\" OR \"or\" OR \"not\""));
+        assert_eq!(fts5_query(&words(" ,; ")), None);
+        assert_eq!(tsquery(&words("it's fine")).as_deref(), Some("'it' | 's' | 'fine'"));
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub struct BenchRetrievalArgs {
     /// Chunks in the collection.
     #[arg(long, default_value_t = 100_000)]
     chunks: usize,
+    /// Topic clusters in the corpus (fewer topics: larger clusters, harder nearest-neighbour search).
+    #[arg(long, default_value_t = 1000)]
+    topics: usize,
     /// Queries per mode.
     #[arg(long, default_value_t = 1000)]
     queries: usize,
@@ -49,7 +52,6 @@ pub struct BenchRetrievalArgs {
 }
 
 const DIM: usize = 384;
-const TOPICS: usize = 1000;
 const VOCAB: usize = 20_000;
 
 fn gaussian(rng: &mut StdRng) -> f32 {
@@ -85,9 +87,9 @@ struct Corpus {
     queries: Vec<(Vec<f32>, String)>,
 }
 
-fn corpus(n: usize, q: usize) -> Corpus {
+fn corpus(n: usize, q: usize, n_topics: usize) -> Corpus {
     let mut rng = StdRng::seed_from_u64(7);
-    let centroids: Vec<Vec<f32>> = (0..TOPICS)
+    let centroids: Vec<Vec<f32>> = (0..n_topics)
         .map(|_| {
             let mut c: Vec<f32> = (0..DIM).map(|_| gaussian(&mut rng)).collect();
             normalize(&mut c);
@@ -97,12 +99,12 @@ fn corpus(n: usize, q: usize) -> Corpus {
     // Per-dimension noise of 0.06 puts a point at cosine ~0.75 from its centroid, ~0.55 from
     // its topic's other points: near neighbours are close, but not trivially so.
     let spread = 0.06;
-    let topics: Vec<usize> = (0..n).map(|_| rng.random_range(0..TOPICS)).collect();
+    let topics: Vec<usize> = (0..n).map(|_| rng.random_range(0..n_topics)).collect();
     let vectors = topics.iter().map(|&t| sample(&mut rng, &centroids[t], spread)).collect();
     let texts = topics.iter().map(|&t| text(&mut rng, t, 24)).collect();
     let queries = (0..q)
         .map(|_| {
-            let t = rng.random_range(0..TOPICS);
+            let t = rng.random_range(0..n_topics);
             (sample(&mut rng, &centroids[t], spread), format!("{} {}", text(&mut rng, t, 2), format_args!("topic{t}w1")))
         })
         .collect();
@@ -205,8 +207,8 @@ async fn ingest_figure(args: &BenchRetrievalArgs, c: &Collections) -> anyhow::Re
 }
 
 pub async fn run(args: BenchRetrievalArgs) -> anyhow::Result<()> {
-    eprintln!("corpus: {} chunks x {DIM} dims in {TOPICS} topics, {} queries", args.chunks, args.queries);
-    let data = corpus(args.chunks, args.queries);
+    eprintln!("corpus: {} chunks x {DIM} dims in {} topics, {} queries", args.chunks, args.topics, args.queries);
+    let data = corpus(args.chunks, args.queries, args.topics.max(1));
     let t0 = Instant::now();
     let truth: Vec<Vec<usize>> = data.queries.iter().map(|(q, _)| exact(&data.vectors, q, args.k)).collect();
     eprintln!("exact search for the ground truth: {:.1} s", t0.elapsed().as_secs_f64());
@@ -230,7 +232,7 @@ pub async fn run(args: BenchRetrievalArgs) -> anyhow::Result<()> {
         results.push(run_backend("pgvector", &c, &data, &truth, args.k, args.keep).await?);
     }
     let ingest = ingest_figure(&args, &embedded).await?;
-    let report = json!({"chunks": args.chunks, "queries": args.queries, "k": args.k, "dim": DIM, "results": results, "ingestion": ingest});
+    let report = json!({"chunks": args.chunks, "topics": args.topics, "queries": args.queries, "k": args.k, "dim": DIM, "results": results, "ingestion": ingest});
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
     }

@@ -10,6 +10,7 @@ pub mod breaker;
 pub mod config;
 mod error;
 mod forward;
+mod local;
 pub mod mock;
 pub mod policy;
 mod request;
@@ -29,6 +30,7 @@ pub use backend::{Api, Backend, HttpBackend, InProcessBackend};
 pub use config::{BackendConfig, BackendKind, ConfigError, Endpoint, GatewayConfig, RouteConfig};
 pub use error::GatewayError;
 pub use forward::Reply;
+pub use local::LocalRequest;
 pub use target::Target;
 pub use ticket::{Admission, AttemptRecord, Caller, Governance, Receipt, Refusal, RequestContext, Settled, UsageCount};
 

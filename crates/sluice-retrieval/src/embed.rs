@@ -96,15 +96,19 @@ impl EmbeddingService {
         self.model.tokenize(text).map_err(|e| RetrievalError::Model(e.to_string()))
     }
 
+    /// Token ids (special tokens included) of each text, tokenized off the async threads.
+    pub async fn tokenize_all(&self, texts: Vec<String>) -> Result<Vec<Vec<u32>>, RetrievalError> {
+        let model = self.model.clone();
+        tokio::task::spawn_blocking(move || texts.iter().map(|t| model.tokenize(t)).collect::<Result<Vec<_>, _>>())
+            .await
+            .map_err(|e| RetrievalError::Model(e.to_string()))?
+            .map_err(|e| RetrievalError::Model(e.to_string()))
+    }
+
     /// Embeds texts. An input over the model's limit is refused unless `truncate` is set,
     /// in which case it is cut to the limit.
     pub async fn embed_texts(&self, texts: &[String], truncate: bool) -> Result<Embedded, RetrievalError> {
-        let model = self.model.clone();
-        let owned = texts.to_vec();
-        let ids = tokio::task::spawn_blocking(move || owned.iter().map(|t| model.tokenize(t)).collect::<Result<Vec<_>, _>>())
-            .await
-            .map_err(|e| RetrievalError::Model(e.to_string()))?
-            .map_err(|e| RetrievalError::Model(e.to_string()))?;
+        let ids = self.tokenize_all(texts.to_vec()).await?;
         self.embed_ids(ids, truncate).await
     }
 

@@ -3,16 +3,20 @@
 //! for by default); usage counted. An input longer than the model takes is a 400, unless the
 //! request sets `"truncate": true`.
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use sluice_gateway::{LocalRequest, RequestContext};
+use sluice_govern::Principal;
 use base64::Engine as _;
 use sluice_protocol::{EmbeddingData, EmbeddingInput, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EmbeddingVector};
 use sluice_retrieval::{EmbeddingService, RetrievalError};
 
 use crate::error::ApiError;
+use crate::gateway::{GatewayState, audit_refusal, request_context};
 use crate::params;
 
 pub use sluice_retrieval::Embedders;
@@ -49,11 +53,41 @@ pub(crate) fn service<'a>(embedders: &'a Embedders, model: &str) -> Result<&'a E
     })
 }
 
-/// Handles one embeddings request.
-pub(crate) async fn embeddings(State(embedders): State<Embedders>, body: Result<Bytes, BytesRejection>) -> Result<Json<EmbeddingResponse>, ApiError> {
+/// Handles one embeddings request: admitted against the caller's limits and settled in the
+/// ledger like a routed request.
+pub(crate) async fn embeddings(
+    State(state): State<GatewayState>,
+    principal: Option<Extension<Principal>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let ctx = request_context(principal.map(|Extension(p)| p), &headers);
+    let mut admitted = None;
+    let result = run(&state, &ctx, &mut admitted, body).await;
+    let status = match &result {
+        Ok(_) => 200,
+        Err(e) => e.status.as_u16(),
+    };
+    if let Some((local, tokens)) = admitted {
+        let outcome = if status == 200 { "ok" } else if status < 500 { "invalid_request" } else { "embedding_failed" };
+        local.finish(outcome, status, tokens);
+    }
+    match result {
+        Ok(r) => r.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn run(
+    state: &GatewayState,
+    ctx: &RequestContext,
+    admitted: &mut Option<(LocalRequest, u64)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<EmbeddingResponse>, ApiError> {
+    let embedders = &state.embedders;
     let body = params::read_body(body)?;
     let req: EmbeddingRequest = params::parse_object(&body)?;
-    let svc = service(&embedders, &req.model)?;
+    let svc = service(embedders, &req.model)?;
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
@@ -71,12 +105,28 @@ pub(crate) async fn embeddings(State(embedders): State<Embedders>, body: Result<
     if count == 0 || count > MAX_INPUTS {
         return Err(ApiError::invalid("input", format!("`input` must hold 1 to {MAX_INPUTS} items, got {count}")));
     }
-    let embedded = match req.input {
-        EmbeddingInput::One(s) => svc.embed_texts(&[s], truncate).await?,
-        EmbeddingInput::Many(v) => svc.embed_texts(&v, truncate).await?,
-        EmbeddingInput::Tokens(ids) => svc.embed_ids(vec![ids], truncate).await?,
-        EmbeddingInput::ManyTokens(v) => svc.embed_ids(v, truncate).await?,
+    let ids = match req.input {
+        EmbeddingInput::One(s) => svc.tokenize_all(vec![s]).await?,
+        EmbeddingInput::Many(v) => svc.tokenize_all(v).await?,
+        EmbeddingInput::Tokens(ids) => vec![ids],
+        EmbeddingInput::ManyTokens(v) => v,
     };
+    // Inputs the model cannot take are refused before admission: they cost nothing.
+    for (index, t) in ids.iter().enumerate() {
+        if t.is_empty() {
+            return Err(RetrievalError::Invalid(format!("input {index} is empty")).into());
+        }
+        if t.len() > svc.max_tokens() && !truncate {
+            return Err(RetrievalError::InputTooLong { index, tokens: t.len(), max: svc.max_tokens(), model: req.model.clone() }.into());
+        }
+    }
+    let tokens: usize = ids.iter().map(|t| t.len().min(svc.max_tokens())).sum();
+    let local = state.gateway.admit_local(ctx, &req.model, tokens as u64).await.map_err(|e| {
+        audit_refusal(state, ctx, "", &e);
+        ApiError::from(e)
+    })?;
+    *admitted = Some((local, tokens as u64));
+    let embedded = svc.embed_ids(ids, truncate).await?;
     let data = embedded
         .vectors
         .into_iter()

@@ -27,12 +27,12 @@ use crate::{AppState, params};
 /// State of the gateway's handlers.
 #[derive(Debug, Clone)]
 pub struct GatewayState {
-    gateway: Arc<Gateway>,
+    pub(crate) gateway: Arc<Gateway>,
     engines: Vec<AppState>,
     created: u64,
     governor: Option<sluice_govern::Governor>,
     ledger: Option<Arc<sluice_govern::Ledger>>,
-    embedders: crate::embeddings::Embedders,
+    pub(crate) embedders: crate::embeddings::Embedders,
     collections: Option<Arc<sluice_retrieval::Collections>>,
 }
 
@@ -112,6 +112,35 @@ fn with_route_headers(mut resp: Response, request_id: &str, backend: &str, attem
 /// Feature attribution header (else the body's `metadata.feature`, else `unattributed`).
 pub const FEATURE_HEADER: &str = "x-sluice-feature";
 
+/// Who is asking and for which feature (header `X-Sluice-Feature`; else the body's
+/// `metadata.feature`, else `unattributed`).
+pub(crate) fn request_context(principal: Option<Principal>, headers: &axum::http::HeaderMap) -> RequestContext {
+    let feature = headers
+        .get(FEATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|f| !f.is_empty() && f.len() <= 64)
+        .unwrap_or("")
+        .to_string();
+    RequestContext {
+        request_id: String::new(),
+        cache_namespace: principal.as_ref().map(Principal::cache_namespace),
+        caller: principal.map(|p| Caller { tenant_id: p.tenant_id, key_id: p.key_id, logging: p.logging.as_str().to_string() }),
+        feature,
+    }
+}
+
+/// A refusal by limits or budgets goes to the audit trail.
+pub(crate) fn audit_refusal(state: &GatewayState, ctx: &RequestContext, request_id: &str, e: &GatewayError) {
+    if let (GatewayError::Refused(r), Some(g), Some(c)) = (e, &state.governor, &ctx.caller) {
+        g.audit(
+            "policy.denied",
+            Some(&c.tenant_id),
+            Some(&c.key_id),
+            serde_json::json!({"request_id": request_id, "code": r.code, "message": r.message, "feature": ctx.feature}),
+        );
+    }
+}
+
 async fn proxy(
     state: GatewayState,
     principal: Option<Principal>,
@@ -123,30 +152,10 @@ async fn proxy(
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let feature = headers
-        .get(FEATURE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|f| !f.is_empty() && f.len() <= 64)
-        .unwrap_or("")
-        .to_string();
-    let ctx = RequestContext {
-        request_id: String::new(),
-        cache_namespace: principal.as_ref().map(Principal::cache_namespace),
-        caller: principal.map(|p| Caller {
-            tenant_id: p.tenant_id,
-            key_id: p.key_id,
-            logging: p.logging.as_str().to_string(),
-        }),
-        feature,
-    };
+    let ctx = request_context(principal, headers);
     let Routed { request_id, backend, attempts, result } = state.gateway.handle(api, &body, &ctx).await;
-    if let (Err(GatewayError::Refused(r)), Some(g), Some(c)) = (&result, &state.governor, &ctx.caller) {
-        g.audit(
-            "policy.denied",
-            Some(&c.tenant_id),
-            Some(&c.key_id),
-            serde_json::json!({"request_id": request_id, "code": r.code, "message": r.message, "feature": ctx.feature}),
-        );
+    if let Err(e) = &result {
+        audit_refusal(&state, &ctx, &request_id, e);
     }
     let resp = match result {
         Err(e) => ApiError::from(e).into_response(),
@@ -292,7 +301,7 @@ pub fn gateway_app(state: GatewayState) -> Router {
         .route("/v1/completions", post(completions))
         .with_state(state.clone())
         .merge(crate::records_router(state.ledger.clone()))
-        .merge(Router::new().route("/v1/embeddings", post(crate::embeddings::embeddings)).with_state(state.embedders.clone()))
+        .merge(Router::new().route("/v1/embeddings", post(crate::embeddings::embeddings)).with_state(state.clone()))
         .merge(crate::collections::router(state.collections.clone()));
     open.merge(crate::secure(api, state.governor.clone()))
         .fallback(crate::not_found)

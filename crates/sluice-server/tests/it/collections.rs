@@ -138,3 +138,43 @@ async fn embeddings_need_a_key_and_name_bad_inputs() {
     let (s, v) = call(&app, "POST", "/v1/embeddings", &ka, Some(json!({"model": "minilm", "input": 5}))).await;
     assert_eq!((s, v["error"]["param"].as_str()), (400, Some("input")), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_are_rate_limited_and_land_in_the_ledger() {
+    let store = sluice_store::Store::open(&sluice_store::testing::sqlite_url("http_embed_ledger")).await.unwrap();
+    let gov = Governor::new(store.clone());
+    let tenant = gov.ensure_tenant("a").await.unwrap();
+    let key = gov.create_key("a", Role::Member, "", None).await.unwrap().secret;
+    let ledger = sluice_govern::Ledger::start(store.clone()).await.unwrap();
+    let toml = "[backends.up]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\n[models.m]\ntargets = [\"up\"]\n";
+    let cfg = sluice_gateway::config::parse("test.toml", toml, &|_| None).unwrap();
+    let mut gateway = Gateway::new(&cfg, std::collections::HashMap::new()).unwrap();
+    gateway.set_governance(Arc::new(sluice_server::ledger::LedgerGovernance::new(ledger.clone())));
+    let state = GatewayState::new(Arc::new(gateway), Vec::new()).with_governor(gov).with_ledger(ledger).with_embedders(embedders());
+    let app = sluice_server::gateway_app(state);
+    store.set_limits("tenant", &tenant.id, &sluice_store::Limits { rpm: Some(2), ..Default::default() }).await.unwrap();
+    let (s, v) = call(&app, "POST", "/v1/embeddings", &key, Some(json!({"model": "minilm", "input": ["one two", "three"]}))).await;
+    assert_eq!(s, 200, "{v}");
+    let tokens = v["usage"]["prompt_tokens"].as_i64().unwrap();
+    // Refused before admission: no row, no request counted.
+    let (s, _) = call(&app, "POST", "/v1/embeddings", &key, Some(json!({"model": "minilm", "input": "word ".repeat(600)}))).await;
+    assert_eq!(s, 400);
+    let (s, _) = call(&app, "POST", "/v1/embeddings", &key, Some(json!({"model": "minilm", "input": "word ".repeat(600), "truncate": true}))).await;
+    assert_eq!(s, 200);
+    let (s, v) = call(&app, "POST", "/v1/embeddings", &key, Some(json!({"model": "minilm", "input": "x"}))).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (429, Some("rate_limit_exceeded")), "{v}");
+    let mut rows = Vec::new();
+    for _ in 0..300 {
+        rows = store.ledger_rows(0, i64::MAX).await.unwrap();
+        if rows.iter().filter(|r| r.state == "settled").count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    rows.sort_by_key(|r| r.created_ms);
+    type Row<'a> = (&'a str, Option<i64>, Option<&'a str>, Option<i64>);
+    let summary: Vec<Row> = rows.iter().map(|r| (r.route.as_str(), r.status, r.outcome.as_deref(), r.prompt_tokens)).collect();
+    assert_eq!(summary.len(), 2, "the refused request has no row: {summary:?}");
+    assert_eq!(summary[0], ("minilm", Some(200), Some("ok"), Some(tokens)));
+    assert_eq!(summary[1], ("minilm", Some(200), Some("ok"), Some(512)));
+}

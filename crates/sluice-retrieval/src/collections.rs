@@ -108,6 +108,8 @@ pub struct Upserted {
     pub version: i64,
     /// Chunks it was split into.
     pub chunks: usize,
+    /// Tokens embedded for it (special tokens included; 0 when the vectors came with it).
+    pub tokens: usize,
 }
 
 /// The oldest document of a collection.
@@ -454,7 +456,7 @@ impl Collections {
             .bind(chunks.len() as i64)
             .execute(&mut *tx)
             .await?;
-            out.push(Upserted { id: d.id.clone(), version, chunks: chunks.len() });
+            out.push(Upserted { id: d.id.clone(), version, chunks: chunks.len(), tokens: chunks.iter().map(|c| c.ids.len()).sum() });
         }
         tx.commit().await?;
         if !self.is_postgres() {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -18,14 +18,42 @@ use sluice_govern::Principal;
 use sluice_retrieval::{CollectionSpec, Collections, DocumentInput, Mode, Query};
 
 use crate::error::ApiError;
+use crate::gateway::{GatewayState, audit_refusal, request_context};
 use crate::params;
 
-type Coll = State<Option<Arc<Collections>>>;
+type Coll = State<GatewayState>;
 type Caller = Option<Extension<Principal>>;
 
-fn access(c: Option<Arc<Collections>>, p: Caller) -> Result<(Arc<Collections>, String), ApiError> {
-    let c = c.ok_or_else(|| ApiError::not_found("Collections need an embedding model: start with --embedding-model"))?;
+fn access(state: GatewayState, p: Caller) -> Result<(Arc<Collections>, String), ApiError> {
+    let c = state.collections.ok_or_else(|| ApiError::not_found("Collections need an embedding model: start with --embedding-model"))?;
     Ok((c, p.map_or_else(|| "default".to_string(), |Extension(p)| p.tenant_id)))
+}
+
+/// Runs `work` — which embeds — as a governed local request on `model`: admitted against the
+/// caller's limits with `estimate` tokens, settled with the tokens it reports.
+async fn governed<T>(
+    state: &GatewayState,
+    principal: &Caller,
+    headers: &HeaderMap,
+    model: &str,
+    estimate: u64,
+    work: impl std::future::Future<Output = Result<(T, u64), ApiError>>,
+) -> Result<T, ApiError> {
+    let ctx = request_context(principal.as_ref().map(|Extension(p)| p.clone()), headers);
+    let local = state.gateway.admit_local(&ctx, model, estimate).await.map_err(|e| {
+        audit_refusal(state, &ctx, "", &e);
+        ApiError::from(e)
+    })?;
+    match work.await {
+        Ok((v, tokens)) => {
+            local.finish("ok", 200, tokens);
+            Ok(v)
+        }
+        Err(e) => {
+            local.finish(if e.status.is_client_error() { "invalid_request" } else { "retrieval_failed" }, e.status.as_u16(), 0);
+            Err(e)
+        }
+    }
 }
 
 fn body<T: serde::de::DeserializeOwned>(b: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
@@ -100,8 +128,9 @@ struct UpsertBody {
 /// Most documents in one upsert.
 const MAX_DOCUMENTS: usize = 1000;
 
-async fn upsert(State(c): Coll, p: Caller, Path(name): Path<String>, b: Result<Bytes, BytesRejection>) -> Result<Json<Value>, ApiError> {
-    let (c, tenant) = access(c, p)?;
+async fn upsert(State(state): Coll, p: Caller, headers: HeaderMap, Path(name): Path<String>, b: Result<Bytes, BytesRejection>) -> Result<Json<Value>, ApiError> {
+    let (c, tenant) = access(state.clone(), p.clone())?;
+    let model = c.get(&tenant, &name).await?.model;
     let b: UpsertBody = body(b)?;
     if b.documents.is_empty() || b.documents.len() > MAX_DOCUMENTS {
         return Err(ApiError::invalid("documents", format!("`documents` must hold 1 to {MAX_DOCUMENTS} documents")));
@@ -123,7 +152,14 @@ async fn upsert(State(c): Coll, p: Caller, Path(name): Path<String>, b: Result<B
             ttl_ms: d.ttl_seconds.map(|t| (t * 1e3) as i64),
         });
     }
-    let done = c.upsert(&tenant, &name, docs).await?;
+    // About four characters a token, until chunking counts them.
+    let estimate = docs.iter().map(|d| d.text.len() as u64 / 4 + 2).sum();
+    let done = governed(&state, &p, &headers, &model, estimate, async {
+        let done = c.upsert(&tenant, &name, docs).await?;
+        let tokens = done.iter().map(|u| u.tokens as u64).sum();
+        Ok((done, tokens))
+    })
+    .await?;
     Ok(Json(json!({"object": "list", "data": done})))
 }
 
@@ -149,8 +185,8 @@ struct QueryBody {
     vector: Option<Vec<f32>>,
 }
 
-async fn query(State(c): Coll, p: Caller, Path(name): Path<String>, b: Result<Bytes, BytesRejection>) -> Result<Json<Value>, ApiError> {
-    let (c, tenant) = access(c, p)?;
+async fn query(State(state): Coll, p: Caller, headers: HeaderMap, Path(name): Path<String>, b: Result<Bytes, BytesRejection>) -> Result<Json<Value>, ApiError> {
+    let (c, tenant) = access(state.clone(), p.clone())?;
     let b: QueryBody = body(b)?;
     let mode = match b.mode.as_deref() {
         None => Mode::Hybrid,
@@ -160,12 +196,14 @@ async fn query(State(c): Coll, p: Caller, Path(name): Path<String>, b: Result<By
         return Err(ApiError::invalid("max_age_seconds", "`max_age_seconds` must be a positive number"));
     }
     let q = Query { text: b.query, k: b.k.unwrap_or(10), mode, filter: b.filter.unwrap_or_default(), max_age_ms: b.max_age_seconds.map(|a| (a * 1e3) as i64), vector: b.vector };
-    let hits = c.query(&tenant, &name, &q).await?;
+    let model = c.get(&tenant, &name).await?.model;
+    let tokens = q.text.len() as u64 / 4 + 2;
+    let hits = governed(&state, &p, &headers, &model, tokens, async { Ok((c.query(&tenant, &name, &q).await?, tokens)) }).await?;
     Ok(Json(json!({"object": "list", "data": hits})))
 }
 
 /// The collections API over `collections` (None: answered with 404s saying what is missing).
-pub(crate) fn router(collections: Option<Arc<Collections>>) -> Router {
+pub(crate) fn router(state: GatewayState) -> Router {
     Router::new()
         .route("/v1/collections", get(list).post(create))
         .route("/v1/collections/{name}", get(show).delete(remove))
@@ -173,5 +211,5 @@ pub(crate) fn router(collections: Option<Arc<Collections>>) -> Router {
         .route("/v1/collections/{name}/documents", post(upsert))
         .route("/v1/collections/{name}/documents/{id}", axum::routing::delete(delete_document))
         .route("/v1/collections/{name}/query", post(query))
-        .with_state(collections)
+        .with_state(state)
 }

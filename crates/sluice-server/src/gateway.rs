@@ -33,7 +33,7 @@ pub struct GatewayState {
     governor: Option<sluice_govern::Governor>,
     ledger: Option<Arc<sluice_govern::Ledger>>,
     pub(crate) embedders: crate::embeddings::Embedders,
-    collections: Option<Arc<sluice_retrieval::Collections>>,
+    pub(crate) collections: Option<Arc<sluice_retrieval::Collections>>,
 }
 
 impl GatewayState {
@@ -302,7 +302,7 @@ pub fn gateway_app(state: GatewayState) -> Router {
         .with_state(state.clone())
         .merge(crate::records_router(state.ledger.clone()))
         .merge(Router::new().route("/v1/embeddings", post(crate::embeddings::embeddings)).with_state(state.clone()))
-        .merge(crate::collections::router(state.collections.clone()));
+        .merge(crate::collections::router(state.clone()));
     open.merge(crate::secure(api, state.governor.clone()))
         .fallback(crate::not_found)
         .method_not_allowed_fallback(crate::method_not_allowed)

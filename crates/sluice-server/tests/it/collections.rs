@@ -139,9 +139,9 @@ async fn embeddings_need_a_key_and_name_bad_inputs() {
     assert_eq!((s, v["error"]["param"].as_str()), (400, Some("input")), "{v}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embeddings_are_rate_limited_and_land_in_the_ledger() {
-    let store = sluice_store::Store::open(&sluice_store::testing::sqlite_url("http_embed_ledger")).await.unwrap();
+/// A gateway app with API keys, the ledger and collections; the store and a member key.
+async fn governed_app(tag: &str) -> (Router, sluice_store::Store, String, String) {
+    let store = sluice_store::Store::open(&sluice_store::testing::sqlite_url(tag)).await.unwrap();
     let gov = Governor::new(store.clone());
     let tenant = gov.ensure_tenant("a").await.unwrap();
     let key = gov.create_key("a", Role::Member, "", None).await.unwrap().secret;
@@ -150,9 +150,45 @@ async fn embeddings_are_rate_limited_and_land_in_the_ledger() {
     let cfg = sluice_gateway::config::parse("test.toml", toml, &|_| None).unwrap();
     let mut gateway = Gateway::new(&cfg, std::collections::HashMap::new()).unwrap();
     gateway.set_governance(Arc::new(sluice_server::ledger::LedgerGovernance::new(ledger.clone())));
-    let state = GatewayState::new(Arc::new(gateway), Vec::new()).with_governor(gov).with_ledger(ledger).with_embedders(embedders());
-    let app = sluice_server::gateway_app(state);
-    store.set_limits("tenant", &tenant.id, &sluice_store::Limits { rpm: Some(2), ..Default::default() }).await.unwrap();
+    let dir = std::env::temp_dir().join(format!("sluice-gov-index-{}-{}", std::process::id(), sluice_store::now_ms()));
+    let collections = Arc::new(Collections::open(store.clone(), embedders(), dir).await.unwrap());
+    let state =
+        GatewayState::new(Arc::new(gateway), Vec::new()).with_governor(gov).with_ledger(ledger).with_embedders(embedders()).with_collections(collections);
+    (sluice_server::gateway_app(state), store, tenant.id, key)
+}
+
+async fn settled(store: &sluice_store::Store, n: usize) -> Vec<sluice_store::LedgerRow> {
+    let mut rows = Vec::new();
+    for _ in 0..300 {
+        rows = store.ledger_rows(0, i64::MAX).await.unwrap();
+        if rows.iter().filter(|r| r.state == "settled").count() >= n {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    rows.sort_by_key(|r| r.created_ms);
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collection_writes_and_queries_land_in_the_ledger() {
+    let (app, store, _, key) = governed_app("http_coll_ledger").await;
+    assert_eq!(call(&app, "POST", "/v1/collections", &key, Some(json!({"name": "kb"}))).await.0, 201);
+    let (s, v) = call(&app, "POST", "/v1/collections/kb/documents", &key, Some(json!({"documents": [{"id": "d", "text": "Invoices are due in 30 days."}]}))).await;
+    assert_eq!(s, 200, "{v}");
+    let embedded = v["data"][0]["tokens"].as_i64().unwrap();
+    assert!(embedded > 5);
+    assert_eq!(call(&app, "POST", "/v1/collections/kb/query", &key, Some(json!({"query": "when are invoices due"}))).await.0, 200);
+    let rows = settled(&store, 2).await;
+    let got: Vec<(&str, Option<&str>)> = rows.iter().map(|r| (r.route.as_str(), r.outcome.as_deref())).collect();
+    assert_eq!(got, [("minilm", Some("ok")), ("minilm", Some("ok"))]);
+    assert_eq!(rows[0].prompt_tokens, Some(embedded), "the write is charged the tokens it embedded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_are_rate_limited_and_land_in_the_ledger() {
+    let (app, store, tenant_id, key) = governed_app("http_embed_ledger").await;
+    store.set_limits("tenant", &tenant_id, &sluice_store::Limits { rpm: Some(2), ..Default::default() }).await.unwrap();
     let (s, v) = call(&app, "POST", "/v1/embeddings", &key, Some(json!({"model": "minilm", "input": ["one two", "three"]}))).await;
     assert_eq!(s, 200, "{v}");
     let tokens = v["usage"]["prompt_tokens"].as_i64().unwrap();
@@ -163,15 +199,7 @@ async fn embeddings_are_rate_limited_and_land_in_the_ledger() {
     assert_eq!(s, 200);
     let (s, v) = call(&app, "POST", "/v1/embeddings", &key, Some(json!({"model": "minilm", "input": "x"}))).await;
     assert_eq!((s, v["error"]["code"].as_str()), (429, Some("rate_limit_exceeded")), "{v}");
-    let mut rows = Vec::new();
-    for _ in 0..300 {
-        rows = store.ledger_rows(0, i64::MAX).await.unwrap();
-        if rows.iter().filter(|r| r.state == "settled").count() >= 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    rows.sort_by_key(|r| r.created_ms);
+    let rows = settled(&store, 2).await;
     type Row<'a> = (&'a str, Option<i64>, Option<&'a str>, Option<i64>);
     let summary: Vec<Row> = rows.iter().map(|r| (r.route.as_str(), r.status, r.outcome.as_deref(), r.prompt_tokens)).collect();
     assert_eq!(summary.len(), 2, "the refused request has no row: {summary:?}");

@@ -151,7 +151,12 @@ pub struct Collections {
     /// Where embedded indexes are kept (SQLite).
     index_dir: PathBuf,
     pub(crate) indexes: Mutex<HashMap<String, Arc<tokio::sync::RwLock<Option<Loaded>>>>>,
+    /// PostgreSQL: common lexemes by the planner's statistics, and when they were read.
+    pub(crate) common_words: CommonWords,
 }
+
+/// Common lexemes (None: no statistics yet) and when they were read.
+pub(crate) type CommonWords = Mutex<Option<(std::time::Instant, Option<Arc<std::collections::HashSet<String>>>)>>;
 
 impl std::fmt::Debug for Collections {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -218,7 +223,7 @@ impl Collections {
     pub async fn open(store: Store, embedders: Embedders, index_dir: PathBuf) -> Result<Self, RetrievalError> {
         let list = if store.backend() == Backend::Postgres { MIGRATIONS_POSTGRES } else { MIGRATIONS_SQLITE };
         sluice_store::migrate::run_list(&store, list).await?;
-        Ok(Self { store, embedders, index_dir, indexes: Mutex::new(HashMap::new()) })
+        Ok(Self { store, embedders, index_dir, indexes: Mutex::new(HashMap::new()), common_words: Mutex::new(None) })
     }
 
     /// The store.

@@ -4,7 +4,8 @@
 //! expired, not older than `max_age`, matching the metadata filter. When filters leave fewer
 //! than `k`, the search widens (up to the whole collection) rather than return short.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
@@ -256,6 +257,13 @@ impl Collections {
     /// The query's words without the common ones (see `COMMON_WORD_CHUNKS`), unless all are.
     async fn discriminative_words(&self, c: &Collection, text: &str) -> Result<Vec<String>, RetrievalError> {
         let all = words(text);
+        if self.is_postgres() {
+            // PostgreSQL's own statistics name the common lexemes: no counting per query.
+            if let Some(common) = self.pg_common_words().await? {
+                let rare: Vec<String> = all.iter().filter(|w| !common.contains(*w)).cloned().collect();
+                return Ok(if rare.is_empty() { all } else { rare });
+            }
+        }
         let mut rare = Vec::new();
         for w in &all {
             // Counting stops at the threshold: bounded work however common the word is.
@@ -279,6 +287,48 @@ impl Collections {
             }
         }
         Ok(if rare.is_empty() { all } else { rare })
+    }
+
+    /// Lexemes in more than `COMMON_WORD_CHUNKS` chunks by the planner's statistics of
+    /// `chunks.tsv` (most_common_elems, kept by ANALYZE), cached for a minute; None before the
+    /// table has been analysed.
+    async fn pg_common_words(&self) -> Result<Option<Arc<HashSet<String>>>, RetrievalError> {
+        if let Some((at, words)) = self.common_words.lock().map_err(|e| RetrievalError::Index(e.to_string()))?.as_ref() {
+            if at.elapsed() < std::time::Duration::from_secs(60) {
+                return Ok(words.clone());
+            }
+        }
+        let row = sqlx::query(
+            "SELECT s.most_common_elems::text AS elems, s.most_common_elem_freqs::text AS freqs, c.reltuples::float8 AS rows \
+             FROM pg_stats s JOIN pg_class c ON c.relname = s.tablename \
+             WHERE s.tablename = 'chunks' AND s.attname = 'tsv' AND s.schemaname = current_schema()",
+        )
+        .fetch_optional(self.store.pool())
+        .await?;
+        let words = match row {
+            Some(r) => {
+                let elems: Option<String> = r.try_get("elems")?;
+                let freqs: Option<String> = r.try_get("freqs")?;
+                let rows: f64 = r.try_get("rows")?;
+                match (elems, freqs) {
+                    (Some(e), Some(f)) if rows > 0.0 => {
+                        let list = |s: &str| s.trim_matches(|c| c == '{' || c == '}').split(',').map(|x| x.trim_matches('"').to_string()).collect::<Vec<_>>();
+                        let freqs: Vec<f64> = list(&f).iter().filter_map(|x| x.parse().ok()).collect();
+                        let common = list(&e)
+                            .into_iter()
+                            .zip(freqs)
+                            .filter(|(_, f)| f * rows > COMMON_WORD_CHUNKS as f64)
+                            .map(|(w, _)| w)
+                            .collect();
+                        Some(Arc::new(common))
+                    }
+                    _ => None,
+                }
+            }
+            None => None,
+        };
+        *self.common_words.lock().map_err(|e| RetrievalError::Index(e.to_string()))? = Some((std::time::Instant::now(), words.clone()));
+        Ok(words)
     }
 
     async fn lexical(&self, c: &Collection, q: &Query, k: usize, now: i64) -> Result<Vec<Hit>, RetrievalError> {

@@ -144,6 +144,10 @@ async fn run_backend(label: &str, c: &Collections, data: &Corpus, truth: &[Vec<u
         eprint!("\r{label}: {} / {} chunks written", (b + 1) * batch.len().max(1), data.vectors.len());
     }
     let write_s = started.elapsed().as_secs_f64();
+    if c.store().backend() == sluice_store::Backend::Postgres {
+        // As after any bulk load (autovacuum would do it within a minute or so).
+        sqlx::raw_sql("ANALYZE chunks; ANALYZE documents").execute(c.store().pool()).await?;
+    }
     eprintln!("\r{label}: {} chunks written in {write_s:.1} s", data.vectors.len());
     let mut out = json!({"backend": label, "chunks": data.vectors.len(), "write_chunks_per_s": data.vectors.len() as f64 / write_s});
     for mode in [Mode::Vector, Mode::Lexical, Mode::Hybrid] {

@@ -293,10 +293,10 @@ impl Collections {
     /// `chunks.tsv` (most_common_elems, kept by ANALYZE), cached for a minute; None before the
     /// table has been analysed.
     async fn pg_common_words(&self) -> Result<Option<Arc<HashSet<String>>>, RetrievalError> {
-        if let Some((at, words)) = self.common_words.lock().map_err(|e| RetrievalError::Index(e.to_string()))?.as_ref() {
-            if at.elapsed() < std::time::Duration::from_secs(60) {
-                return Ok(words.clone());
-            }
+        if let Some((at, words)) = self.common_words.lock().map_err(|e| RetrievalError::Index(e.to_string()))?.as_ref()
+            && at.elapsed() < std::time::Duration::from_secs(60)
+        {
+            return Ok(words.clone());
         }
         let row = sqlx::query(
             "SELECT s.most_common_elems::text AS elems, s.most_common_elem_freqs::text AS freqs, c.reltuples::float8 AS rows \

@@ -196,7 +196,7 @@ async fn ingest_figure(args: &BenchRetrievalArgs, c: &Collections) -> anyhow::Re
     let para = "Retrieval grounds a model's answers in documents fetched at query time. A collection stores \
                 chunks of each document with their embeddings, and a query finds the nearest chunks by vector \
                 similarity, by shared words, or by both fused. ";
-    // Each document is ~100 tokens: one chunk each at chunk_size 128.
+    // Each document is 54 tokens with its special tokens: one chunk each at chunk_size 128.
     let docs: Vec<DocumentInput> =
         (0..args.ingest_chunks).map(|i| DocumentInput { id: format!("p{i}"), text: format!("Note {i}. {para}"), ..Default::default() }).collect();
     let started = Instant::now();

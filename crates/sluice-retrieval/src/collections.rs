@@ -404,18 +404,7 @@ impl Collections {
                 (Some(v), _) => v,
                 (None, s) => s.unwrap_or(0) + 1,
             };
-            let old: Vec<i64> = sqlx::query_scalar("SELECT chunk_id FROM chunks WHERE collection_id = $1 AND doc_id = $2")
-                .bind(&c.id)
-                .bind(&d.id)
-                .fetch_all(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM chunks WHERE collection_id = $1 AND doc_id = $2").bind(&c.id).bind(&d.id).execute(&mut *tx).await?;
-            if !self.is_postgres() && !old.is_empty() {
-                let mut p = Params::default();
-                let list = p.list(old.iter().map(|i| Value::Int(*i)));
-                p.bind(&format!("DELETE FROM chunks_fts WHERE rowid IN ({list})")).execute(&mut *tx).await?;
-            }
-            removed.extend(old.iter().map(|i| *i as u64));
+            removed.extend(self.remove_chunks(&mut tx, &c.id, &d.id).await?);
             for (ch, v) in chunks.iter().zip(vectors) {
                 let emb = if self.is_postgres() { "$9::vector" } else { "$9" };
                 let sql = format!(
@@ -484,23 +473,34 @@ impl Collections {
         if gone.rows_affected() == 0 {
             return Err(RetrievalError::NotFound(format!("no document {doc_id:?} in collection {name:?}")));
         }
-        let old: Vec<i64> = sqlx::query_scalar("SELECT chunk_id FROM chunks WHERE collection_id = $1 AND doc_id = $2")
-            .bind(&c.id)
-            .bind(doc_id)
-            .fetch_all(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM chunks WHERE collection_id = $1 AND doc_id = $2").bind(&c.id).bind(doc_id).execute(&mut *tx).await?;
-        if !self.is_postgres() && !old.is_empty() {
-            let mut p = Params::default();
-            let list = p.list(old.iter().map(|i| Value::Int(*i)));
-            p.bind(&format!("DELETE FROM chunks_fts WHERE rowid IN ({list})")).execute(&mut *tx).await?;
-        }
+        let removed = self.remove_chunks(&mut tx, &c.id, doc_id).await?;
         tx.commit().await?;
         if !self.is_postgres() {
-            let removed: Vec<u64> = old.iter().map(|i| *i as u64).collect();
             self.apply_to_index(&c, &mut loaded, generation, &removed, &[]).await?;
         }
         Ok(())
+    }
+
+    /// Deletes a document's chunks (and their lexical rows on SQLite) in `tx`; their ids, for
+    /// the vector index.
+    async fn remove_chunks(&self, tx: &mut sqlx::Transaction<'_, sqlx::Any>, collection_id: &str, doc_id: &str) -> Result<Vec<u64>, RetrievalError> {
+        let conn: &mut sqlx::AnyConnection = tx;
+        let old: Vec<i64> = sqlx::Executor::fetch_all(
+            &mut *conn,
+            sqlx::query("SELECT chunk_id FROM chunks WHERE collection_id = $1 AND doc_id = $2").bind(collection_id).bind(doc_id),
+        )
+        .await?
+        .into_iter()
+        .map(|r| r.try_get::<i64, _>(0))
+        .collect::<Result<_, _>>()?;
+        sqlx::Executor::execute(&mut *conn, sqlx::query("DELETE FROM chunks WHERE collection_id = $1 AND doc_id = $2").bind(collection_id).bind(doc_id)).await?;
+        if !self.is_postgres() && !old.is_empty() {
+            let mut p = Params::default();
+            let list = p.list(old.iter().map(|i| Value::Int(*i)));
+            let sql = format!("DELETE FROM chunks_fts WHERE rowid IN ({list})");
+            sqlx::Executor::execute(&mut *conn, p.bind(&sql)).await?;
+        }
+        Ok(old.into_iter().map(|i| i as u64).collect())
     }
 
     /// Brings the embedded index to `generation` after a committed write: by applying the
@@ -534,6 +534,7 @@ impl Collections {
     /// The embedded index of `c` at its current generation: as loaded, from its file, or
     /// rebuilt from the stored chunks.
     pub(crate) async fn ensure_index(&self, c: &Collection, loaded: &mut Option<Loaded>) -> Result<(), RetrievalError> {
+        // Read again under the write lock: a writer may have moved the index on meanwhile.
         let generation: i64 = sqlx::query_scalar("SELECT generation FROM collections WHERE id = $1").bind(&c.id).fetch_one(self.store.pool()).await?;
         if loaded.as_ref().is_some_and(|l| l.generation == generation) {
             return Ok(());

@@ -9,6 +9,8 @@ pub mod error;
 pub mod index;
 pub mod search;
 mod sql;
+#[doc(hidden)]
+pub mod testing;
 
 pub use collections::{Collection, CollectionSpec, Collections, DocumentInput, Prepared, Stats, Upserted};
 pub use embed::{Embedded, Embedders, EmbeddingService};

@@ -3,23 +3,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code may unwrap")]
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
-use sluice_retrieval::{CollectionSpec, Collections, DocumentInput, Embedders, EmbeddingService, Mode, Query, RetrievalError};
-
-fn embedders() -> Embedders {
-    static E: OnceLock<Embedders> = OnceLock::new();
-    E.get_or_init(|| {
-        let dir = std::env::var_os("SLUICE_MODELS_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"))
-            .join("all-MiniLM-L6-v2");
-        let svc = EmbeddingService::start(sluice_model::EmbeddingModel::load(&dir, 2).unwrap(), 64, 8192).unwrap();
-        Arc::new([("minilm".to_string(), svc)].into_iter().collect())
-    })
-    .clone()
-}
+use sluice_retrieval::testing::embedders;
+use sluice_retrieval::{CollectionSpec, Collections, DocumentInput, Mode, Query, RetrievalError};
 
 fn index_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("sluice-index-{tag}-{}-{}", std::process::id(), sluice_store::now_ms()));

@@ -2,19 +2,10 @@
 //! concurrent callers share them, answers come back in order and equal one-at-a-time results.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code may unwrap")]
 
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
-use sluice_retrieval::{EmbeddingService, RetrievalError};
-
-fn service(max_batch_tokens: usize) -> EmbeddingService {
-    let dir = std::env::var_os("SLUICE_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"))
-        .join("all-MiniLM-L6-v2");
-    assert!(dir.exists(), "{} missing: run scripts/fetch-models.sh minilm", dir.display());
-    EmbeddingService::start(sluice_model::EmbeddingModel::load(&dir, 2).unwrap(), 64, max_batch_tokens).unwrap()
-}
+use sluice_retrieval::RetrievalError;
+use sluice_retrieval::testing::minilm;
 
 fn chunks(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("Chunk {i}: the ledger settles reservation number {} after the stream ends.", i * 7)).collect()
@@ -22,7 +13,7 @@ fn chunks(n: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_chunks_take_a_few_large_forwards() {
-    let svc = service(8192);
+    let svc = minilm(8192);
     let texts = chunks(1000);
     let out = svc.embed_texts(&texts, false).await.unwrap();
     let forwards = svc.stats.forwards.load(Ordering::Relaxed);
@@ -40,7 +31,7 @@ async fn a_thousand_chunks_take_a_few_large_forwards() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_callers_share_forwards_and_get_their_own_answers() {
-    let svc = service(8192);
+    let svc = minilm(8192);
     let texts = chunks(64);
     let reference = svc.embed_texts(&texts, false).await.unwrap().vectors;
     let before = svc.stats.forwards.load(Ordering::Relaxed);
@@ -66,7 +57,7 @@ async fn concurrent_callers_share_forwards_and_get_their_own_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_inputs_are_refused_or_truncated_on_request() {
-    let svc = service(8192);
+    let svc = minilm(8192);
     let long = "word ".repeat(700);
     let e = svc.embed_texts(&["ok".into(), long.clone()], false).await.unwrap_err();
     assert!(matches!(e, RetrievalError::InputTooLong { index: 1, max: 512, .. }), "{e}");

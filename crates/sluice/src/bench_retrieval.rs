@@ -34,7 +34,7 @@ pub struct BenchRetrievalArgs {
     /// Also run on this PostgreSQL (with pgvector).
     #[arg(long)]
     postgres_url: Option<String>,
-    /// Embedding model directory, for the ingestion figure (skipped when absent).
+    /// Embedding model directory (the corpus takes its dimension; the ingestion figure uses it).
     #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
     embedding_model: PathBuf,
     /// Real chunks to embed for the ingestion figure.
@@ -186,9 +186,10 @@ async fn run_backend(label: &str, c: &Collections, data: &Corpus, truth: &[Vec<u
     Ok(out)
 }
 
-/// Ingestion through the real model: chunk and embed `n` chunks of real-looking text.
+/// Ingestion through the real model (into the embedded store): chunk and embed `n` chunks of
+/// real-looking text.
 async fn ingest_figure(args: &BenchRetrievalArgs, c: &Collections) -> anyhow::Result<Option<Value>> {
-    if !c.store().backend().eq(&sluice_store::Backend::Sqlite) || !args.embedding_model.exists() {
+    if args.ingest_chunks == 0 {
         return Ok(None);
     }
     let name = format!("ingest{}", sluice_store::now_ms());
@@ -216,15 +217,10 @@ pub async fn run(args: BenchRetrievalArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let truth: Vec<Vec<usize>> = data.queries.iter().map(|(q, _)| exact(&data.vectors, q, args.k)).collect();
     eprintln!("exact search for the ground truth: {:.1} s", t0.elapsed().as_secs_f64());
-    // A stand-in "model" that only names the dimension: vectors come with the documents.
-    let mut models = std::collections::BTreeMap::new();
-    if args.embedding_model.exists() {
-        let m = sluice_model::EmbeddingModel::load(&args.embedding_model, 2)?;
-        models.insert("minilm".to_string(), sluice_retrieval::EmbeddingService::start(m, 64, 8192)?);
-    }
-    let dim_only = sluice_model::EmbeddingModel::load(&args.embedding_model, 1).context("the bench needs the embedding model directory for its dimension")?;
-    models.insert("bench".to_string(), sluice_retrieval::EmbeddingService::start(dim_only, 4, 8192)?);
-    let embedders: Embedders = Arc::new(models);
+    let model = sluice_model::EmbeddingModel::load(&args.embedding_model, 2).context("the bench needs the embedding model (its dimension, and the ingestion figure)")?;
+    let svc = sluice_retrieval::EmbeddingService::start(model, 64, 8192)?;
+    // `bench` collections bring their own vectors: the model name only fixes their dimension.
+    let embedders: Embedders = Arc::new([("minilm".to_string(), svc.clone()), ("bench".to_string(), svc)].into_iter().collect());
     let _ = std::fs::remove_dir_all(&args.dir);
     std::fs::create_dir_all(&args.dir)?;
     let sqlite = sluice_store::Store::open(&format!("sqlite://{}", args.dir.join("bench.db").display())).await?;

@@ -1,8 +1,7 @@
 //! `/v1/embeddings` and `/v1/collections` over HTTP behind API keys: the lifecycle of a
 //! collection, errors in OpenAI's shape, and tenants kept apart on every endpoint.
 
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
@@ -11,22 +10,10 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use sluice_gateway::Gateway;
 use sluice_govern::{Governor, Role};
-use sluice_retrieval::{Collections, Embedders, EmbeddingService};
+use sluice_retrieval::Collections;
+use sluice_retrieval::testing::embedders;
 use sluice_server::GatewayState;
 use tower::ServiceExt;
-
-fn embedders() -> Embedders {
-    static E: OnceLock<Embedders> = OnceLock::new();
-    E.get_or_init(|| {
-        let dir = std::env::var_os("SLUICE_MODELS_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"))
-            .join("all-MiniLM-L6-v2");
-        let svc = EmbeddingService::start(sluice_model::EmbeddingModel::load(&dir, 2).unwrap(), 64, 8192).unwrap();
-        Arc::new([("minilm".to_string(), svc)].into_iter().collect())
-    })
-    .clone()
-}
 
 async fn call(app: &Router, method: &str, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
     let req = Request::builder()

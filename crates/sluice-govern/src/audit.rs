@@ -193,6 +193,13 @@ impl Auditor {
         Arc::new(Self { writes })
     }
 
+    /// Like [`Auditor::start`], with the writer on `background`, over its store.
+    pub fn start_on(background: &crate::Background, secret: Vec<u8>, tip: Option<std::path::PathBuf>) -> Arc<Self> {
+        let (writes, rx) = mpsc::unbounded_channel();
+        background.spawn(writer(background.store().clone(), Arc::new(secret), tip, rx));
+        Arc::new(Self { writes })
+    }
+
     /// Records an event; `body` is its details (never prompt text unless policy allows).
     pub fn record(&self, kind: &str, tenant_id: Option<&str>, actor: Option<&str>, body: serde_json::Value) {
         let e = entry(kind, tenant_id, actor, body);
@@ -202,14 +209,50 @@ impl Auditor {
     }
 }
 
+/// The tip file is rewritten at most this often (a rename flushes data on most filesystems);
+/// a newer checkpoint waiting to be written is written as soon as the writer goes idle or this
+/// much time has passed.
+const TIP_EVERY: Duration = Duration::from_millis(100);
+
+/// Writes the tip file off the async workers (it blocks on the filesystem).
+async fn write_tip(path: &std::path::Path, secret: &Arc<Vec<u8>>, seq: i64, hash: String) {
+    let (path, secret) = (path.to_path_buf(), secret.clone());
+    let _ = tokio::task::spawn_blocking(move || Tip::write(&path, &secret, seq, &hash)).await;
+}
+
 async fn writer(store: Store, secret: Arc<Vec<u8>>, tip: Option<std::path::PathBuf>, mut rx: mpsc::UnboundedReceiver<NewAuditEntry>) {
     let mac = |seq: i64, hash: &str| checkpoint_mac(&secret, seq, hash);
     let mut pending: Vec<NewAuditEntry> = Vec::new();
+    // The newest checkpoint not yet in the tip file, and when the file was last written.
+    let mut unwritten_tip: Option<(i64, String)> = None;
+    let mut tip_written: Option<std::time::Instant> = None;
     loop {
         if pending.is_empty() {
-            match rx.recv().await {
+            let next = match (&tip, unwritten_tip.take()) {
+                (Some(path), Some((seq, hash))) => {
+                    let wait = TIP_EVERY.saturating_sub(tip_written.map_or(TIP_EVERY, |t| t.elapsed()));
+                    match tokio::time::timeout(wait, rx.recv()).await {
+                        Ok(next) => {
+                            unwritten_tip = Some((seq, hash));
+                            next
+                        }
+                        Err(_) => {
+                            write_tip(path, &secret, seq, hash).await;
+                            tip_written = Some(std::time::Instant::now());
+                            continue;
+                        }
+                    }
+                }
+                _ => rx.recv().await,
+            };
+            match next {
                 Some(e) => pending.push(e),
-                None => return,
+                None => {
+                    if let (Some(path), Some((seq, hash))) = (&tip, unwritten_tip) {
+                        write_tip(path, &secret, seq, hash).await;
+                    }
+                    return;
+                }
             }
         }
         while pending.len() < MAX_BATCH {
@@ -224,8 +267,15 @@ async fn writer(store: Store, secret: Arc<Vec<u8>>, tip: Option<std::path::PathB
         match store.append_audit(&pending, &entry_hash, &mac, CHECKPOINT_EVERY, quiet).await {
             Ok((seq, hash)) => {
                 pending.clear();
-                if quiet && let Some(path) = &tip {
-                    Tip::write(path, &secret, seq, &hash);
+                if quiet && tip.is_some() {
+                    unwritten_tip = Some((seq, hash));
+                }
+                if let (Some(path), Some(_)) = (&tip, &unwritten_tip)
+                    && tip_written.is_none_or(|t| t.elapsed() >= TIP_EVERY)
+                    && let Some((seq, hash)) = unwritten_tip.take()
+                {
+                    write_tip(path, &secret, seq, hash).await;
+                    tip_written = Some(std::time::Instant::now());
                 }
             }
             Err(e) => {

@@ -242,12 +242,13 @@ fn valid_name(s: &str) -> bool {
 pub struct Governor {
     store: Store,
     auditor: Option<Arc<crate::Auditor>>,
+    auth_cache: Arc<crate::auth_cache::AuthCache>,
 }
 
 impl Governor {
     /// Governs with `store`.
     pub fn new(store: Store) -> Self {
-        Self { store, auditor: None }
+        Self { store, auditor: None, auth_cache: Default::default() }
     }
 
     /// Records administrative actions, authentication failures and requests in `auditor`.
@@ -289,13 +290,22 @@ impl Governor {
         if key.len() < MIN_KEY_LEN || !key.is_char_boundary(PREFIX_LEN) {
             return Err(AuthError::Invalid);
         }
-        let (record, tenant) = self.store.key_and_tenant(&key[..PREFIX_LEN]).await?.ok_or(AuthError::Invalid)?;
-        let stored = (0..record.hash.len() / 2)
-            .map(|i| u8::from_str_radix(record.hash.get(2 * i..2 * i + 2).unwrap_or("zz"), 16).unwrap_or(0))
-            .collect::<Vec<u8>>();
-        if !constant_time_eq(&digest(key), &stored) {
-            return Err(AuthError::Invalid);
-        }
+        let presented = digest(key);
+        let (record, tenant) = match self.auth_cache.get(&self.store, &presented).await? {
+            // Found by the digest of the whole key: it is this key.
+            (Some(hit), _) => hit,
+            (None, epoch) => {
+                let (record, tenant) = self.store.key_and_tenant(&key[..PREFIX_LEN]).await?.ok_or(AuthError::Invalid)?;
+                let stored = (0..record.hash.len() / 2)
+                    .map(|i| u8::from_str_radix(record.hash.get(2 * i..2 * i + 2).unwrap_or("zz"), 16).unwrap_or(0))
+                    .collect::<Vec<u8>>();
+                if !constant_time_eq(&presented, &stored) {
+                    return Err(AuthError::Invalid);
+                }
+                self.auth_cache.put(presented, record.clone(), tenant.clone(), epoch);
+                (record, tenant)
+            }
+        };
         if record.revoked_ms.is_some() {
             return Err(AuthError::Revoked { reason: record.revoked_reason });
         }
@@ -375,12 +385,15 @@ impl Governor {
     pub async fn set_logging_policy(&self, name: &str, policy: LoggingPolicy) -> Result<Tenant, GovernError> {
         let t = self.store.tenant_by_name(name).await?.ok_or_else(|| GovernError::NotFound(format!("tenant {name:?}")))?;
         self.store.set_logging_policy(&t.id, policy.as_str()).await?;
+        self.auth_cache.clear();
         Ok(Tenant { logging_policy: policy.as_str().to_string(), ..t })
     }
 
     /// Revokes a key by id.
     pub async fn revoke_key(&self, id: &str, reason: &str) -> Result<(), GovernError> {
-        if self.store.revoke_key(id, reason, now_ms()).await? { Ok(()) } else { Err(GovernError::NotFound(format!("key {id:?}"))) }
+        let found = self.store.revoke_key(id, reason, now_ms()).await?;
+        self.auth_cache.clear();
+        if found { Ok(()) } else { Err(GovernError::NotFound(format!("key {id:?}"))) }
     }
 
     /// On a store without keys, makes the first admin key (tenant `admin`): the `configured` one

@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 use sluice_store::{BudgetFull, BudgetHold, Limits, Reservation, Settlement, Store, StoreError, now_ms};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::background::Background;
+use crate::journal::{self, Journal, Record};
+
 /// Heartbeat period of a process.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 /// A process silent this long is taken for dead.
@@ -29,65 +32,129 @@ const SETTLE_TRIES: u32 = 6;
 type ReserveReply = oneshot::Sender<Result<Result<(), BudgetFull>, String>>;
 
 /// A ledger write for the writer task.
-enum Op {
-    Reserve(Reservation, ReserveReply),
-    Settle(Settlement, u32),
+enum Write {
+    Reserve(Reservation),
+    Settle(Settlement),
+}
+
+struct Op {
+    write: Write,
+    /// Someone waits for a reservation's answer.
+    reply: Option<ReserveReply>,
+    /// The journal segment holding it, if journaled.
+    journal: Option<u64>,
+    /// Failed tries so far.
+    tries: u32,
+}
+
+impl Op {
+    fn new(write: Write, reply: Option<ReserveReply>, journal: Option<u64>) -> Self {
+        Self { write, reply, journal, tries: 0 }
+    }
+}
+
+/// Longest pause between tries while the store is unreachable.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Commits `ops` in one transaction; answers the reservations that wait and tells the journal.
+async fn commit(store: &Store, journal: Option<&Journal>, ops: Vec<Op>) -> Result<(), (StoreError, Vec<Op>)> {
+    let mut reservations = Vec::new();
+    let mut settlements = Vec::new();
+    for op in &ops {
+        match &op.write {
+            Write::Reserve(row) => reservations.push(row.clone()),
+            Write::Settle(row) => settlements.push(row.clone()),
+        }
+    }
+    let answers = match store.apply(&reservations, &settlements).await {
+        Ok((answers, _)) => answers,
+        Err(e) => return Err((e, ops)),
+    };
+    let mut answers = answers.into_iter();
+    let mut done: HashMap<u64, usize> = HashMap::new();
+    for op in ops {
+        if let Some(seg) = op.journal {
+            *done.entry(seg).or_default() += 1;
+        }
+        if let Write::Reserve(_) = op.write {
+            let a = answers.next().unwrap_or(Ok(()));
+            if let Some(reply) = op.reply {
+                let _ = reply.send(Ok(a));
+            }
+        }
+    }
+    if let Some(j) = journal {
+        for (seg, n) in done {
+            j.committed(seg, n);
+        }
+    }
+    Ok(())
 }
 
 /// The one task that writes the ledger: it takes whatever writes are waiting and commits them
 /// in one transaction (group commit), so under load a commit serves many requests.
-async fn writer(store: Store, tx: mpsc::UnboundedSender<Op>, mut rx: mpsc::UnboundedReceiver<Op>) {
-    while let Some(first) = rx.recv().await {
-        let mut ops = vec![first];
-        while ops.len() < MAX_BATCH {
+///
+/// When a batch fails, its writes are tried one by one, so one bad row cannot hold back the
+/// others. A reservation someone waits for is answered with the error; other writes are kept,
+/// in order, for the next batch: while the store is unreachable for as long as it takes (they
+/// are in the journal meanwhile, or their requests' rows would otherwise be missing); a write
+/// the store refuses is dropped after [`SETTLE_TRIES`] tries and left to recovery.
+async fn writer(store: Store, journal: Option<Arc<Journal>>, mut rx: mpsc::UnboundedReceiver<Op>) {
+    let mut carried: std::collections::VecDeque<Op> = Default::default();
+    let mut failures = 0u32;
+    loop {
+        if carried.is_empty() {
+            let Some(first) = rx.recv().await else { return };
+            carried.push_back(first);
+        }
+        while carried.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(op) => ops.push(op),
+                Ok(op) => carried.push_back(op),
                 Err(_) => break,
             }
         }
-        let mut reservations = Vec::new();
-        let mut replies = Vec::new();
-        let mut settlements = Vec::new();
+        let batch: Vec<Op> = carried.drain(..).collect();
+        let Err((e, ops)) = commit(&store, journal.as_deref(), batch).await else {
+            failures = 0;
+            continue;
+        };
+        tracing::warn!(error = %e, writes = ops.len(), "ledger batch failed; trying its writes one by one");
+        // Requests whose reservation stays behind: their settlements must not go first.
+        let mut held_back = std::collections::HashSet::new();
         for op in ops {
-            match op {
-                Op::Reserve(r, reply) => {
-                    reservations.push(r);
-                    replies.push(reply);
-                }
-                Op::Settle(s, tries) => settlements.push((s, tries)),
+            if let Write::Settle(s) = &op.write
+                && held_back.contains(&s.request_id)
+            {
+                carried.push_back(op);
+                continue;
             }
+            let Err((e, mut ops)) = commit(&store, journal.as_deref(), vec![op]).await else { continue };
+            let Some(mut op) = ops.pop() else { continue };
+            if let Some(reply) = op.reply.take() {
+                // The request waits: it gets an answer now, not after the store is back.
+                let _ = reply.send(Err(e.to_string()));
+                continue;
+            }
+            op.tries += 1;
+            if op.tries >= SETTLE_TRIES && !e.is_retryable() {
+                let id = match &op.write {
+                    Write::Reserve(r) => &r.request_id,
+                    Write::Settle(s) => &s.request_id,
+                };
+                tracing::error!(error = %e, request_id = %id, "the store keeps refusing a ledger write; dropped, recovery settles the request");
+                if let (Some(j), Some(seg)) = (journal.as_deref(), op.journal) {
+                    j.committed(seg, 1);
+                }
+                continue;
+            }
+            if let Write::Reserve(r) = &op.write {
+                held_back.insert(r.request_id.clone());
+            }
+            carried.push_back(op);
         }
-        let settle_rows: Vec<Settlement> = settlements.iter().map(|(s, _)| s.clone()).collect();
-        let mut result = store.apply(&reservations, &settle_rows).await.map(|(r, _)| r);
-        if let Err(e) = &result {
-            tracing::warn!(error = %e, settlements = settle_rows.len(), "ledger batch failed");
-            for (s, tries) in settlements {
-                if tries + 1 >= SETTLE_TRIES {
-                    tracing::error!(request_id = %s.request_id, "ledger settlement failed; left for recovery after a restart");
-                    continue;
-                }
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(50 << tries)).await;
-                    let _ = tx.send(Op::Settle(s, tries + 1));
-                });
-            }
-            if !reservations.is_empty() && !settle_rows.is_empty() {
-                // Do not let a bad settlement refuse admissions: try them alone.
-                result = store.apply(&reservations, &[]).await.map(|(r, _)| r);
-            }
-        }
-        match result {
-            Ok(answers) => {
-                for (reply, a) in replies.into_iter().zip(answers) {
-                    let _ = reply.send(Ok(a));
-                }
-            }
-            Err(e) => {
-                for reply in replies {
-                    let _ = reply.send(Err(e.to_string()));
-                }
-            }
+        if !carried.is_empty() {
+            failures += 1;
+            tokio::time::sleep((Duration::from_millis(50) * 2u32.saturating_pow(failures.min(7))).min(MAX_BACKOFF)).await;
         }
     }
 }
@@ -229,8 +296,11 @@ pub struct Ledger {
     instance_id: String,
     host: String,
     writes: mpsc::UnboundedSender<Op>,
+    journal: Option<Arc<Journal>>,
+    journal_dir: Option<std::path::PathBuf>,
     windows: Mutex<HashMap<(&'static str, String), Window>>,
     limits: tokio::sync::RwLock<LimitsCache>,
+    limits_refreshing: std::sync::atomic::AtomicBool,
 }
 
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
@@ -278,8 +348,16 @@ fn hostname() -> String {
 }
 
 /// Settles the reservations of processes that stopped: silent too long anywhere, or (on this
-/// host) whose pid no longer runs — so a restart after a crash recovers at once.
-async fn recover(store: &Store, host: &str) -> Result<u64, StoreError> {
+/// host) whose pid no longer runs — so a restart after a crash recovers at once. What they
+/// journaled in `journal_dir` is written first, so their finished requests keep their real
+/// usage and only the unfinished ones settle as `server_crashed`.
+async fn recover(store: &Store, host: &str, journal_dir: Option<(&std::path::Path, &str)>) -> Result<u64, StoreError> {
+    if let Some((dir, me)) = journal_dir {
+        let r = journal::restore(dir, me, store).await?;
+        if r.journals > 0 {
+            tracing::warn!(journals = r.journals, records = r.records, settled = r.settled, unreadable = r.unreadable, "wrote the ledger journal of a process that stopped");
+        }
+    }
     let me = i64::from(std::process::id());
     if !std::path::Path::new("/proc/self").exists() {
         // No way to see other processes here: rely on heartbeats alone.
@@ -301,20 +379,50 @@ fn dollars(micros: i64) -> String {
 
 impl Ledger {
     /// Registers this process, settles what crashed processes left, and keeps the heartbeat
-    /// and recovery going in the background.
+    /// and recovery going in the background. Without a journal, a request's answer waits
+    /// until its ledger row is committed; see [`Ledger::start_journaled`].
     pub async fn start(store: Store) -> Result<Arc<Self>, StoreError> {
+        Self::start_with(store, None, None).await
+    }
+
+    /// Like [`Ledger::start`], with a local journal in `dir` (see [`crate::journal`]): ledger
+    /// rows of requests under no budget are journaled and committed to the store behind the
+    /// answer, so admission and settlement cost no database round trip. With `background`,
+    /// the writer runs there, over its store.
+    pub async fn start_journaled(store: Store, dir: &std::path::Path, background: Option<&Background>) -> Result<Arc<Self>, StoreError> {
+        Self::start_with(store, Some(dir.to_path_buf()), background).await
+    }
+
+    async fn start_with(store: Store, journal_dir: Option<std::path::PathBuf>, background: Option<&Background>) -> Result<Arc<Self>, StoreError> {
         let mut id = [0u8; 8];
         rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut id).map_err(|e| StoreError::Io(e.to_string()))?;
         let instance_id = format!("proc_{}", id.iter().map(|b| format!("{b:02x}")).collect::<String>());
         let host = hostname();
+        let journal = match &journal_dir {
+            Some(dir) => Some(Arc::new(Journal::open(dir, &instance_id)?)),
+            None => None,
+        };
         store.heartbeat(&instance_id, &host, i64::from(std::process::id()), now_ms()).await?;
-        let recovered = recover(&store, &host).await?;
+        let recovered = recover(&store, &host, journal_dir.as_deref().map(|d| (d, instance_id.as_str()))).await?;
         if recovered > 0 {
             tracing::warn!(recovered, "settled reservations left by a process that stopped (no cost charged)");
         }
         let (writes, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer(store.clone(), writes.clone(), rx));
-        let ledger = Arc::new(Self { store, instance_id, host, writes, windows: Mutex::new(HashMap::new()), limits: Default::default() });
+        match background {
+            Some(bg) => bg.spawn(writer(bg.store().clone(), journal.clone(), rx)),
+            None => drop(tokio::spawn(writer(store.clone(), journal.clone(), rx))),
+        }
+        let ledger = Arc::new(Self {
+            store,
+            instance_id,
+            host,
+            writes,
+            journal,
+            journal_dir,
+            windows: Mutex::new(HashMap::new()),
+            limits: Default::default(),
+            limits_refreshing: Default::default(),
+        });
         let weak = Arc::downgrade(&ledger);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(HEARTBEAT);
@@ -327,7 +435,7 @@ impl Ledger {
                 }
                 n += 1;
                 if n.is_multiple_of(6) {
-                    match recover(&l.store, &l.host).await {
+                    match recover(&l.store, &l.host, l.journal_dir.as_deref().map(|d| (d, l.instance_id.as_str()))).await {
                         Ok(0) => {}
                         Ok(k) => tracing::warn!(recovered = k, "settled reservations of a stopped process"),
                         Err(e) => tracing::warn!(error = %e, "ledger recovery failed"),
@@ -348,18 +456,39 @@ impl Ledger {
         &self.store
     }
 
-    async fn limits_for(&self, scopes: &[(&'static str, String)]) -> Result<Vec<Limits>, StoreError> {
+    /// The limits of `scopes`. Read from the store at first, then refreshed in the background
+    /// every [`LIMITS_TTL`] while requests go on with the known ones.
+    async fn limits_for(self: &Arc<Self>, scopes: &[(&'static str, String)]) -> Result<Vec<Limits>, StoreError> {
+        let pick = |cache: &LimitsCache| scopes.iter().map(|(s, id)| cache.by_scope.get(&(s.to_string(), id.clone())).copied().unwrap_or_default()).collect();
         {
             let cache = self.limits.read().await;
-            if cache.loaded.is_some_and(|t| t.elapsed() < LIMITS_TTL) {
-                return Ok(scopes.iter().map(|(s, id)| cache.by_scope.get(&(s.to_string(), id.clone())).copied().unwrap_or_default()).collect());
+            match cache.loaded {
+                Some(t) if t.elapsed() < LIMITS_TTL => return Ok(pick(&cache)),
+                Some(_) => {
+                    if !self.limits_refreshing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                        let me = self.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = me.load_limits().await {
+                                tracing::warn!(error = %e, "cannot refresh limits; using the ones known");
+                            }
+                            me.limits_refreshing.store(false, std::sync::atomic::Ordering::Release);
+                        });
+                    }
+                    return Ok(pick(&cache));
+                }
+                None => {}
             }
         }
+        self.load_limits().await?;
+        Ok(pick(&*self.limits.read().await))
+    }
+
+    async fn load_limits(&self) -> Result<(), StoreError> {
         let all = self.store.all_limits().await?;
         let mut cache = self.limits.write().await;
         cache.by_scope = all.into_iter().map(|(s, id, l)| ((s, id), l)).collect();
         cache.loaded = Some(Instant::now());
-        Ok(scopes.iter().map(|(s, id)| cache.by_scope.get(&(s.to_string(), id.clone())).copied().unwrap_or_default()).collect())
+        Ok(())
     }
 
     /// Forgets cached limits (after an admin changed them).
@@ -374,7 +503,7 @@ impl Ledger {
     /// Checks the limits and reserves the worst case; writes the ledger row. A request under a
     /// budget is admitted only once its reservation is committed; one under none is admitted
     /// at once, its row still being written: the returned [`Pending`] says when it is.
-    pub async fn admit(&self, a: &AdmitRequest) -> Result<Pending, AdmitError> {
+    pub async fn admit(self: &Arc<Self>, a: &AdmitRequest) -> Result<Pending, AdmitError> {
         let now = now_ms();
         let minute = now / 60_000;
         let retry_minute = (((minute + 1) * 60_000 - now) / 1000).max(1) as u32;
@@ -431,9 +560,19 @@ impl Ledger {
             reserved_micros: a.worst_case_micros,
             budgets,
         };
-        let (reply, answer) = oneshot::channel();
         let unbudgeted = reservation.budgets.is_empty();
-        let outcome = match self.writes.send(Op::Reserve(reservation, reply)) {
+        if unbudgeted && let Some(seg) = self.journal_append(&Record::Reserve(reservation.clone())) {
+            return match self.writes.send(Op::new(Write::Reserve(reservation), None, Some(seg))) {
+                Ok(()) => Ok(Pending(None)),
+                Err(_) => {
+                    // Journaled: the next process to start writes it.
+                    tracing::error!("the ledger writer stopped; the reservation stays in the journal");
+                    Ok(Pending(None))
+                }
+            };
+        }
+        let (reply, answer) = oneshot::channel();
+        let outcome = match self.writes.send(Op::new(Write::Reserve(reservation), Some(reply), None)) {
             Ok(()) if unbudgeted => return Ok(Pending(Some(answer))),
             Ok(()) => answer.await.unwrap_or_else(|_| Err("the ledger writer stopped".into())),
             Err(_) => Err("the ledger writer stopped".into()),
@@ -484,8 +623,21 @@ impl Ledger {
         let scopes = Self::scopes(&s.tenant_id, &s.key_id, &s.feature);
         let used = s.settlement.prompt_tokens + s.settlement.completion_tokens;
         self.release(&scopes, s.admitted_tokens as i64, used);
-        if self.writes.send(Op::Settle(s.settlement, 0)).is_err() {
-            tracing::error!("the ledger writer stopped; the reservation is left for recovery");
+        let seg = self.journal_append(&Record::Settle(s.settlement.clone()));
+        if self.writes.send(Op::new(Write::Settle(s.settlement), None, seg)).is_err() {
+            tracing::error!("the ledger writer stopped; the settlement is left to the journal or to recovery");
+        }
+    }
+
+    /// Appends to the journal, if there is one and it works.
+    fn journal_append(&self, r: &Record) -> Option<u64> {
+        let j = self.journal.as_ref()?;
+        match j.append(r) {
+            Ok(seg) => Some(seg),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot append to the ledger journal; this write waits for the store");
+                None
+            }
         }
     }
 }

@@ -2,11 +2,15 @@
 //! budgets and pricing. Storage is `sluice-store`'s; HTTP is `sluice-server`'s.
 
 pub mod audit;
+mod auth_cache;
+mod background;
+pub mod journal;
 mod keys;
 mod ledger;
 pub mod redact;
 
 pub use audit::{Auditor, Tip, Verification};
+pub use background::Background;
 pub use keys::{AuthError, GovernError, Governor, LoggingPolicy, NewKey, Principal, Role};
 pub use redact::{Finding, PiiKind, Redactor};
 pub use ledger::{AdmitError, AdmitRequest, Ledger, Pending, SettleRequest, periods};

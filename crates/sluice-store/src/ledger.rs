@@ -37,7 +37,7 @@ impl Limits {
 }
 
 /// A budget a reservation is held against.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BudgetHold {
     /// `tenant`, `key` or `feature`.
     pub scope: String,
@@ -50,7 +50,7 @@ pub struct BudgetHold {
 }
 
 /// The row written at admission.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Reservation {
     /// Request id.
     pub request_id: String,
@@ -84,7 +84,7 @@ pub struct BudgetFull {
 }
 
 /// One attempt, as written.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct AttemptRow {
     /// Backend.
     pub backend: String,
@@ -99,7 +99,7 @@ pub struct AttemptRow {
 }
 
 /// What settlement writes.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Settlement {
     /// Request id.
     pub request_id: String,
@@ -349,6 +349,20 @@ impl Store {
         Ok((reserved, settled))
     }
 
+    /// Writes again what a process journaled before it stopped: reservation rows that are not
+    /// in the store yet (journaled reservations hold no budgets) and settlements of rows still
+    /// reserved. Running it twice changes nothing the second time. Returns rows settled.
+    pub async fn restore(&self, reservations: &[Reservation], settlements: &[Settlement]) -> Result<u64, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let rows: Vec<&Reservation> = reservations.iter().collect();
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            insert_reservations_with(&mut tx, chunk, " ON CONFLICT (request_id) DO NOTHING").await?;
+        }
+        let settled = settle_many(&mut tx, settlements).await?;
+        tx.commit().await?;
+        Ok(settled.iter().filter(|s| **s).count() as u64)
+    }
+
     /// Settles, at no cost, every reservation whose process has not beaten its heart since
     /// `stale_before_ms`, or is one of `dead` (known to have stopped); returns how many.
     pub async fn recover(&self, stale_before_ms: i64, dead: &[String], now_ms: i64) -> Result<u64, StoreError> {
@@ -511,11 +525,15 @@ fn placeholders(rows: usize, cols: usize, literal_after: Option<(usize, &str)>) 
 }
 
 async fn insert_reservations(tx: &mut sqlx::AnyConnection, rows: &[&Reservation]) -> Result<(), sqlx::Error> {
+    insert_reservations_with(tx, rows, "").await
+}
+
+async fn insert_reservations_with(tx: &mut sqlx::AnyConnection, rows: &[&Reservation], on_conflict: &str) -> Result<(), sqlx::Error> {
     if rows.is_empty() {
         return Ok(());
     }
     let sql = format!(
-        "INSERT INTO ledger (request_id, created_ms, instance_id, state, tenant_id, key_id, feature, route, reserved_micros, budgets) VALUES {}",
+        "INSERT INTO ledger (request_id, created_ms, instance_id, state, tenant_id, key_id, feature, route, reserved_micros, budgets) VALUES {}{on_conflict}",
         placeholders(rows.len(), 9, Some((3, "'reserved'")))
     );
     let mut q = sqlx::query(&sql);

@@ -13,6 +13,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "0002_ledger_and_limits.sql", include_str!("../migrations/0002_ledger_and_limits.sql")),
     (3, "0003_audit.sql", include_str!("../migrations/0003_audit.sql")),
     (4, "0004_logging_policy.sql", include_str!("../migrations/0004_logging_policy.sql")),
+    (5, "0005_auth_epoch.sql", include_str!("../migrations/0005_auth_epoch.sql")),
 ];
 
 /// Arbitrary, fixed: "sluice" in ASCII.

@@ -108,8 +108,16 @@ impl Store {
 
     /// Sets a tenant's logging policy; false when there is no such tenant.
     pub async fn set_logging_policy(&self, tenant_id: &str, policy: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE tenants SET logging_policy = $1 WHERE id = $2").bind(policy).bind(tenant_id).execute(self.pool()).await?;
+        let mut tx = self.pool().begin().await?;
+        let done = sqlx::query("UPDATE tenants SET logging_policy = $1 WHERE id = $2").bind(policy).bind(tenant_id).execute(&mut *tx).await?;
+        bump_auth_epoch(&mut tx).await?;
+        tx.commit().await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    /// The authentication epoch: it changes whenever a cached authentication may be stale.
+    pub async fn auth_epoch(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT n FROM auth_epoch WHERE id = 1").fetch_one(self.pool()).await?)
     }
 
     /// Every tenant, by name.
@@ -188,12 +196,20 @@ impl Store {
 
     /// Revokes a key (the first revocation's time and reason stay); false when no such key.
     pub async fn revoke_key(&self, id: &str, reason: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let mut tx = self.pool().begin().await?;
         let done = sqlx::query("UPDATE api_keys SET revoked_ms = COALESCE(revoked_ms, $1), revoked_reason = COALESCE(revoked_reason, $2) WHERE id = $3")
             .bind(now_ms)
             .bind(reason)
             .bind(id)
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await?;
+        bump_auth_epoch(&mut tx).await?;
+        tx.commit().await?;
         Ok(done.rows_affected() > 0)
     }
+}
+
+async fn bump_auth_epoch(tx: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE auth_epoch SET n = n + 1 WHERE id = 1").execute(&mut *tx).await?;
+    Ok(())
 }

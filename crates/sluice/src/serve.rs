@@ -195,12 +195,12 @@ pub fn audit_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(secret.into_bytes())
 }
 
-/// Opens the store, applies migrations, starts the audit trail, and makes the first admin key
-/// on an empty store (printed once, unless `bootstrap` gives it).
-pub async fn open_governor(url: &str, bootstrap: Option<&str>, audit_secret_file: &Path) -> anyhow::Result<Governor> {
+/// Opens the store, applies migrations, starts the audit trail (its writer on `background`),
+/// and makes the first admin key on an empty store (printed once, unless `bootstrap` gives it).
+pub async fn open_governor(url: &str, bootstrap: Option<&str>, audit_secret_file: &Path, background: &sluice_govern::Background) -> anyhow::Result<Governor> {
     let store = sluice_store::Store::open(url).await.with_context(|| format!("cannot open the store {}", redact(url)))?;
     let secret = audit_secret(audit_secret_file)?;
-    let auditor = sluice_govern::Auditor::start(store.clone(), secret, Some(audit_secret_file.with_extension("tip")));
+    let auditor = sluice_govern::Auditor::start_on(background, secret, Some(audit_secret_file.with_extension("tip")));
     let gov = Governor::new(store).with_auditor(auditor);
     if let Some(k) = gov.bootstrap(bootstrap).await.context("cannot create the first admin key")? {
         gov.audit("admin.key_created", Some(&k.record.tenant_id), Some("bootstrap"), serde_json::json!({"key_id": k.record.id, "prefix": k.record.prefix, "role": "admin"}));
@@ -321,6 +321,16 @@ fn start_embedders(cfg: &GatewayConfig, args: &ServeArgs) -> anyhow::Result<slui
     Ok(Arc::new(out))
 }
 
+/// Where the ledger journals: beside an SQLite database (it belongs to that file), else in the
+/// data directory.
+fn ledger_journal_dir(database_url: &str, data_dir: &std::path::Path) -> PathBuf {
+    let sqlite = database_url.strip_prefix("sqlite://").or_else(|| database_url.strip_prefix("sqlite:"));
+    match sqlite.map(|p| p.split('?').next().unwrap_or(p)).filter(|p| !p.is_empty() && *p != ":memory:") {
+        Some(path) => PathBuf::from(format!("{path}.ledger-journal")),
+        None => data_dir.join("ledger-journal"),
+    }
+}
+
 async fn shutdown() {
     let _ = tokio::signal::ctrl_c().await;
 }
@@ -346,8 +356,13 @@ async fn serve_fleet(args: ServeArgs, cfg: GatewayConfig) -> anyhow::Result<()> 
     let mut governed = None;
     if let Some(url) = &database_url {
         let secret_file = cfg.audit_secret_file.clone().unwrap_or_else(|| args.audit_secret_file.clone());
-        let gov = open_governor(url, cfg.bootstrap_key.as_deref(), &secret_file).await?;
-        let ledger = sluice_govern::Ledger::start(gov.store().clone()).await.context("cannot start the ledger")?;
+        // The ledger's and audit trail's writers run at a lower priority than requests.
+        let background = sluice_govern::Background::start(url).await.with_context(|| format!("cannot open the store {}", redact(url)))?;
+        let gov = open_governor(url, cfg.bootstrap_key.as_deref(), &secret_file, &background).await?;
+        let journal = ledger_journal_dir(url, &args.data_dir);
+        let ledger = sluice_govern::Ledger::start_journaled(gov.store().clone(), &journal, Some(&background))
+            .await
+            .with_context(|| format!("cannot start the ledger (journal {})", journal.display()))?;
         gateway.set_governance(Arc::new(
             sluice_server::ledger::LedgerGovernance::new(ledger.clone()).with_auditor(gov.auditor().cloned(), Some(redactor.clone())),
         ));

@@ -100,6 +100,27 @@ async fn keys_roles_revocation_and_the_admin_api() {
     let expired = r.json()["key"].as_str().unwrap().to_string();
     let r = send(&app, "GET", "/v1/models", Some(&expired), None).await;
     assert_eq!((r.status.as_u16(), r.json()["error"]["code"].as_str()), (401, Some("expired_api_key")));
+
+    // A revocation made by another process (its own governor and cache, e.g. `sluice keys
+    // revoke`) reaches this one's remembered authentications through the store's epoch.
+    let r = send(&app, "POST", "/admin/keys", Some(&admin), Some(json!({"tenant": "acme", "role": "member"}))).await;
+    let (second, second_id) = (r.json()["key"].as_str().unwrap().to_string(), r.json()["id"].as_str().unwrap().to_string());
+    for _ in 0..3 {
+        assert_eq!(send(&app, "GET", "/v1/models", Some(&second), None).await.status, 200);
+    }
+    let elsewhere = Governor::new(gov.store().clone());
+    elsewhere.revoke_key(&second_id, "leaked").await.unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        let r = send(&app, "GET", "/v1/models", Some(&second), None).await;
+        if r.status == 401 {
+            assert_eq!(r.json()["error"]["message"], "This API key was revoked: leaked");
+            break;
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_secs(1), "revocation elsewhere not seen after {:?}", t0.elapsed());
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    eprintln!("revocation by another process took effect after {:?}", t0.elapsed());
 }
 
 /// Same prompt from two tenants: the second tenant finds nothing cached; the first, repeating

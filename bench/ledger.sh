@@ -3,7 +3,10 @@
 # gateway without a store (no keys, no limits, no ledger) and through gateways with API keys,
 # limits and the ledger on SQLite and on PostgreSQL (loopback), all in front of one fast mock
 # upstream. Alternating one-second slices. Results land in bench/results/.
-#   bench/ledger.sh      RATE=2000 SECONDS_PER_SIDE=6
+# The governed tenant has rate limits (requests and tokens per minute, requests in flight) set
+# high enough that nothing is refused, so every check runs; BUDGET_USD_PER_DAY=N adds a daily
+# budget (admission then reserves in the store).
+#   bench/ledger.sh      RATE=2000 SECONDS_PER_SIDE=6 [BUDGET_USD_PER_DAY=1000]
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RATE=${RATE:-2000}; SECS=${SECONDS_PER_SIDE:-6}
@@ -29,12 +32,18 @@ gateway() { # name port [database_url]
   "$SLUICE" serve --config "$RES/$1.toml" >"$RES/$1.log" 2>&1 & pids+=($!)
   wait_ready "http://127.0.0.1:$2/ready"
 }
-key() { "$SLUICE" keys create --tenant bench --database-url "$1" --audit-secret-file "$RES/$2-audit.key" | awk '/^key:/ {print $2}'; }
+key() { "$SLUICE" keys create --tenant bench --role admin --database-url "$1" --audit-secret-file "$RES/$2-audit.key" | awk '/^key:/ {print $2}'; }
+limits() { # port key
+  local budget=""; [ -n "${BUDGET_USD_PER_DAY:-}" ] && budget=", \"usd_per_day\": $BUDGET_USD_PER_DAY"
+  curl -sf -X PUT "http://127.0.0.1:$1/admin/limits" -H "Authorization: Bearer $2" -H 'Content-Type: application/json' \
+    -d "{\"scope\": \"tenant\", \"tenant\": \"bench\", \"rpm\": 100000000, \"tpm\": 1000000000000, \"concurrent\": 100000$budget}" >/dev/null
+}
 gateway plain 18095
 gateway sqlite 18096 "sqlite://$RES/ledger.db"
 gateway postgres 18097 "$PG_URL"
 SQLITE_KEY=$(key "sqlite://$RES/ledger.db" sqlite)
 PG_KEY=$(key "$PG_URL" postgres)
+limits 18096 "$SQLITE_KEY"; limits 18097 "$PG_KEY"
 for side in "sqlite 18096 $SQLITE_KEY" "postgres 18097 $PG_KEY"; do
   set -- $side
   echo "== no store vs $1" >&2

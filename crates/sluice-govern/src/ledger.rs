@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use sluice_store::{BudgetFull, BudgetHold, Limits, Reservation, Settlement, Store, StoreError, now_ms};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::allowance::{Allowances, Taken};
 use crate::background::Background;
 use crate::journal::{self, Journal, Record};
 
@@ -301,6 +302,9 @@ pub struct Ledger {
     windows: Mutex<HashMap<(&'static str, String), Window>>,
     limits: tokio::sync::RwLock<LimitsCache>,
     limits_refreshing: std::sync::atomic::AtomicBool,
+    allowances: Allowances,
+    /// When the heartbeat last reached the store.
+    last_beat: Mutex<Instant>,
 }
 
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
@@ -422,7 +426,20 @@ impl Ledger {
             windows: Mutex::new(HashMap::new()),
             limits: Default::default(),
             limits_refreshing: Default::default(),
+            allowances: Default::default(),
+            last_beat: Mutex::new(Instant::now()),
         });
+        if ledger.journal.is_some() {
+            let weak = Arc::downgrade(&ledger);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(crate::allowance::IDLE_RETURN / 2);
+                loop {
+                    tick.tick().await;
+                    let Some(l) = weak.upgrade() else { return };
+                    l.allowances.give_back(&l.store, &l.instance_id, false).await;
+                }
+            });
+        }
         let weak = Arc::downgrade(&ledger);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(HEARTBEAT);
@@ -430,8 +447,13 @@ impl Ledger {
             loop {
                 tick.tick().await;
                 let Some(l) = weak.upgrade() else { return };
-                if let Err(e) = l.store.heartbeat(&l.instance_id, &l.host, i64::from(std::process::id()), now_ms()).await {
-                    tracing::warn!(error = %e, "ledger heartbeat failed");
+                match l.store.heartbeat(&l.instance_id, &l.host, i64::from(std::process::id()), now_ms()).await {
+                    Ok(()) => {
+                        if let Ok(mut t) = l.last_beat.lock() {
+                            *t = Instant::now();
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "ledger heartbeat failed"),
                 }
                 n += 1;
                 if n.is_multiple_of(6) {
@@ -549,7 +571,7 @@ impl Ledger {
                 }
             }
         }
-        let reservation = Reservation {
+        let mut reservation = Reservation {
             request_id: a.request_id.clone(),
             created_ms: now,
             instance_id: self.instance_id.clone(),
@@ -559,8 +581,38 @@ impl Ledger {
             route: a.route.clone(),
             reserved_micros: a.worst_case_micros,
             budgets,
+            allowance: false,
         };
         let unbudgeted = reservation.budgets.is_empty();
+        // Under budgets, admit against this process's allowances where it can: journaled like
+        // an unbudgeted request, no round trip.
+        let mut allowance_outcome = None;
+        if !unbudgeted && self.journal.is_some() && self.heart_beating() {
+            match self.allowances.take(&self.store, &self.instance_id, &a.request_id, &reservation.budgets, a.worst_case_micros).await {
+                Ok(Taken::Yes { top_up }) => {
+                    if top_up {
+                        let (me, holds, worst) = (self.clone(), reservation.budgets.clone(), a.worst_case_micros);
+                        tokio::spawn(async move { me.allowances.top_up(&me.store, &me.instance_id, &holds, worst).await });
+                    }
+                    reservation.allowance = true;
+                    match self.journal_append(&Record::Reserve(reservation.clone())) {
+                        Some(seg) => {
+                            if self.writes.send(Op::new(Write::Reserve(reservation), None, Some(seg))).is_err() {
+                                tracing::error!("the ledger writer stopped; the reservation stays in the journal");
+                            }
+                            return Ok(Pending(None));
+                        }
+                        None => {
+                            self.allowances.undo(&a.request_id);
+                            reservation.allowance = false;
+                        }
+                    }
+                }
+                Ok(Taken::PerRequest) => {}
+                Ok(Taken::Full(full)) => allowance_outcome = Some(Ok(Err(full))),
+                Err(e) => allowance_outcome = Some(Err(e.to_string())),
+            }
+        }
         if unbudgeted && let Some(seg) = self.journal_append(&Record::Reserve(reservation.clone())) {
             return match self.writes.send(Op::new(Write::Reserve(reservation), None, Some(seg))) {
                 Ok(()) => Ok(Pending(None)),
@@ -571,11 +623,16 @@ impl Ledger {
                 }
             };
         }
-        let (reply, answer) = oneshot::channel();
-        let outcome = match self.writes.send(Op::new(Write::Reserve(reservation), Some(reply), None)) {
-            Ok(()) if unbudgeted => return Ok(Pending(Some(answer))),
-            Ok(()) => answer.await.unwrap_or_else(|_| Err("the ledger writer stopped".into())),
-            Err(_) => Err("the ledger writer stopped".into()),
+        let outcome = match allowance_outcome {
+            Some(o) => o,
+            None => {
+                let (reply, answer) = oneshot::channel();
+                match self.writes.send(Op::new(Write::Reserve(reservation), Some(reply), None)) {
+                    Ok(()) if unbudgeted => return Ok(Pending(Some(answer))),
+                    Ok(()) => answer.await.unwrap_or_else(|_| Err("the ledger writer stopped".into())),
+                    Err(_) => Err("the ledger writer stopped".into()),
+                }
+            }
         };
         let refused = match outcome {
             Ok(Ok(())) => return Ok(Pending(None)),
@@ -623,10 +680,22 @@ impl Ledger {
         let scopes = Self::scopes(&s.tenant_id, &s.key_id, &s.feature);
         let used = s.settlement.prompt_tokens + s.settlement.completion_tokens;
         self.release(&scopes, s.admitted_tokens as i64, used);
+        self.allowances.settle(&s.settlement.request_id, s.settlement.cost_micros);
         let seg = self.journal_append(&Record::Settle(s.settlement.clone()));
         if self.writes.send(Op::new(Write::Settle(s.settlement), None, seg)).is_err() {
             tracing::error!("the ledger writer stopped; the settlement is left to the journal or to recovery");
         }
+    }
+
+    /// Whether the heartbeat reached the store recently: else other processes may soon take
+    /// this one for dead and give its allowances back, so it stops using them.
+    fn heart_beating(&self) -> bool {
+        self.last_beat.lock().map(|t| t.elapsed() < STALE / 2).unwrap_or(false)
+    }
+
+    /// Gives every unused budget allowance back (at shutdown).
+    pub async fn give_back_allowances(&self) {
+        self.allowances.give_back(&self.store, &self.instance_id, true).await;
     }
 
     /// Appends to the journal, if there is one and it works.

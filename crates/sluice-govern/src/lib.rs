@@ -1,6 +1,7 @@
 //! Tenancy policy: API keys and who they belong to, roles, and (as they arrive) rate limits,
 //! budgets and pricing. Storage is `sluice-store`'s; HTTP is `sluice-server`'s.
 
+mod allowance;
 pub mod audit;
 mod auth_cache;
 mod background;

@@ -70,6 +70,21 @@ pub struct Reservation {
     pub reserved_micros: i64,
     /// Budgets it is held against.
     pub budgets: Vec<BudgetHold>,
+    /// Admitted against its process's allowances of `budgets` (nothing to hold per request).
+    #[serde(default)]
+    pub allowance: bool,
+}
+
+/// What asking for a budget allowance gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grant {
+    /// This much was added to the process's allowance.
+    Granted(i64),
+    /// The budget has room for the request, but too little to hand out slices: reserve per
+    /// request.
+    Exact,
+    /// The budget has no room for the request.
+    Full(BudgetFull),
 }
 
 /// A budget that had no room.
@@ -296,10 +311,11 @@ impl Store {
         Ok(())
     }
 
-    /// Processes on `host` that hold unsettled reservations: `(instance id, pid)`.
+    /// Processes on `host` that hold unsettled reservations or budget allowances: `(instance id, pid)`.
     pub async fn instances_with_reservations(&self, host: &str) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, pid FROM instances WHERE host = $1 AND EXISTS (SELECT 1 FROM ledger WHERE ledger.instance_id = instances.id AND ledger.state = 'reserved')",
+            "SELECT id, pid FROM instances WHERE host = $1 AND (EXISTS (SELECT 1 FROM ledger WHERE ledger.instance_id = instances.id AND ledger.state = 'reserved') \
+             OR EXISTS (SELECT 1 FROM budget_allowances a WHERE a.instance_id = instances.id))",
         )
         .bind(host)
         .fetch_all(self.pool())
@@ -337,12 +353,12 @@ impl Store {
         let mut reserved = Vec::with_capacity(reservations.len());
         // Reservations without budgets are plain inserts: one statement for all of them (those
         // with budgets insert theirs after their holds succeed).
-        let plain: Vec<&Reservation> = reservations.iter().filter(|r| r.budgets.is_empty()).collect();
+        let plain: Vec<&Reservation> = reservations.iter().filter(|r| r.budgets.is_empty() || r.allowance).collect();
         for chunk in plain.chunks(ROWS_PER_STATEMENT) {
             insert_reservations(&mut tx, chunk).await?;
         }
         for r in reservations {
-            reserved.push(if r.budgets.is_empty() { Ok(()) } else { reserve_in(&mut tx, r).await? });
+            reserved.push(if r.budgets.is_empty() || r.allowance { Ok(()) } else { reserve_in(&mut tx, r).await? });
         }
         let settled = settle_many(&mut tx, settlements).await?;
         tx.commit().await?;
@@ -361,6 +377,118 @@ impl Store {
         let settled = settle_many(&mut tx, settlements).await?;
         tx.commit().await?;
         Ok(settled.iter().filter(|s| **s).count() as u64)
+    }
+
+    /// Adds to `instance`'s allowance of budget `hold` up to `want`, never more than half of
+    /// what the budget has left (so other processes still find room), and at least `need`
+    /// (one request's worst case): else says to reserve per request, or that the budget is full.
+    pub async fn take_allowance(&self, instance: &str, hold: &BudgetHold, need: i64, want: i64) -> Result<Grant, StoreError> {
+        for _ in 0..3 {
+            let mut tx = self.pool().begin().await?;
+            // The insert comes first so the transaction holds the write lock before it reads.
+            sqlx::query(
+                "INSERT INTO spend (scope, scope_id, period, reserved_micros, spent_micros) VALUES ($1, $2, $3, 0, 0) ON CONFLICT (scope, scope_id, period) DO NOTHING",
+            )
+            .bind(&hold.scope)
+            .bind(&hold.scope_id)
+            .bind(&hold.period)
+            .execute(&mut *tx)
+            .await?;
+            let row = sqlx::query("SELECT reserved_micros, spent_micros FROM spend WHERE scope = $1 AND scope_id = $2 AND period = $3")
+                .bind(&hold.scope)
+                .bind(&hold.scope_id)
+                .bind(&hold.period)
+                .fetch_one(&mut *tx)
+                .await?;
+            let (reserved, spent): (i64, i64) = (row.try_get("reserved_micros")?, row.try_get("spent_micros")?);
+            let room = hold.limit_micros - spent - reserved;
+            if room < need {
+                tx.commit().await?;
+                return Ok(Grant::Full(BudgetFull { hold: hold.clone(), spent_micros: spent, reserved_micros: reserved }));
+            }
+            let grant = want.min(room / 2);
+            if grant < need {
+                tx.commit().await?;
+                return Ok(Grant::Exact);
+            }
+            let done = sqlx::query(
+                "UPDATE spend SET reserved_micros = reserved_micros + $1 WHERE scope = $2 AND scope_id = $3 AND period = $4 AND spent_micros + reserved_micros + $5 <= $6",
+            )
+            .bind(grant)
+            .bind(&hold.scope)
+            .bind(&hold.scope_id)
+            .bind(&hold.period)
+            .bind(grant)
+            .bind(hold.limit_micros)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                continue; // another process took room meanwhile
+            }
+            sqlx::query(
+                "INSERT INTO budget_allowances (instance_id, scope, scope_id, period, amount_micros) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (instance_id, scope, scope_id, period) DO UPDATE SET amount_micros = budget_allowances.amount_micros + excluded.amount_micros",
+            )
+            .bind(instance)
+            .bind(&hold.scope)
+            .bind(&hold.scope_id)
+            .bind(&hold.period)
+            .bind(grant)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(Grant::Granted(grant));
+        }
+        Ok(Grant::Exact)
+    }
+
+    /// Gives `amount` of `instance`'s allowance of a budget back to it (a row left with nothing
+    /// is removed).
+    pub async fn return_allowance(&self, instance: &str, scope: &str, scope_id: &str, period: &str, amount: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let held = sqlx::query(
+            "UPDATE budget_allowances SET amount_micros = amount_micros - $1 WHERE instance_id = $2 AND scope = $3 AND scope_id = $4 AND period = $5",
+        )
+        .bind(amount)
+        .bind(instance)
+        .bind(scope)
+        .bind(scope_id)
+        .bind(period)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if held {
+            sqlx::query("UPDATE spend SET reserved_micros = reserved_micros - $1 WHERE scope = $2 AND scope_id = $3 AND period = $4")
+                .bind(amount)
+                .bind(scope)
+                .bind(scope_id)
+                .bind(period)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM budget_allowances WHERE instance_id = $1 AND scope = $2 AND scope_id = $3 AND period = $4 AND amount_micros <= 0")
+                .bind(instance)
+                .bind(scope)
+                .bind(scope_id)
+                .bind(period)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The allowance `instance` holds on a budget (0 when none).
+    pub async fn allowance(&self, instance: &str, scope: &str, scope_id: &str, period: &str) -> Result<i64, StoreError> {
+        let n: Option<i64> =
+            sqlx::query_scalar("SELECT amount_micros FROM budget_allowances WHERE instance_id = $1 AND scope = $2 AND scope_id = $3 AND period = $4")
+                .bind(instance)
+                .bind(scope)
+                .bind(scope_id)
+                .bind(period)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(n.unwrap_or(0))
     }
 
     /// Settles, at no cost, every reservation whose process has not beaten its heart since
@@ -392,6 +520,26 @@ impl Store {
             };
             if self.settle(&s).await? {
                 n += 1;
+            }
+        }
+        // What those processes still held of budget allowances goes back to the budgets.
+        let mut holders: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT instance_id FROM budget_allowances WHERE NOT EXISTS \
+             (SELECT 1 FROM instances i WHERE i.id = budget_allowances.instance_id AND i.heartbeat_ms >= $1)",
+        )
+        .bind(stale_before_ms)
+        .fetch_all(self.pool())
+        .await?;
+        holders.extend(dead.iter().cloned());
+        for instance in holders {
+            let rows = sqlx::query("SELECT scope, scope_id, period, amount_micros FROM budget_allowances WHERE instance_id = $1")
+                .bind(&instance)
+                .fetch_all(self.pool())
+                .await?;
+            for r in rows {
+                let (scope, scope_id, period, amount): (String, String, String, i64) =
+                    (r.try_get("scope")?, r.try_get("scope_id")?, r.try_get("period")?, r.try_get("amount_micros")?);
+                self.return_allowance(&instance, &scope, &scope_id, &period, amount).await?;
             }
         }
         Ok(n)
@@ -533,8 +681,8 @@ async fn insert_reservations_with(tx: &mut sqlx::AnyConnection, rows: &[&Reserva
         return Ok(());
     }
     let sql = format!(
-        "INSERT INTO ledger (request_id, created_ms, instance_id, state, tenant_id, key_id, feature, route, reserved_micros, budgets) VALUES {}{on_conflict}",
-        placeholders(rows.len(), 9, Some((3, "'reserved'")))
+        "INSERT INTO ledger (request_id, created_ms, instance_id, state, tenant_id, key_id, feature, route, reserved_micros, budgets, allowance) VALUES {}{on_conflict}",
+        placeholders(rows.len(), 10, Some((3, "'reserved'")))
     );
     let mut q = sqlx::query(&sql);
     for r in rows {
@@ -547,7 +695,8 @@ async fn insert_reservations_with(tx: &mut sqlx::AnyConnection, rows: &[&Reserva
             .bind(&r.feature)
             .bind(&r.route)
             .bind(r.reserved_micros)
-            .bind(holds_text(&r.budgets));
+            .bind(holds_text(&r.budgets))
+            .bind(i64::from(r.allowance));
     }
     q.execute(&mut *tx).await?;
     Ok(())
@@ -562,14 +711,14 @@ async fn settle_many(tx: &mut sqlx::AnyConnection, all: &[Settlement]) -> Result
         first.entry(s.request_id.as_str()).or_insert(i);
     }
     let unique: Vec<&Settlement> = all.iter().enumerate().filter(|(i, s)| first[s.request_id.as_str()] == *i).map(|(_, s)| s).collect();
-    let mut claimed: std::collections::HashMap<String, (i64, String)> = std::collections::HashMap::new();
+    let mut claimed: std::collections::HashMap<String, Claimed> = std::collections::HashMap::new();
     for chunk in unique.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "UPDATE ledger SET state = 'settled', backend = v.column2, model = v.column3, attempts = v.column4, prompt_tokens = v.column5, \
              cached_tokens = v.column6, completion_tokens = v.column7, cost_micros = v.column8, ttft_ms = v.column9, duration_ms = v.column10, \
              status = v.column11, outcome = v.column12, error_kind = v.column13, settled_ms = v.column14 \
              FROM (VALUES {}) AS v WHERE ledger.request_id = v.column1 AND ledger.state = 'reserved' \
-             RETURNING ledger.request_id, ledger.reserved_micros, ledger.budgets",
+             RETURNING ledger.request_id, ledger.reserved_micros, ledger.budgets, ledger.allowance, ledger.instance_id",
             placeholders(chunk.len(), 14, None)
         );
         let mut q = sqlx::query(&sql);
@@ -591,19 +740,55 @@ async fn settle_many(tx: &mut sqlx::AnyConnection, all: &[Settlement]) -> Result
                 .bind(s.settled_ms);
         }
         for row in q.fetch_all(&mut *tx).await? {
-            claimed.insert(row.try_get("request_id")?, (row.try_get("reserved_micros")?, row.try_get("budgets")?));
+            let allowance: i64 = row.try_get("allowance")?;
+            claimed.insert(
+                row.try_get("request_id")?,
+                Claimed {
+                    reserved: row.try_get("reserved_micros")?,
+                    budgets: row.try_get("budgets")?,
+                    allowance: (allowance != 0).then(|| row.try_get("instance_id")).transpose()?,
+                },
+            );
         }
     }
-    // Budgets: the sum of what each touched budget gives back and takes.
+    // Budgets: the sum of what each touched budget gives back and takes. A request admitted
+    // against an allowance takes its cost out of that allowance (still held in `reserved`),
+    // unless the allowance was already given back (its process was recovered): then the cost
+    // is only added to spent.
     let mut per_budget: std::collections::BTreeMap<(String, String, String), (i64, i64)> = Default::default();
+    let mut per_allowance: std::collections::BTreeMap<(String, String, String, String), i64> = Default::default();
     for s in &unique {
-        if let Some((reserved, budgets)) = claimed.get(&s.request_id) {
-            for hold in parse_holds(budgets) {
-                let e = per_budget.entry(hold).or_default();
-                e.0 += reserved;
-                e.1 += s.cost_micros;
+        if let Some(c) = claimed.get(&s.request_id) {
+            for hold in parse_holds(&c.budgets) {
+                match &c.allowance {
+                    Some(instance) => *per_allowance.entry((instance.clone(), hold.0, hold.1, hold.2)).or_default() += s.cost_micros,
+                    None => {
+                        let e = per_budget.entry(hold).or_default();
+                        e.0 += c.reserved;
+                        e.1 += s.cost_micros;
+                    }
+                }
             }
         }
+    }
+    for ((instance, scope, scope_id, period), cost) in per_allowance {
+        let held = sqlx::query(
+            "UPDATE budget_allowances SET amount_micros = amount_micros - $1 WHERE instance_id = $2 AND scope = $3 AND scope_id = $4 AND period = $5",
+        )
+        .bind(cost)
+        .bind(&instance)
+        .bind(&scope)
+        .bind(&scope_id)
+        .bind(&period)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        let e = per_budget.entry((scope, scope_id, period)).or_default();
+        if held {
+            e.0 += cost;
+        }
+        e.1 += cost;
     }
     for ((scope, scope_id, period), (reserved, cost)) in per_budget {
         sqlx::query(
@@ -634,6 +819,14 @@ async fn settle_many(tx: &mut sqlx::AnyConnection, all: &[Settlement]) -> Result
         q.execute(&mut *tx).await?;
     }
     Ok(all.iter().enumerate().map(|(i, s)| first[s.request_id.as_str()] == i && claimed.contains_key(&s.request_id)).collect())
+}
+
+/// A settled row's claim on budgets.
+struct Claimed {
+    reserved: i64,
+    budgets: String,
+    /// The admitting process, when admitted against its allowance.
+    allowance: Option<String>,
 }
 
 async fn reserve_in(tx: &mut sqlx::AnyConnection, r: &Reservation) -> Result<Result<(), BudgetFull>, sqlx::Error> {

@@ -17,7 +17,7 @@ use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 
 pub use audit::{AuditCheckpoint, AuditEntry, NewAuditEntry};
-pub use ledger::{AttemptRow, BudgetFull, BudgetHold, GroupBy, LedgerRow, Limits, Reservation, Settlement, UsageLine};
+pub use ledger::{AttemptRow, BudgetFull, BudgetHold, Grant, GroupBy, LedgerRow, Limits, Reservation, Settlement, UsageLine};
 pub use tenants::{KeyRecord, Tenant};
 
 /// A storage failure.

@@ -14,6 +14,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "0003_audit.sql", include_str!("../migrations/0003_audit.sql")),
     (4, "0004_logging_policy.sql", include_str!("../migrations/0004_logging_policy.sql")),
     (5, "0005_auth_epoch.sql", include_str!("../migrations/0005_auth_epoch.sql")),
+    (6, "0006_budget_allowances.sql", include_str!("../migrations/0006_budget_allowances.sql")),
 ];
 
 /// Arbitrary, fixed: "sluice" in ASCII.

@@ -377,6 +377,7 @@ async fn serve_fleet(args: ServeArgs, cfg: GatewayConfig) -> anyhow::Result<()> 
     if let Some(c) = &collections {
         state = state.with_collections(c.clone());
     }
+    let ledger_at_exit = governed.as_ref().map(|(_, l)| l.clone());
     if let Some((gov, ledger)) = governed {
         state = state.with_governor(gov).with_ledger(ledger);
     }
@@ -408,6 +409,9 @@ async fn serve_fleet(args: ServeArgs, cfg: GatewayConfig) -> anyhow::Result<()> 
         state.set_model(served);
     }
     server.await.context("server task failed")?.context("server error")?;
+    if let Some(l) = ledger_at_exit {
+        l.give_back_allowances().await;
+    }
     if let Some(c) = collections {
         c.save_indexes().await.context("cannot save the vector indexes")?;
     }

@@ -33,6 +33,7 @@ fn reservation(id: &str, instance: &str) -> Reservation {
         route: "m".into(),
         reserved_micros: 500,
         budgets: vec![],
+        allowance: false,
     }
 }
 

@@ -1,7 +1,8 @@
-//! The ledger journal's crash recovery (tests in journal.rs), and the audit chain against tampering, on SQLite and PostgreSQL (from `SLUICE_TEST_POSTGRES_URL`,
+//! Budget allowances (allowance.rs), the ledger journal's crash recovery (journal.rs), and the audit chain against tampering, on SQLite and PostgreSQL (from `SLUICE_TEST_POSTGRES_URL`,
 //! required when `SLUICE_REQUIRE_POSTGRES=1`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code may unwrap")]
 
+mod allowance;
 mod journal;
 mod redaction;
 

@@ -19,6 +19,7 @@ fn reservation(id: &str, micros: i64, budgets: Vec<BudgetHold>) -> Reservation {
         route: "m".into(),
         reserved_micros: micros,
         budgets,
+        allowance: false,
     }
 }
 

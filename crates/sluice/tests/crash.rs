@@ -39,9 +39,13 @@ async fn every_admitted_request_is_settled_once_after_a_kill_9() {
     let db = format!("sqlite://{}", dir.join("sluice.db").display());
     let key = {
         let gov = Governor::new(Store::open(&db).await.unwrap());
-        gov.ensure_tenant("acme").await.unwrap();
-        gov.create_key("acme", Role::Member, "load", None).await.unwrap().secret
+        let t = gov.ensure_tenant("acme").await.unwrap();
+        // A daily budget: requests are admitted against the process's allowance of it.
+        let limits = sluice_store::Limits { usd_micros_per_day: Some(1_000_000_000), ..Default::default() };
+        gov.store().set_limits("tenant", &t.id, &limits).await.unwrap();
+        (gov.create_key("acme", Role::Member, "load", None).await.unwrap().secret, t.id)
     };
+    let (key, tenant_id) = key;
     let mock = MockUpstream::start("up", MockBehaviour { token_delay: Duration::from_millis(40), ..Default::default() }).await.unwrap();
     let port = free_port();
     let config = dir.join("sluice.toml");
@@ -58,8 +62,16 @@ async fn every_admitted_request_is_settled_once_after_a_kill_9() {
     let mut server = start(&config, &dir.join("first.log"));
     wait_ready(port).await;
 
-    // Steady load of streams (~0.8 s each), then the process dies mid-flight.
+    // A few requests that finish (and are charged), then a steady load of streams (~0.8 s
+    // each), then the process dies mid-flight.
     let client = reqwest::Client::new();
+    let mut finished = Vec::new();
+    for _ in 0..3 {
+        let body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2});
+        let resp = client.post(format!("http://127.0.0.1:{port}/v1/chat/completions")).bearer_auth(&key).json(&body).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        finished.push(resp.headers()["x-request-id"].to_str().unwrap().to_string());
+    }
     let mut tasks = Vec::new();
     for i in 0..24 {
         let client = client.clone();
@@ -74,6 +86,9 @@ async fn every_admitted_request_is_settled_once_after_a_kill_9() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let day = sluice_govern::periods(sluice_store::now_ms()).0.0;
+    let (_, held) = Store::open(&db).await.unwrap().spend("tenant", &tenant_id, &day).await.unwrap();
+    assert!(held > 0, "the process holds an allowance of the budget");
     server.kill().unwrap(); // SIGKILL
     server.wait().unwrap();
     let mut admitted = Vec::new();
@@ -98,5 +113,14 @@ async fn every_admitted_request_is_settled_once_after_a_kill_9() {
     assert!(rows.iter().all(|r| r.state == "settled"), "no reservation left open");
     let crashed = rows.iter().filter(|r| r.outcome.as_deref() == Some("server_crashed")).count();
     assert!(crashed > 0, "the in-flight requests were recovered");
+    // The budget: what was spent is exactly what the ledger charged; the dead process's
+    // allowance went back (nothing stays reserved).
+    let (spent, reserved) = store.spend("tenant", &tenant_id, &day).await.unwrap();
+    let charged: i64 = rows.iter().filter_map(|r| r.cost_micros).sum();
+    assert_eq!((spent, reserved), (charged, 0), "budget after recovery");
+    for id in &finished {
+        let r = rows.iter().find(|r| &r.request_id == id).unwrap();
+        assert!(r.outcome.as_deref() == Some("ok") && r.cost_micros.unwrap_or(0) > 0, "{id} finished and was charged: {r:?}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -446,6 +446,14 @@ impl Store {
     /// is removed).
     pub async fn return_allowance(&self, instance: &str, scope: &str, scope_id: &str, period: &str, amount: i64) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
+        // Lock order: `spend`, then the allowance (as settlement does).
+        sqlx::query("UPDATE spend SET reserved_micros = reserved_micros - $1 WHERE scope = $2 AND scope_id = $3 AND period = $4")
+            .bind(amount)
+            .bind(scope)
+            .bind(scope_id)
+            .bind(period)
+            .execute(&mut *tx)
+            .await?;
         let held = sqlx::query(
             "UPDATE budget_allowances SET amount_micros = amount_micros - $1 WHERE instance_id = $2 AND scope = $3 AND scope_id = $4 AND period = $5",
         )
@@ -459,13 +467,6 @@ impl Store {
         .rows_affected()
             > 0;
         if held {
-            sqlx::query("UPDATE spend SET reserved_micros = reserved_micros - $1 WHERE scope = $2 AND scope_id = $3 AND period = $4")
-                .bind(amount)
-                .bind(scope)
-                .bind(scope_id)
-                .bind(period)
-                .execute(&mut *tx)
-                .await?;
             sqlx::query("DELETE FROM budget_allowances WHERE instance_id = $1 AND scope = $2 AND scope_id = $3 AND period = $4 AND amount_micros <= 0")
                 .bind(instance)
                 .bind(scope)
@@ -473,8 +474,10 @@ impl Store {
                 .bind(period)
                 .execute(&mut *tx)
                 .await?;
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 
@@ -751,57 +754,6 @@ async fn settle_many(tx: &mut sqlx::AnyConnection, all: &[Settlement]) -> Result
             );
         }
     }
-    // Budgets: the sum of what each touched budget gives back and takes. A request admitted
-    // against an allowance takes its cost out of that allowance (still held in `reserved`),
-    // unless the allowance was already given back (its process was recovered): then the cost
-    // is only added to spent.
-    let mut per_budget: std::collections::BTreeMap<(String, String, String), (i64, i64)> = Default::default();
-    let mut per_allowance: std::collections::BTreeMap<(String, String, String, String), i64> = Default::default();
-    for s in &unique {
-        if let Some(c) = claimed.get(&s.request_id) {
-            for hold in parse_holds(&c.budgets) {
-                match &c.allowance {
-                    Some(instance) => *per_allowance.entry((instance.clone(), hold.0, hold.1, hold.2)).or_default() += s.cost_micros,
-                    None => {
-                        let e = per_budget.entry(hold).or_default();
-                        e.0 += c.reserved;
-                        e.1 += s.cost_micros;
-                    }
-                }
-            }
-        }
-    }
-    for ((instance, scope, scope_id, period), cost) in per_allowance {
-        let held = sqlx::query(
-            "UPDATE budget_allowances SET amount_micros = amount_micros - $1 WHERE instance_id = $2 AND scope = $3 AND scope_id = $4 AND period = $5",
-        )
-        .bind(cost)
-        .bind(&instance)
-        .bind(&scope)
-        .bind(&scope_id)
-        .bind(&period)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            > 0;
-        let e = per_budget.entry((scope, scope_id, period)).or_default();
-        if held {
-            e.0 += cost;
-        }
-        e.1 += cost;
-    }
-    for ((scope, scope_id, period), (reserved, cost)) in per_budget {
-        sqlx::query(
-            "UPDATE spend SET reserved_micros = reserved_micros - $1, spent_micros = spent_micros + $2 WHERE scope = $3 AND scope_id = $4 AND period = $5",
-        )
-        .bind(reserved)
-        .bind(cost)
-        .bind(scope)
-        .bind(scope_id)
-        .bind(period)
-        .execute(&mut *tx)
-        .await?;
-    }
     let attempts: Vec<(&str, i64, &AttemptRow)> = unique
         .iter()
         .filter(|s| claimed.contains_key(&s.request_id))
@@ -818,6 +770,65 @@ async fn settle_many(tx: &mut sqlx::AnyConnection, all: &[Settlement]) -> Result
         }
         q.execute(&mut *tx).await?;
     }
+    // Budget rows last: their row locks (which admissions in other processes wait for) are
+    // then held only until the commit that follows. Lock order everywhere: `spend` rows by
+    // (scope, scope_id, period), each followed by its allowance rows.
+    //
+    // Per budget: what per-request holds give back, the cost taken, and what requests admitted
+    // against allowances cost, per admitting process.
+    type Touch = (i64, i64, std::collections::BTreeMap<String, i64>);
+    let mut per_budget: std::collections::BTreeMap<(String, String, String), Touch> = Default::default();
+    for s in &unique {
+        if let Some(c) = claimed.get(&s.request_id) {
+            for hold in parse_holds(&c.budgets) {
+                let e = per_budget.entry(hold).or_default();
+                e.1 += s.cost_micros;
+                match &c.allowance {
+                    // An allowance's cost leaves `reserved` for `spent`.
+                    Some(instance) => *e.2.entry(instance.clone()).or_default() += s.cost_micros,
+                    None => e.0 += c.reserved,
+                }
+            }
+        }
+    }
+    for ((scope, scope_id, period), (reserved, cost, allowances)) in per_budget {
+        let from_allowances: i64 = allowances.values().sum();
+        sqlx::query(
+            "UPDATE spend SET reserved_micros = reserved_micros - $1, spent_micros = spent_micros + $2 WHERE scope = $3 AND scope_id = $4 AND period = $5",
+        )
+        .bind(reserved + from_allowances)
+        .bind(cost)
+        .bind(&scope)
+        .bind(&scope_id)
+        .bind(&period)
+        .execute(&mut *tx)
+        .await?;
+        for (instance, amount) in allowances {
+            let held = sqlx::query(
+                "UPDATE budget_allowances SET amount_micros = amount_micros - $1 WHERE instance_id = $2 AND scope = $3 AND scope_id = $4 AND period = $5",
+            )
+            .bind(amount)
+            .bind(&instance)
+            .bind(&scope)
+            .bind(&scope_id)
+            .bind(&period)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                > 0;
+            if !held {
+                // The allowance was given back already (its process was recovered): the cost
+                // counts as spent, but it was no longer in `reserved`.
+                sqlx::query("UPDATE spend SET reserved_micros = reserved_micros + $1 WHERE scope = $2 AND scope_id = $3 AND period = $4")
+                    .bind(amount)
+                    .bind(&scope)
+                    .bind(&scope_id)
+                    .bind(&period)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+    }
     Ok(all.iter().enumerate().map(|(i, s)| first[s.request_id.as_str()] == i && claimed.contains_key(&s.request_id)).collect())
 }
 
@@ -830,7 +841,11 @@ struct Claimed {
 }
 
 async fn reserve_in(tx: &mut sqlx::AnyConnection, r: &Reservation) -> Result<Result<(), BudgetFull>, sqlx::Error> {
-    for (i, h) in r.budgets.iter().enumerate() {
+    // Budget rows are locked in one order everywhere (settlement's), so two processes never
+    // wait for each other's rows.
+    let mut holds: Vec<&BudgetHold> = r.budgets.iter().collect();
+    holds.sort_by(|a, b| (&a.scope, &a.scope_id, &a.period).cmp(&(&b.scope, &b.scope_id, &b.period)));
+    for (i, h) in holds.iter().enumerate() {
         sqlx::query(
             "INSERT INTO spend (scope, scope_id, period, reserved_micros, spent_micros) VALUES ($1, $2, $3, 0, 0) ON CONFLICT (scope, scope_id, period) DO NOTHING",
         )
@@ -857,9 +872,9 @@ async fn reserve_in(tx: &mut sqlx::AnyConnection, r: &Reservation) -> Result<Res
                 .bind(&h.period)
                 .fetch_one(&mut *tx)
                 .await?;
-            let full = BudgetFull { hold: h.clone(), spent_micros: row.try_get("spent_micros")?, reserved_micros: row.try_get("reserved_micros")? };
+            let full = BudgetFull { hold: (*h).clone(), spent_micros: row.try_get("spent_micros")?, reserved_micros: row.try_get("reserved_micros")? };
             // Give back what this reservation already took from earlier budgets.
-            for prev in &r.budgets[..i] {
+            for prev in &holds[..i] {
                 sqlx::query("UPDATE spend SET reserved_micros = reserved_micros - $1 WHERE scope = $2 AND scope_id = $3 AND period = $4")
                     .bind(r.reserved_micros)
                     .bind(&prev.scope)

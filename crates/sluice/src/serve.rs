@@ -331,7 +331,20 @@ fn ledger_journal_dir(database_url: &str, data_dir: &std::path::Path) -> PathBuf
     }
 }
 
+/// Ctrl-C or SIGTERM (what service managers and container runtimes send) stop the server
+/// gracefully: unused budget allowances go back, indexes are saved.
 async fn shutdown() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
     let _ = tokio::signal::ctrl_c().await;
 }
 

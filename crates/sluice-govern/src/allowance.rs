@@ -14,6 +14,26 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use sluice_store::{BudgetFull, BudgetHold, Grant, Store, StoreError};
+use tokio::sync::{mpsc, oneshot};
+
+/// A request for a new slice, carried out by the ledger's writer between its batches: the
+/// writer holds the budget rows' locks in its own transactions, so a slice taken on another
+/// connection would wait for them (and, on SQLite, sleep in the busy handler).
+pub(crate) struct Refill {
+    pub(crate) hold: BudgetHold,
+    pub(crate) need: i64,
+    pub(crate) want: i64,
+    pub(crate) reply: oneshot::Sender<Result<Grant, StoreError>>,
+}
+
+/// Where refills go.
+pub(crate) type Refills = mpsc::UnboundedSender<Refill>;
+
+async fn ask(refills: &Refills, hold: &BudgetHold, need: i64, want: i64) -> Result<Grant, StoreError> {
+    let (reply, answer) = oneshot::channel();
+    refills.send(Refill { hold: hold.clone(), need, want, reply }).map_err(|_| StoreError::Io("the ledger writer stopped".into()))?;
+    answer.await.map_err(|_| StoreError::Io("the ledger writer stopped".into()))?
+}
 
 /// A slice covers this many worst-case requests.
 const SLICE_REQUESTS: i64 = 1024;
@@ -93,7 +113,7 @@ impl Allowances {
 
     /// Admits `request_id` (worst case `worst`) against every budget in `holds`, asking the
     /// store for a new slice where this process has too little left.
-    pub(crate) async fn take(&self, store: &Store, instance: &str, request_id: &str, holds: &[BudgetHold], worst: i64) -> Result<Taken, StoreError> {
+    pub(crate) async fn take(&self, refills: &Refills, request_id: &str, holds: &[BudgetHold], worst: i64) -> Result<Taken, StoreError> {
         if let Some(low) = self.try_take(request_id, holds, worst) {
             return Ok(Taken::Yes { top_up: low });
         }
@@ -106,7 +126,7 @@ impl Allowances {
             if have >= worst {
                 continue;
             }
-            match store.take_allowance(instance, h, worst - have, worst.max(1) * SLICE_REQUESTS).await? {
+            match ask(refills, h, worst - have, worst.max(1) * SLICE_REQUESTS).await? {
                 Grant::Granted(n) => self.add(h, n),
                 Grant::Exact => return Ok(Taken::PerRequest),
                 Grant::Full(full) => return Ok(Taken::Full(full)),
@@ -120,14 +140,14 @@ impl Allowances {
 
     /// Asks for a new slice of every budget in `holds` that ran low, before requests find it
     /// empty. Skipped while another refill runs.
-    pub(crate) async fn top_up(&self, store: &Store, instance: &str, holds: &[BudgetHold], worst: i64) {
+    pub(crate) async fn top_up(&self, refills: &Refills, holds: &[BudgetHold], worst: i64) {
         let Ok(_one) = self.refill.try_lock() else { return };
         for h in holds {
             let low = self.slices.lock().ok().and_then(|s| s.get(&key(h)).map(|s| s.available < s.low_water)).unwrap_or(true);
             if !low {
                 continue;
             }
-            match store.take_allowance(instance, h, worst.max(1), worst.max(1) * SLICE_REQUESTS).await {
+            match ask(refills, h, worst.max(1), worst.max(1) * SLICE_REQUESTS).await {
                 Ok(Grant::Granted(n)) => self.add(h, n),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot top up a budget allowance"),

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use sluice_store::{BudgetFull, BudgetHold, Limits, Reservation, Settlement, Store, StoreError, now_ms};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::allowance::{Allowances, Taken};
+use crate::allowance::{Allowances, Refill, Refills, Taken};
 use crate::background::Background;
 use crate::journal::{self, Journal, Record};
 
@@ -92,6 +92,14 @@ async fn commit(store: &Store, journal: Option<&Journal>, ops: Vec<Op>) -> Resul
     Ok(())
 }
 
+/// What the writer needs besides the store and its queue.
+struct Writer {
+    /// This process (allowances are taken in its name).
+    instance: String,
+    journal: Option<Arc<Journal>>,
+    refills: mpsc::UnboundedReceiver<Refill>,
+}
+
 /// The one task that writes the ledger: it takes whatever writes are waiting and commits them
 /// in one transaction (group commit), so under load a commit serves many requests.
 ///
@@ -100,13 +108,27 @@ async fn commit(store: &Store, journal: Option<&Journal>, ops: Vec<Op>) -> Resul
 /// in order, for the next batch: while the store is unreachable for as long as it takes (they
 /// are in the journal meanwhile, or their requests' rows would otherwise be missing); a write
 /// the store refuses is dropped after [`SETTLE_TRIES`] tries and left to recovery.
-async fn writer(store: Store, journal: Option<Arc<Journal>>, mut rx: mpsc::UnboundedReceiver<Op>) {
+async fn writer(store: Store, mut w: Writer, mut rx: mpsc::UnboundedReceiver<Op>) {
+    let journal = w.journal.take();
     let mut carried: std::collections::VecDeque<Op> = Default::default();
     let mut failures = 0u32;
     loop {
+        // Slices of budgets first: requests may be waiting for them.
+        while let Ok(r) = w.refills.try_recv() {
+            let _ = r.reply.send(store.take_allowance(&w.instance, &r.hold, r.need, r.want).await);
+        }
         if carried.is_empty() {
-            let Some(first) = rx.recv().await else { return };
-            carried.push_back(first);
+            tokio::select! {
+                biased;
+                Some(r) = w.refills.recv() => {
+                    let _ = r.reply.send(store.take_allowance(&w.instance, &r.hold, r.need, r.want).await);
+                    continue;
+                }
+                first = rx.recv() => {
+                    let Some(first) = first else { return };
+                    carried.push_back(first);
+                }
+            }
         }
         while carried.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -297,6 +319,7 @@ pub struct Ledger {
     instance_id: String,
     host: String,
     writes: mpsc::UnboundedSender<Op>,
+    refills: Refills,
     journal: Option<Arc<Journal>>,
     journal_dir: Option<std::path::PathBuf>,
     windows: Mutex<HashMap<(&'static str, String), Window>>,
@@ -412,15 +435,18 @@ impl Ledger {
             tracing::warn!(recovered, "settled reservations left by a process that stopped (no cost charged)");
         }
         let (writes, rx) = mpsc::unbounded_channel();
+        let (refills, refill_rx) = mpsc::unbounded_channel();
+        let w = Writer { instance: instance_id.clone(), journal: journal.clone(), refills: refill_rx };
         match background {
-            Some(bg) => bg.spawn(writer(bg.store().clone(), journal.clone(), rx)),
-            None => drop(tokio::spawn(writer(store.clone(), journal.clone(), rx))),
+            Some(bg) => bg.spawn(writer(bg.store().clone(), w, rx)),
+            None => drop(tokio::spawn(writer(store.clone(), w, rx))),
         }
         let ledger = Arc::new(Self {
             store,
             instance_id,
             host,
             writes,
+            refills,
             journal,
             journal_dir,
             windows: Mutex::new(HashMap::new()),
@@ -539,16 +565,16 @@ impl Ledger {
                 if w.minute != minute {
                     *w = Window { minute, requests: 0, tokens: 0, in_flight: w.in_flight };
                 }
-                let who = format!("{scope} {id}");
+                let who = || format!("{scope} {id}");
                 if let Some(n) = l.concurrent.filter(|&n| w.in_flight >= n) {
-                    return Err(AdmitError::RateLimited { message: format!("Concurrency limit reached for {who}: {n} requests in flight"), retry_after: 1 });
+                    return Err(AdmitError::RateLimited { message: format!("Concurrency limit reached for {}: {n} requests in flight", who()), retry_after: 1 });
                 }
                 if let Some(n) = l.rpm.filter(|&n| w.requests >= n) {
-                    return Err(AdmitError::RateLimited { message: format!("Rate limit reached for {who}: {n} requests per minute"), retry_after: retry_minute });
+                    return Err(AdmitError::RateLimited { message: format!("Rate limit reached for {}: {n} requests per minute", who()), retry_after: retry_minute });
                 }
                 if let Some(n) = l.tpm.filter(|&n| w.tokens + tokens > n) {
                     return Err(AdmitError::RateLimited {
-                        message: format!("Rate limit reached for {who}: {n} tokens per minute ({} used, this request may take {tokens})", w.tokens),
+                        message: format!("Rate limit reached for {}: {n} tokens per minute ({} used, this request may take {tokens})", who(), w.tokens),
                         retry_after: retry_minute,
                     });
                 }
@@ -588,11 +614,11 @@ impl Ledger {
         // an unbudgeted request, no round trip.
         let mut allowance_outcome = None;
         if !unbudgeted && self.journal.is_some() && self.heart_beating() {
-            match self.allowances.take(&self.store, &self.instance_id, &a.request_id, &reservation.budgets, a.worst_case_micros).await {
+            match self.allowances.take(&self.refills, &a.request_id, &reservation.budgets, a.worst_case_micros).await {
                 Ok(Taken::Yes { top_up }) => {
                     if top_up {
                         let (me, holds, worst) = (self.clone(), reservation.budgets.clone(), a.worst_case_micros);
-                        tokio::spawn(async move { me.allowances.top_up(&me.store, &me.instance_id, &holds, worst).await });
+                        tokio::spawn(async move { me.allowances.top_up(&me.refills, &holds, worst).await });
                     }
                     reservation.allowance = true;
                     match self.journal_append(&Record::Reserve(reservation.clone())) {

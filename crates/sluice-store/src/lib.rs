@@ -85,6 +85,13 @@ impl Store {
     /// Opens `url` (`sqlite://PATH` — the file is created — or `postgres://...`) and applies
     /// pending migrations.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_with(url, true).await
+    }
+
+    /// Like [`Store::open`]; with `checkpoints` false, an SQLite store leaves WAL checkpoints
+    /// to another store of this process on the same file (one checkpointer is enough, and it
+    /// can then run where it disturbs requests least).
+    pub async fn open_with(url: &str, checkpoints: bool) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -131,7 +138,7 @@ impl Store {
         let pool = opts.connect(&url).await?;
         let store = Self { pool, backend };
         migrate::run(&store).await?;
-        if backend == Backend::Sqlite {
+        if backend == Backend::Sqlite && checkpoints {
             let pool = store.pool.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_millis(500));

@@ -198,7 +198,8 @@ pub fn audit_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
 /// Opens the store, applies migrations, starts the audit trail (its writer on `background`),
 /// and makes the first admin key on an empty store (printed once, unless `bootstrap` gives it).
 pub async fn open_governor(url: &str, bootstrap: Option<&str>, audit_secret_file: &Path, background: &sluice_govern::Background) -> anyhow::Result<Governor> {
-    let store = sluice_store::Store::open(url).await.with_context(|| format!("cannot open the store {}", redact(url)))?;
+    // WAL checkpoints run on the background store's (lower-priority) thread.
+    let store = sluice_store::Store::open_with(url, false).await.with_context(|| format!("cannot open the store {}", redact(url)))?;
     let secret = audit_secret(audit_secret_file)?;
     let auditor = sluice_govern::Auditor::start_on(background, secret, Some(audit_secret_file.with_extension("tip")));
     let gov = Governor::new(store).with_auditor(auditor);

@@ -213,6 +213,8 @@ impl Auditor {
 /// a newer checkpoint waiting to be written is written as soon as the writer goes idle or this
 /// much time has passed.
 const TIP_EVERY: Duration = Duration::from_millis(100);
+/// How long the writer gathers entries before appending them.
+const LINGER: Duration = Duration::from_millis(10);
 
 /// Writes the tip file off the async workers (it blocks on the filesystem).
 async fn write_tip(path: &std::path::Path, secret: &Arc<Vec<u8>>, seq: i64, hash: String) {
@@ -255,10 +257,12 @@ async fn writer(store: Store, secret: Arc<Vec<u8>>, tip: Option<std::path::PathB
                 }
             }
         }
+        // Gather a few milliseconds of entries: one transaction then serves many.
+        let until = tokio::time::Instant::now() + LINGER;
         while pending.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(e) => pending.push(e),
-                Err(_) => break,
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Some(e)) => pending.push(e),
+                Ok(None) | Err(_) => break,
             }
         }
         // Quiet after this batch: checkpoint its last entry, so the tip is always vouched for

@@ -92,6 +92,29 @@ async fn commit(store: &Store, journal: Option<&Journal>, ops: Vec<Op>) -> Resul
     Ok(())
 }
 
+/// How long the writer gathers writes nobody waits for before committing them: one
+/// transaction then serves many requests (each commit rewrites whole pages into SQLite's WAL,
+/// and wakes threads), and a request's reservation and settlement often land in one.
+const LINGER: Duration = Duration::from_millis(10);
+
+/// Gathers more writes for up to [`LINGER`]; stops early for one someone waits for, a slice
+/// request, or a full batch.
+async fn linger(rx: &mut mpsc::UnboundedReceiver<Op>, carried: &mut std::collections::VecDeque<Op>, refills: &mpsc::UnboundedReceiver<Refill>) {
+    let until = tokio::time::Instant::now() + LINGER;
+    while carried.len() < MAX_BATCH && refills.is_empty() {
+        match tokio::time::timeout_at(until, rx.recv()).await {
+            Ok(Some(op)) => {
+                let waits = op.reply.is_some();
+                carried.push_back(op);
+                if waits {
+                    return;
+                }
+            }
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
 /// What the writer needs besides the store and its queue.
 struct Writer {
     /// This process (allowances are taken in its name).
@@ -126,7 +149,11 @@ async fn writer(store: Store, mut w: Writer, mut rx: mpsc::UnboundedReceiver<Op>
                 }
                 first = rx.recv() => {
                     let Some(first) = first else { return };
+                    let waits = first.reply.is_some();
                     carried.push_back(first);
+                    if !waits {
+                        linger(&mut rx, &mut carried, &w.refills).await;
+                    }
                 }
             }
         }

@@ -9,6 +9,7 @@ pub mod journal;
 mod keys;
 mod ledger;
 pub mod redact;
+mod writer;
 
 pub use audit::{Auditor, Tip, Verification};
 pub use background::Background;

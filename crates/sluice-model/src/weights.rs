@@ -112,6 +112,15 @@ pub fn matmul(isa: Isa, w: &QMatrix, x: &[f32], out: &mut [f32]) {
     } else {
         quant::quantize_activation(dt, x, &mut xq);
     }
+    // Q4_1: the activations' block scales as floats, once here rather than per weight-row pair.
+    let scale_len = 2 * (w.cols / 32);
+    let mut scales = Vec::new();
+    if w.ty == GgmlType::Q4_1 && n_tok >= 4 {
+        scales = vec![0f32; n_tok * scale_len];
+        for (t, sc) in scales.chunks_exact_mut(scale_len).enumerate() {
+            quant::q8_1_scales(&xq[t * arb..(t + 1) * arb], sc);
+        }
+    }
     let rows = w.rows;
     let ptr = OutPtr(out.as_mut_ptr());
     let band = band_rows(rows);
@@ -124,8 +133,13 @@ pub fn matmul(isa: Isa, w: &QMatrix, x: &[f32], out: &mut [f32]) {
             let acts = [act(t), act(t + 1), act(t + 2), act(t + 3)];
             let mut r = r0;
             // Two rows × four tokens per tile: each activation block is loaded once per pair.
+            let sc = |k: usize| scales.get((t + k) * scale_len..(t + k + 1) * scale_len).unwrap_or(&[]);
             while r + 2 <= r1 {
-                let v = quant::vec_dot_2x4(isa, w.ty, w.cols, [w.row(r), w.row(r + 1)], acts);
+                let v = if scales.is_empty() {
+                    quant::vec_dot_2x4(isa, w.ty, w.cols, [w.row(r), w.row(r + 1)], acts)
+                } else {
+                    quant::vec_dot_2x4_q4_1(isa, w.cols, [w.row(r), w.row(r + 1)], acts, [sc(0), sc(1), sc(2), sc(3)])
+                };
                 for (dr, row) in v.into_iter().enumerate() {
                     for (k, v) in row.into_iter().enumerate() {
                         // SAFETY: index (t+k)*rows + r+dr is in bounds (debug-asserted sizes)

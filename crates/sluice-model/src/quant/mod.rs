@@ -312,6 +312,35 @@ pub fn vec_dot_2x4(isa: Isa, wt: GgmlType, n: usize, w: [&[u8]; 2], a: [&[u8]; 4
     w.map(|row| vec_dot_x4(isa, wt, n, row, a))
 }
 
+/// The block scales (d, s) of an activation row encoded as Q8_1, as floats: what the Q4_1 tile
+/// would otherwise convert from f16 for every pair of weight rows.
+pub fn q8_1_scales(a: &[u8], out: &mut [f32]) {
+    for (blk, o) in a.chunks_exact(36).zip(out.chunks_exact_mut(2)) {
+        o[0] = f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
+        o[1] = f16::from_bits(u16::from_le_bytes([blk[2], blk[3]])).to_f32();
+    }
+}
+
+/// [`vec_dot_2x4`] for Q4_1 weights, with the four activation rows' scales from
+/// [`q8_1_scales`]. Same results.
+#[inline]
+pub fn vec_dot_2x4_q4_1(isa: Isa, n: usize, w: [&[u8]; 2], a: [&[u8]; 4], sc: [&[f32]; 4]) -> [[f32; 4]; 2] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: these `Isa` values are only produced by `detect_isa` after checking the features.
+        let fast = match isa {
+            Isa::Avx512Vnni => unsafe { x86::avx512vnni::dot_tile_q4_1::<4>(n, w, a, sc) },
+            Isa::Avx2 => unsafe { x86::avx2::dot_tile_q4_1::<4>(n, w, a, sc) },
+            Isa::Scalar => None,
+        };
+        if let Some(v) = fast {
+            return v;
+        }
+    }
+    let _ = sc;
+    vec_dot_2x4(isa, GgmlType::Q4_1, n, w, a)
+}
+
 /// Dot product of one weight row (`n` elements of `wt`) with an activation row already encoded
 /// in `wt.dot_type()`.
 #[inline]
@@ -405,6 +434,12 @@ mod tests {
                     assert!(x4.iter().all(|v| v.to_bits() == fast.to_bits()), "{ty:?} {isa:?}: x4 {x4:?} vs {fast}");
                     let tile = vec_dot_2x4(isa, ty, n, [&w, &w], [&xq, &xq, &xq, &xq]);
                     assert!(tile.iter().flatten().all(|v| v.to_bits() == fast.to_bits()), "{ty:?} {isa:?}: 2x4 {tile:?}");
+                    if ty == GgmlType::Q4_1 {
+                        let mut sc = vec![0f32; 2 * (n / 32)];
+                        q8_1_scales(&xq, &mut sc);
+                        let tile = vec_dot_2x4_q4_1(isa, n, [&w, &w], [&xq, &xq, &xq, &xq], [&sc, &sc, &sc, &sc]);
+                        assert!(tile.iter().flatten().all(|v| v.to_bits() == fast.to_bits()), "{isa:?}: 2x4 with float scales {tile:?}");
+                    }
                 }
                 let tol = 1e-4 * (1.0 + exact.abs());
                 assert!((scalar as f64 - exact).abs() < tol, "{ty:?}: scalar {scalar} vs exact {exact}");

@@ -79,7 +79,7 @@ pub unsafe fn dot_rows<const R: usize>(wt: GgmlType, n: usize, w: &[u8], a: [&[u
     unsafe {
         Some(match wt {
             GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => q8_family::<1, R>(wt, n, [w], a, ap)[0],
-            GgmlType::Q4_1 => q4_1::<1, R>(n, [w], a, ap)[0],
+            GgmlType::Q4_1 => q4_1::<1, R, false>(n, [w], a, ap, [&[]; R])[0],
             GgmlType::Q4_K => q4_k::<R>(n, w, a, ap),
             GgmlType::Q6_K => q6_k::<R>(n, w, a, ap),
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 if R == 1 => {
@@ -109,10 +109,28 @@ pub unsafe fn dot_tile<const R: usize>(wt: GgmlType, n: usize, w: [&[u8]; 2], a:
     unsafe {
         match wt {
             GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => Some(q8_family::<2, R>(wt, n, w, a, ap)),
-            GgmlType::Q4_1 => Some(q4_1::<2, R>(n, w, a, ap)),
+            GgmlType::Q4_1 => Some(q4_1::<2, R, false>(n, w, a, ap, [&[]; R])),
             _ => None,
         }
     }
+}
+
+/// [`dot_tile`] for Q4_1 weights with the activations' block scales already in floats
+/// (`sc[r]` = d, s of each block of row `r`, from [`crate::quant::q8_1_scales`]): converted once
+/// per matmul instead of once per weight-row pair. Same results.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = $features)]
+pub unsafe fn dot_tile_q4_1<const R: usize>(n: usize, w: [&[u8]; 2], a: [&[u8]; R], sc: [&[f32]; R]) -> Option<[[f32; R]; 2]> {
+    let wt = GgmlType::Q4_1;
+    let arb = wt.dot_type().row_bytes(n);
+    if w.iter().any(|r| r.len() < wt.row_bytes(n)) || a.iter().any(|r| r.len() < arb) || sc.iter().any(|s| s.len() < 2 * (n / 32)) {
+        return None;
+    }
+    let ap = a.map(<[u8]>::as_ptr);
+    // SAFETY: lengths checked above; the CPU features are the caller's contract.
+    Some(unsafe { q4_1::<2, R, true>(n, w, a, ap, sc) })
 }
 
 /// Blocks of 32 with one f16 scale and signed values: Q4_0 (value - 8), Q5_0 (value - 16),
@@ -166,7 +184,13 @@ unsafe fn q8_family<const W: usize, const R: usize>(
 /// Q4_1 against Q8_1: scale and min per 32 values; `W` weight rows × `R` activation rows.
 #[inline]
 #[target_feature(enable = $features)]
-unsafe fn q4_1<const W: usize, const R: usize>(n: usize, w: [&[u8]; W], a: [&[u8]; R], ap: [*const u8; R]) -> [[f32; R]; W] {
+unsafe fn q4_1<const W: usize, const R: usize, const PRE: bool>(
+    n: usize,
+    w: [&[u8]; W],
+    a: [&[u8]; R],
+    ap: [*const u8; R],
+    sc: [&[f32]; R],
+) -> [[f32; R]; W] {
     let mut acc = [[_mm256_setzero_ps(); R]; W];
     let mut summs = [[0f32; R]; W];
     for i in 0..n / 32 {
@@ -179,7 +203,12 @@ unsafe fn q4_1<const W: usize, const R: usize>(n: usize, w: [&[u8]; W], a: [&[u8
             xs[k] = unsafe { nibbles(row.as_ptr().add(wo + 4)) };
         }
         for r in 0..R {
-            let (da, sa) = (f16_load(a[r], ao), f16_load(a[r], ao + 2));
+            let (da, sa) = if PRE {
+                // SAFETY: the caller checked that `sc[r]` holds two floats per block.
+                unsafe { (*sc[r].get_unchecked(2 * i), *sc[r].get_unchecked(2 * i + 1)) }
+            } else {
+                (f16_load(a[r], ao), f16_load(a[r], ao + 2))
+            };
             // SAFETY: block i lies inside activation row r.
             let y = unsafe { load32(ap[r].add(ao + 4)) };
             for k in 0..W {

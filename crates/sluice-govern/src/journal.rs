@@ -85,6 +85,16 @@ impl Journal {
         Ok(Self { dir: dir.to_path_buf(), instance: instance.to_string(), _lock: lock, segments: Mutex::new(Segments { current, closed: BTreeMap::new() }) })
     }
 
+    /// The journal's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The process it belongs to.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
     /// Appends one record; returns the segment holding it, to be passed to
     /// [`Journal::committed`] once the store has it.
     pub fn append(&self, record: &Record) -> std::io::Result<u64> {

@@ -166,7 +166,6 @@ pub struct Ledger {
     writes: mpsc::UnboundedSender<Op>,
     refills: Refills,
     journal: Option<Arc<Journal>>,
-    journal_dir: Option<std::path::PathBuf>,
     windows: Mutex<HashMap<(&'static str, String), Window>>,
     limits: tokio::sync::RwLock<LimitsCache>,
     limits_refreshing: std::sync::atomic::AtomicBool,
@@ -221,11 +220,11 @@ fn hostname() -> String {
 
 /// Settles the reservations of processes that stopped: silent too long anywhere, or (on this
 /// host) whose pid no longer runs — so a restart after a crash recovers at once. What they
-/// journaled in `journal_dir` is written first, so their finished requests keep their real
+/// journaled in `journal`'s directory is written first, so their finished requests keep their real
 /// usage and only the unfinished ones settle as `server_crashed`.
-async fn recover(store: &Store, host: &str, journal_dir: Option<(&std::path::Path, &str)>) -> Result<u64, StoreError> {
-    if let Some((dir, me)) = journal_dir {
-        let r = journal::restore(dir, me, store).await?;
+async fn recover(store: &Store, host: &str, journal: Option<&Journal>) -> Result<u64, StoreError> {
+    if let Some(j) = journal {
+        let r = journal::restore(j.dir(), j.instance(), store).await?;
         if r.journals > 0 {
             tracing::warn!(journals = r.journals, records = r.records, settled = r.settled, unreadable = r.unreadable, "wrote the ledger journal of a process that stopped");
         }
@@ -275,7 +274,7 @@ impl Ledger {
             None => None,
         };
         store.heartbeat(&instance_id, &host, i64::from(std::process::id()), now_ms()).await?;
-        let recovered = recover(&store, &host, journal_dir.as_deref().map(|d| (d, instance_id.as_str()))).await?;
+        let recovered = recover(&store, &host, journal.as_deref()).await?;
         if recovered > 0 {
             tracing::warn!(recovered, "settled reservations left by a process that stopped (no cost charged)");
         }
@@ -293,7 +292,6 @@ impl Ledger {
             writes,
             refills,
             journal,
-            journal_dir,
             windows: Mutex::new(HashMap::new()),
             limits: Default::default(),
             limits_refreshing: Default::default(),
@@ -328,7 +326,7 @@ impl Ledger {
                 }
                 n += 1;
                 if n.is_multiple_of(6) {
-                    match recover(&l.store, &l.host, l.journal_dir.as_deref().map(|d| (d, l.instance_id.as_str()))).await {
+                    match recover(&l.store, &l.host, l.journal.as_deref()).await {
                         Ok(0) => {}
                         Ok(k) => tracing::warn!(recovered = k, "settled reservations of a stopped process"),
                         Err(e) => tracing::warn!(error = %e, "ledger recovery failed"),
@@ -467,12 +465,7 @@ impl Ledger {
                     }
                     reservation.allowance = true;
                     match self.journal_append(&Record::Reserve(reservation.clone())) {
-                        Some(seg) => {
-                            if self.writes.send(Op::new(Write::Reserve(reservation), None, Some(seg))).is_err() {
-                                tracing::error!("the ledger writer stopped; the reservation stays in the journal");
-                            }
-                            return Ok(Pending(None));
-                        }
+                        Some(seg) => return Ok(self.send_journaled(reservation, seg)),
                         None => {
                             self.allowances.undo(&a.request_id);
                             reservation.allowance = false;
@@ -485,14 +478,7 @@ impl Ledger {
             }
         }
         if unbudgeted && let Some(seg) = self.journal_append(&Record::Reserve(reservation.clone())) {
-            return match self.writes.send(Op::new(Write::Reserve(reservation), None, Some(seg))) {
-                Ok(()) => Ok(Pending(None)),
-                Err(_) => {
-                    // Journaled: the next process to start writes it.
-                    tracing::error!("the ledger writer stopped; the reservation stays in the journal");
-                    Ok(Pending(None))
-                }
-            };
+            return Ok(self.send_journaled(reservation, seg));
         }
         let outcome = match allowance_outcome {
             Some(o) => o,
@@ -567,6 +553,15 @@ impl Ledger {
     /// Gives every unused budget allowance back (at shutdown).
     pub async fn give_back_allowances(&self) {
         self.allowances.give_back(&self.store, &self.instance_id, true).await;
+    }
+
+    /// Hands a journaled reservation to the writer; the request need not wait for it.
+    fn send_journaled(&self, reservation: Reservation, seg: u64) -> Pending {
+        if self.writes.send(Op::new(Write::Reserve(reservation), None, Some(seg))).is_err() {
+            // Journaled: the next process to start writes it.
+            tracing::error!("the ledger writer stopped; the reservation stays in the journal");
+        }
+        Pending(None)
     }
 
     /// Appends to the journal, if there is one and it works.

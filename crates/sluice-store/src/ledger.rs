@@ -386,21 +386,8 @@ impl Store {
         for _ in 0..3 {
             let mut tx = self.pool().begin().await?;
             // The insert comes first so the transaction holds the write lock before it reads.
-            sqlx::query(
-                "INSERT INTO spend (scope, scope_id, period, reserved_micros, spent_micros) VALUES ($1, $2, $3, 0, 0) ON CONFLICT (scope, scope_id, period) DO NOTHING",
-            )
-            .bind(&hold.scope)
-            .bind(&hold.scope_id)
-            .bind(&hold.period)
-            .execute(&mut *tx)
-            .await?;
-            let row = sqlx::query("SELECT reserved_micros, spent_micros FROM spend WHERE scope = $1 AND scope_id = $2 AND period = $3")
-                .bind(&hold.scope)
-                .bind(&hold.scope_id)
-                .bind(&hold.period)
-                .fetch_one(&mut *tx)
-                .await?;
-            let (reserved, spent): (i64, i64) = (row.try_get("reserved_micros")?, row.try_get("spent_micros")?);
+            ensure_spend(&mut tx, hold).await?;
+            let (spent, reserved) = read_spend(&mut tx, hold).await?;
             let room = hold.limit_micros - spent - reserved;
             if room < need {
                 tx.commit().await?;
@@ -411,18 +398,7 @@ impl Store {
                 tx.commit().await?;
                 return Ok(Grant::Exact);
             }
-            let done = sqlx::query(
-                "UPDATE spend SET reserved_micros = reserved_micros + $1 WHERE scope = $2 AND scope_id = $3 AND period = $4 AND spent_micros + reserved_micros + $5 <= $6",
-            )
-            .bind(grant)
-            .bind(&hold.scope)
-            .bind(&hold.scope_id)
-            .bind(&hold.period)
-            .bind(grant)
-            .bind(hold.limit_micros)
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() == 0 {
+            if !hold_spend(&mut tx, hold, grant).await? {
                 continue; // another process took room meanwhile
             }
             sqlx::query(
@@ -479,19 +455,6 @@ impl Store {
             tx.rollback().await?;
         }
         Ok(())
-    }
-
-    /// The allowance `instance` holds on a budget (0 when none).
-    pub async fn allowance(&self, instance: &str, scope: &str, scope_id: &str, period: &str) -> Result<i64, StoreError> {
-        let n: Option<i64> =
-            sqlx::query_scalar("SELECT amount_micros FROM budget_allowances WHERE instance_id = $1 AND scope = $2 AND scope_id = $3 AND period = $4")
-                .bind(instance)
-                .bind(scope)
-                .bind(scope_id)
-                .bind(period)
-                .fetch_optional(self.pool())
-                .await?;
-        Ok(n.unwrap_or(0))
     }
 
     /// Settles, at no cost, every reservation whose process has not beaten its heart since
@@ -840,39 +803,56 @@ struct Claimed {
     allowance: Option<String>,
 }
 
+/// Makes sure a budget's `spend` row exists (on SQLite this also takes the write lock).
+async fn ensure_spend(tx: &mut sqlx::AnyConnection, h: &BudgetHold) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO spend (scope, scope_id, period, reserved_micros, spent_micros) VALUES ($1, $2, $3, 0, 0) ON CONFLICT (scope, scope_id, period) DO NOTHING",
+    )
+    .bind(&h.scope)
+    .bind(&h.scope_id)
+    .bind(&h.period)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// What a budget has spent and holds: `(spent, reserved)`.
+async fn read_spend(tx: &mut sqlx::AnyConnection, h: &BudgetHold) -> Result<(i64, i64), sqlx::Error> {
+    let row = sqlx::query("SELECT reserved_micros, spent_micros FROM spend WHERE scope = $1 AND scope_id = $2 AND period = $3")
+        .bind(&h.scope)
+        .bind(&h.scope_id)
+        .bind(&h.period)
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok((row.try_get("spent_micros")?, row.try_get("reserved_micros")?))
+}
+
+/// Holds `amount` of a budget if it fits under the limit; false when it does not.
+async fn hold_spend(tx: &mut sqlx::AnyConnection, h: &BudgetHold, amount: i64) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE spend SET reserved_micros = reserved_micros + $1 WHERE scope = $2 AND scope_id = $3 AND period = $4 AND spent_micros + reserved_micros + $5 <= $6",
+    )
+    .bind(amount)
+    .bind(&h.scope)
+    .bind(&h.scope_id)
+    .bind(&h.period)
+    .bind(amount)
+    .bind(h.limit_micros)
+    .execute(&mut *tx)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
 async fn reserve_in(tx: &mut sqlx::AnyConnection, r: &Reservation) -> Result<Result<(), BudgetFull>, sqlx::Error> {
     // Budget rows are locked in one order everywhere (settlement's), so two processes never
     // wait for each other's rows.
     let mut holds: Vec<&BudgetHold> = r.budgets.iter().collect();
     holds.sort_by(|a, b| (&a.scope, &a.scope_id, &a.period).cmp(&(&b.scope, &b.scope_id, &b.period)));
     for (i, h) in holds.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO spend (scope, scope_id, period, reserved_micros, spent_micros) VALUES ($1, $2, $3, 0, 0) ON CONFLICT (scope, scope_id, period) DO NOTHING",
-        )
-        .bind(&h.scope)
-        .bind(&h.scope_id)
-        .bind(&h.period)
-        .execute(&mut *tx)
-        .await?;
-        let done = sqlx::query(
-            "UPDATE spend SET reserved_micros = reserved_micros + $1 WHERE scope = $2 AND scope_id = $3 AND period = $4 AND spent_micros + reserved_micros + $5 <= $6",
-        )
-        .bind(r.reserved_micros)
-        .bind(&h.scope)
-        .bind(&h.scope_id)
-        .bind(&h.period)
-        .bind(r.reserved_micros)
-        .bind(h.limit_micros)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            let row = sqlx::query("SELECT reserved_micros, spent_micros FROM spend WHERE scope = $1 AND scope_id = $2 AND period = $3")
-                .bind(&h.scope)
-                .bind(&h.scope_id)
-                .bind(&h.period)
-                .fetch_one(&mut *tx)
-                .await?;
-            let full = BudgetFull { hold: (*h).clone(), spent_micros: row.try_get("spent_micros")?, reserved_micros: row.try_get("reserved_micros")? };
+        ensure_spend(tx, h).await?;
+        if !hold_spend(tx, h, r.reserved_micros).await? {
+            let (spent, reserved) = read_spend(tx, h).await?;
+            let full = BudgetFull { hold: (*h).clone(), spent_micros: spent, reserved_micros: reserved };
             // Give back what this reservation already took from earlier budgets.
             for prev in &holds[..i] {
                 sqlx::query("UPDATE spend SET reserved_micros = reserved_micros - $1 WHERE scope = $2 AND scope_id = $3 AND period = $4")

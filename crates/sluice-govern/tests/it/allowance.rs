@@ -7,6 +7,8 @@ use std::time::Duration;
 use sluice_govern::{AdmitError, AdmitRequest, Ledger, SettleRequest};
 use sluice_store::{Limits, Settlement, Store};
 
+use crate::{empty_dir, stores};
+
 const WORST: i64 = 1_000;
 
 fn admit(id: &str) -> AdmitRequest {
@@ -32,20 +34,6 @@ fn settle(id: &str, cost: i64) -> SettleRequest {
     }
 }
 
-async fn stores(tag: &str) -> Vec<Store> {
-    let mut out = vec![Store::open(&sluice_store::testing::sqlite_url(tag)).await.unwrap()];
-    if let Some(url) = sluice_store::testing::postgres_url(tag).await {
-        out.push(Store::open(&url).await.unwrap());
-    }
-    out
-}
-
-fn dir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("sluice-allowance-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
 fn day() -> String {
     sluice_govern::periods(sluice_store::now_ms()).0.0
 }
@@ -67,8 +55,8 @@ async fn two_processes_under_one_budget_never_spend_past_it() {
     for (n, store) in stores("allowance_two").await.into_iter().enumerate() {
         // Room for exactly 100 worst-case requests today; 2 x 90 are sent at once.
         store.set_limits("tenant", "t1", &Limits { usd_micros_per_day: Some(100 * WORST), ..Default::default() }).await.unwrap();
-        let a = Ledger::start_journaled(store.clone(), &dir(&format!("a{n}")), None).await.unwrap();
-        let b = Ledger::start_journaled(store.clone(), &dir(&format!("b{n}")), None).await.unwrap();
+        let a = Ledger::start_journaled(store.clone(), &empty_dir(&format!("a{n}")), None).await.unwrap();
+        let b = Ledger::start_journaled(store.clone(), &empty_dir(&format!("b{n}")), None).await.unwrap();
         let mut tasks = Vec::new();
         for i in 0..180 {
             let l = if i % 2 == 0 { a.clone() } else { b.clone() };
@@ -110,7 +98,7 @@ async fn two_processes_under_one_budget_never_spend_past_it() {
 async fn a_stopped_processs_allowance_goes_back_to_the_budget() {
     for (n, store) in stores("allowance_crash").await.into_iter().enumerate() {
         store.set_limits("tenant", "t1", &Limits { usd_micros_per_day: Some(1_000 * WORST), ..Default::default() }).await.unwrap();
-        let a = Ledger::start_journaled(store.clone(), &dir(&format!("c{n}")), None).await.unwrap();
+        let a = Ledger::start_journaled(store.clone(), &empty_dir(&format!("c{n}")), None).await.unwrap();
         for id in ["x1", "x2", "x3"] {
             a.admit(&admit(id)).await.unwrap().written().await.unwrap();
         }

@@ -8,19 +8,7 @@ use sluice_govern::journal::{Journal, Record};
 use sluice_govern::{AdmitRequest, Ledger, SettleRequest};
 use sluice_store::{Reservation, Settlement, Store};
 
-async fn stores(tag: &str) -> Vec<Store> {
-    let mut out = vec![Store::open(&sluice_store::testing::sqlite_url(tag)).await.unwrap()];
-    if let Some(url) = sluice_store::testing::postgres_url(tag).await {
-        out.push(Store::open(&url).await.unwrap());
-    }
-    out
-}
-
-fn dir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("sluice-journal-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
+use crate::{empty_dir, stores};
 
 fn reservation(id: &str, instance: &str) -> Reservation {
     Reservation {
@@ -55,7 +43,7 @@ fn settlement(id: &str, cost: i64) -> Settlement {
 #[tokio::test]
 async fn what_a_dead_process_journaled_is_written_by_the_next_start() {
     for (n, store) in stores("journal_restore").await.into_iter().enumerate() {
-        let dir = dir(&format!("restore{n}"));
+        let dir = empty_dir(&format!("restore{n}"));
         // A process that journaled three requests and died: r1 finished, r2 was in flight, r3
         // finished and had its reservation (only) committed before the crash.
         store.apply(&[reservation("r3", "proc_dead")], &[]).await.unwrap();
@@ -89,7 +77,7 @@ async fn what_a_dead_process_journaled_is_written_by_the_next_start() {
 #[tokio::test]
 async fn a_live_processs_journal_is_left_alone() {
     let store = Store::open(&sluice_store::testing::sqlite_url("journal_live")).await.unwrap();
-    let dir = dir("live");
+    let dir = empty_dir("live");
     let live = Journal::open(&dir, "proc_live").unwrap();
     live.append(&Record::Reserve(reservation("x1", "proc_live"))).unwrap();
     let _ledger = Ledger::start_journaled(store.clone(), &dir, None).await.unwrap();
@@ -102,7 +90,7 @@ async fn a_live_processs_journal_is_left_alone() {
 #[tokio::test]
 async fn a_journaled_ledger_answers_at_once_and_every_row_arrives() {
     for (n, store) in stores("journal_flow").await.into_iter().enumerate() {
-        let dir = dir(&format!("flow{n}"));
+        let dir = empty_dir(&format!("flow{n}"));
         let ledger = Ledger::start_journaled(store.clone(), &dir, None).await.unwrap();
         for i in 0..300 {
             let a = AdmitRequest {

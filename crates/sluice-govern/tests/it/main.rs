@@ -12,12 +12,20 @@ use sluice_store::{NewAuditEntry, Store};
 
 const SECRET: &[u8] = b"a server secret kept outside the database";
 
-async fn stores() -> Vec<Store> {
-    let mut out = vec![Store::open(&sluice_store::testing::sqlite_url("audit")).await.unwrap()];
-    if let Some(url) = sluice_store::testing::postgres_url("audit").await {
+/// A fresh SQLite store, and a fresh PostgreSQL one when a server is configured.
+async fn stores(tag: &str) -> Vec<Store> {
+    let mut out = vec![Store::open(&sluice_store::testing::sqlite_url(tag)).await.unwrap()];
+    if let Some(url) = sluice_store::testing::postgres_url(tag).await {
         out.push(Store::open(&url).await.unwrap());
     }
     out
+}
+
+/// An empty temporary directory path of this test run.
+fn empty_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("sluice-govern-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
 }
 
 /// 150 entries (checkpoints at 64, 128 and the last), and the tip as the writer would keep it.
@@ -52,7 +60,7 @@ async fn exec(s: &Store, sql: &str) {
 
 #[tokio::test]
 async fn an_untouched_chain_verifies() {
-    for s in stores().await {
+    for s in stores("audit").await {
         let tip = filled(&s).await;
         let v = verify(&s, SECRET, Some(&tip)).await.unwrap();
         assert_eq!((v.entries, v.checkpoints, v.first_broken), (150, 3, None));
@@ -63,7 +71,7 @@ async fn an_untouched_chain_verifies() {
 
 #[tokio::test]
 async fn editing_an_entry_is_detected() {
-    for s in stores().await {
+    for s in stores("audit").await {
         let tip = filled(&s).await;
         exec(&s, "UPDATE audit_log SET body = '{\"n\":9999}' WHERE seq = 50").await;
         assert_eq!(broken_at(&s, &tip).await, Some(50));
@@ -72,7 +80,7 @@ async fn editing_an_entry_is_detected() {
 
 #[tokio::test]
 async fn deleting_an_entry_is_detected() {
-    for s in stores().await {
+    for s in stores("audit").await {
         let tip = filled(&s).await;
         exec(&s, "DELETE FROM audit_log WHERE seq = 70").await;
         assert_eq!(broken_at(&s, &tip).await, Some(70));
@@ -81,7 +89,7 @@ async fn deleting_an_entry_is_detected() {
 
 #[tokio::test]
 async fn reordering_entries_is_detected() {
-    for s in stores().await {
+    for s in stores("audit").await {
         let tip = filled(&s).await;
         // Swap the contents of 80 and 81, hashes and all.
         exec(&s, "UPDATE audit_log SET seq = -81 WHERE seq = 81").await;
@@ -93,7 +101,7 @@ async fn reordering_entries_is_detected() {
 
 #[tokio::test]
 async fn inserting_an_entry_is_detected_even_with_the_tail_rehashed() {
-    for s in stores().await {
+    for s in stores("audit").await {
         let tip = filled(&s).await;
         // Insert a forged entry at 101 and renumber the rest, keeping their hashes: the link breaks.
         let rows = s.audit_entries(100, 1000).await.unwrap();
@@ -128,7 +136,7 @@ async fn inserting_an_entry_is_detected_even_with_the_tail_rehashed() {
 
 #[tokio::test]
 async fn cutting_the_tail_is_detected() {
-    for s in stores().await {
+    for s in stores("audit").await {
         let tip = filled(&s).await;
         // Cut 20 entries and make the head agree: the last checkpoint gives it away.
         exec(&s, "DELETE FROM audit_log WHERE seq > 130").await;

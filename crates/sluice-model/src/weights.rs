@@ -10,7 +10,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use crate::error::{ModelError, Result};
-use crate::quant::{self, GgmlType, Isa};
+use crate::quant::{self, GgmlType, Isa, packed};
 
 /// Shared, immutable bytes (a memory map or an owned buffer).
 pub type Bytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
@@ -26,6 +26,8 @@ pub struct QMatrix {
     pub cols: usize,
     data: Bytes,
     offset: usize,
+    /// The rows interleaved for the packed kernel (`quant::packed`), where this CPU has it.
+    packed: Option<Arc<[u8]>>,
 }
 
 impl std::fmt::Debug for QMatrix {
@@ -47,13 +49,20 @@ impl QMatrix {
         if !cols.is_multiple_of(ty.block_elems()) || need > (*data).as_ref().len() {
             return Err(ModelError::MissingOrInvalid(format!("tensor {name} shape")));
         }
-        Ok(Self { ty, rows, cols, data, offset })
+        let mut m = Self { ty, rows, cols, data, offset, packed: None };
+        if packed::packable(quant::detect_isa(), ty, rows) {
+            m.packed = Some(packed::pack_q4_1(rows, cols, |r| m.row(r)).into());
+            // The kernels read only the packed copy now: let the file's pages go, so the weights
+            // are resident once (they come back from the page cache if a row is read again).
+            release_pages(&(*m.data).as_ref()[offset..offset + m.byte_size()]);
+        }
+        Ok(m)
     }
 
     /// A matrix from f32 values (used for converted weights and tests).
     pub fn from_f32(rows: usize, cols: usize, values: &[f32]) -> Self {
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Self { ty: GgmlType::F32, rows, cols, data: Arc::new(bytes), offset: 0 }
+        Self { ty: GgmlType::F32, rows, cols, data: Arc::new(bytes), offset: 0, packed: None }
     }
 
     /// The encoded bytes of row `r`.
@@ -73,6 +82,23 @@ impl QMatrix {
     pub fn byte_size(&self) -> usize {
         self.rows * self.ty.row_bytes(self.cols)
     }
+}
+
+/// Asks the kernel to drop the pages of `bytes` from this process's resident set (whole pages
+/// inside the range only). `MADV_PAGEOUT` never loses data: file pages are re-read and anonymous
+/// ones swapped, so it is safe whatever `bytes` is backed by. Best effort.
+fn release_pages(bytes: &[u8]) {
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let start = (bytes.as_ptr() as usize).next_multiple_of(PAGE);
+        let end = (bytes.as_ptr() as usize + bytes.len()) / PAGE * PAGE;
+        if end > start {
+            // SAFETY: the range lies inside `bytes`; PAGEOUT changes residency, never contents.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_PAGEOUT) };
+        }
+    }
+    let _ = bytes;
 }
 
 /// A raw pointer that tasks writing disjoint elements of one output buffer may share.
@@ -115,6 +141,13 @@ pub fn matmul(isa: Isa, w: &QMatrix, x: &[f32], out: &mut [f32]) {
     // Q4_1: the activations' block scales as floats, once here rather than per weight-row pair.
     let scale_len = 2 * (w.cols / 32);
     let mut scales = Vec::new();
+    if let Some(p) = w.packed.as_deref().filter(|_| isa == Isa::Avx512Vnni) {
+        scales = vec![0f32; n_tok * scale_len];
+        for (t, sc) in scales.chunks_exact_mut(scale_len).enumerate() {
+            quant::q8_1_scales(&xq[t * arb..(t + 1) * arb], sc);
+        }
+        return matmul_packed(isa, w, p, &xq, &scales, out);
+    }
     if w.ty == GgmlType::Q4_1 && n_tok >= 4 {
         scales = vec![0f32; n_tok * scale_len];
         for (t, sc) in scales.chunks_exact_mut(scale_len).enumerate() {
@@ -166,4 +199,92 @@ pub fn matmul(isa: Isa, w: &QMatrix, x: &[f32], out: &mut [f32]) {
             }
         }
     });
+}
+
+/// [`matmul`] over a packed matrix: each task takes a band of row groups and runs every group
+/// against the activation rows two at a time (the group's bytes stay in L1 meanwhile).
+fn matmul_packed(isa: Isa, w: &QMatrix, p: &[u8], xq: &[u8], scales: &[f32], out: &mut [f32]) {
+    const R: usize = 2;
+    let (rows, cols) = (w.rows, w.cols);
+    let arb = GgmlType::Q8_1.row_bytes(cols);
+    let n_tok = xq.len() / arb;
+    let scale_len = 2 * (cols / 32);
+    let groups = rows / packed::PACK_ROWS;
+    let band = band_rows(rows).div_ceil(packed::PACK_ROWS);
+    let ptr = OutPtr(out.as_mut_ptr());
+    (0..groups.div_ceil(band)).into_par_iter().for_each(|b| {
+        let act = |t: usize| &xq[t * arb..(t + 1) * arb];
+        let sc = |t: usize| &scales[t * scale_len..(t + 1) * scale_len];
+        let store = |g: usize, t: usize, v: [f32; packed::PACK_ROWS]| {
+            for (l, v) in v.into_iter().enumerate() {
+                // SAFETY: index t*rows + g*8+l is in bounds (debug-asserted sizes) and only
+                // this band writes the columns of its groups.
+                unsafe { *ptr.at(t * rows + g * packed::PACK_ROWS + l) = v };
+            }
+        };
+        for g in b * band..((b + 1) * band).min(groups) {
+            let grp = packed::group(p, cols, g);
+            let mut t = 0;
+            while t + R <= n_tok {
+                let v = packed::dot_group::<R>(isa, cols, grp, [act(t), act(t + 1)], [sc(t), sc(t + 1)]);
+                debug_assert!(v.is_some(), "packed kernel refused its inputs");
+                for (k, v) in v.into_iter().flatten().enumerate() {
+                    store(g, t + k, v);
+                }
+                t += R;
+            }
+            for t in t..n_tok {
+                if let Some([v]) = packed::dot_group::<1>(isa, cols, grp, [act(t)], [sc(t)]) {
+                    store(g, t, v);
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Q4_1 matrix of pseudo-random nibbles with small positive scales and mixed-sign mins.
+    fn q4_1_matrix(rows: usize, cols: usize) -> QMatrix {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut bytes = vec![0u8; rows * GgmlType::Q4_1.row_bytes(cols)];
+        for blk in bytes.chunks_exact_mut(20) {
+            let d = half::f16::from_f32(0.002 + (next() % 1000) as f32 * 1e-5);
+            let m = half::f16::from_f32(((next() % 2000) as f32 - 1000.0) * 2e-5);
+            blk[0..2].copy_from_slice(&d.to_bits().to_le_bytes());
+            blk[2..4].copy_from_slice(&m.to_bits().to_le_bytes());
+            blk[4..].iter_mut().for_each(|b| *b = next() as u8);
+        }
+        QMatrix::new(GgmlType::Q4_1, rows, cols, Arc::new(bytes), 0, "w").unwrap()
+    }
+
+    #[test]
+    fn packed_q4_1_matmul_is_bit_equal_to_the_row_kernels() {
+        let (rows, cols) = (40, 160);
+        let w = q4_1_matrix(rows, cols);
+        let isa = quant::detect_isa();
+        assert_eq!(w.packed.is_some(), isa == Isa::Avx512Vnni, "packed exactly where the kernel runs");
+        for n_tok in 1..=5 {
+            let x: Vec<f32> = (0..n_tok * cols).map(|i| ((i * 7919 % 1013) as f32 / 506.0 - 1.0) * 2.3).collect();
+            let mut fast = vec![0f32; n_tok * rows];
+            matmul(isa, &w, &x, &mut fast);
+            let mut xq = vec![0u8; GgmlType::Q8_1.row_bytes(cols)];
+            for t in 0..n_tok {
+                quant::quantize_activation(GgmlType::Q8_1, &x[t * cols..(t + 1) * cols], &mut xq);
+                for r in 0..rows {
+                    let want = quant::scalar::vec_dot(GgmlType::Q4_1, cols, w.row(r), &xq);
+                    let got = fast[t * rows + r];
+                    assert_eq!(got.to_bits(), want.to_bits(), "n_tok {n_tok}, token {t}, row {r}: {got} vs {want}");
+                }
+            }
+        }
+    }
 }

@@ -6,6 +6,7 @@
 //! weight row. `scalar` holds reference kernels for every type; `avx2` the fast paths, chosen at
 //! run time and tested against the scalar ones.
 
+pub mod packed;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;

@@ -1,0 +1,128 @@
+//! Q4_1 weights repacked eight rows at a time, for the AVX-512 VNNI matrix kernel.
+//!
+//! In the file's layout one byte-dot instruction covers 32 values of *one* weight row, and every
+//! block then pays a float conversion, a scale product and a broadcast per (row, activation) pair.
+//! Interleaving eight rows puts one row in each 32-bit lane: chunk `j` (values `4j..4j+4`) of the
+//! eight rows fills one register and the activation's chunk `j` is broadcast against it, so each
+//! instruction serves eight rows and each block's scales are converted once for all eight.
+//!
+//! The arithmetic is unchanged, not just close: every row still keeps eight float lanes (one per
+//! chunk), fused-multiply-added per block with the same scale product and tree-summed in the same
+//! order as `scalar::vec_dot`, so results are bit-equal to the unpacked kernels (and to
+//! llama.cpp's AVX2 kernel for this type).
+//!
+//! Layout: row groups of [`PACK_ROWS`], each a run of 32-value blocks of [`GROUP_BLOCK_BYTES`]:
+//! the eight rows' f16 scales `d`, then their f16 mins `m`, then four 32-byte chunk pairs, where
+//! bytes `4l..4l+4` of pair `c` are row `l`'s quant bytes `4c..4c+4` (low nibbles: values
+//! `4c..4c+4`; high nibbles: values `16+4c..16+4c+4`).
+
+use super::GgmlType;
+
+/// Weight rows interleaved per group.
+pub const PACK_ROWS: usize = 8;
+/// Bytes of one 32-value block of a row group (the same as eight Q4_1 blocks).
+pub const GROUP_BLOCK_BYTES: usize = PACK_ROWS * 20;
+
+/// Whether a `rows`-row matrix of `ty` can be packed (and the packed kernel can run on `isa`).
+pub fn packable(isa: super::Isa, ty: GgmlType, rows: usize) -> bool {
+    isa == super::Isa::Avx512Vnni && ty == GgmlType::Q4_1 && rows.is_multiple_of(PACK_ROWS)
+}
+
+/// Repacks a Q4_1 matrix (`rows` a multiple of [`PACK_ROWS`]) given its rows in file layout.
+pub fn pack_q4_1<'a>(rows: usize, cols: usize, row: impl Fn(usize) -> &'a [u8]) -> Vec<u8> {
+    let blocks = cols / 32;
+    let mut out = vec![0u8; rows / PACK_ROWS * blocks * GROUP_BLOCK_BYTES];
+    for (g, group) in out.chunks_exact_mut(blocks * GROUP_BLOCK_BYTES).enumerate() {
+        for (b, dst) in group.chunks_exact_mut(GROUP_BLOCK_BYTES).enumerate() {
+            for l in 0..PACK_ROWS {
+                let src = &row(g * PACK_ROWS + l)[b * 20..b * 20 + 20];
+                dst[2 * l..2 * l + 2].copy_from_slice(&src[0..2]);
+                dst[16 + 2 * l..16 + 2 * l + 2].copy_from_slice(&src[2..4]);
+                for c in 0..4 {
+                    let at = 32 + 32 * c + 4 * l;
+                    dst[at..at + 4].copy_from_slice(&src[4 + 4 * c..8 + 4 * c]);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The bytes of row group `g` of a packed matrix with `cols` columns.
+pub fn group(packed: &[u8], cols: usize, g: usize) -> &[u8] {
+    let len = cols / 32 * GROUP_BLOCK_BYTES;
+    &packed[g * len..(g + 1) * len]
+}
+
+/// Dot products of one packed row group with `R` Q8_1 activation rows whose block scales are
+/// `sc` (from [`super::q8_1_scales`]): `out[r][l]` is row `l` of the group against row `r`,
+/// bit-equal to `vec_dot`. `None` where the CPU lacks the kernel's features or a slice is short.
+#[inline]
+pub fn dot_group<const R: usize>(isa: super::Isa, n: usize, grp: &[u8], a: [&[u8]; R], sc: [&[f32]; R]) -> Option<[[f32; PACK_ROWS]; R]> {
+    #[cfg(target_arch = "x86_64")]
+    if isa == super::Isa::Avx512Vnni {
+        // SAFETY: `Isa::Avx512Vnni` is only produced by `detect_isa` after checking the features.
+        return unsafe { avx512::dot_group::<R>(n, grp, a, sc) };
+    }
+    let _ = (isa, n, grp, a, sc);
+    None
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(super) mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{GROUP_BLOCK_BYTES, PACK_ROWS};
+
+    /// See [`super::dot_group`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn dot_group<const R: usize>(n: usize, grp: &[u8], a: [&[u8]; R], sc: [&[f32]; R]) -> Option<[[f32; PACK_ROWS]; R]> {
+        let nb = n / 32;
+        if grp.len() < nb * GROUP_BLOCK_BYTES || a.iter().any(|r| r.len() < nb * 36) || sc.iter().any(|s| s.len() < 2 * nb) {
+            return None;
+        }
+        let low = _mm256_set1_epi8(0x0F);
+        // acc[r][j]: lane l is row l's float lane j (chunk j's running sum), as in `scalar::vec_dot`.
+        let mut acc = [[_mm256_setzero_ps(); 8]; R];
+        let mut summs = [_mm256_setzero_ps(); R];
+        for b in 0..nb {
+            // SAFETY (whole block): block b of the group and of every activation row, and two
+            // scales per block of every `sc` row, are in bounds (checked above).
+            unsafe {
+                let gp = grp.as_ptr().add(b * GROUP_BLOCK_BYTES);
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(gp as *const __m128i));
+                let mw = _mm256_cvtph_ps(_mm_loadu_si128(gp.add(16) as *const __m128i));
+                let mut wq = [_mm256_setzero_si256(); 8];
+                for c in 0..4 {
+                    let v = _mm256_loadu_si256(gp.add(32 + 32 * c) as *const __m256i);
+                    wq[c] = _mm256_and_si256(v, low);
+                    wq[c + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                }
+                for r in 0..R {
+                    let ap = a[r].as_ptr().add(b * 36 + 4);
+                    let da = _mm256_set1_ps(*sc[r].get_unchecked(2 * b));
+                    let sa = _mm256_set1_ps(*sc[r].get_unchecked(2 * b + 1));
+                    summs[r] = _mm256_add_ps(summs[r], _mm256_mul_ps(mw, sa));
+                    let dd = _mm256_mul_ps(dw, da);
+                    for (j, w) in wq.iter().enumerate() {
+                        let y = _mm256_set1_epi32(std::ptr::read_unaligned(ap.add(4 * j) as *const i32));
+                        let s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), *w, y);
+                        acc[r][j] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(s), acc[r][j]);
+                    }
+                }
+            }
+        }
+        let mut out = [[0f32; PACK_ROWS]; R];
+        for (o, (v, s)) in out.iter_mut().zip(acc.iter().zip(summs)) {
+            // The tree order of `scalar::hsum8`, for eight rows at once.
+            let even = _mm256_add_ps(_mm256_add_ps(v[0], v[4]), _mm256_add_ps(v[2], v[6]));
+            let odd = _mm256_add_ps(_mm256_add_ps(v[1], v[5]), _mm256_add_ps(v[3], v[7]));
+            // SAFETY: `o` holds eight floats.
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), _mm256_add_ps(_mm256_add_ps(even, odd), s)) };
+        }
+        Some(out)
+    }
+}

@@ -51,7 +51,7 @@ impl QMatrix {
         }
         let mut m = Self { ty, rows, cols, data, offset, packed: None };
         if packed::packable(quant::detect_isa(), ty, rows) {
-            m.packed = Some(packed::pack_q4_1(rows, cols, |r| m.row(r)).into());
+            m.packed = Some(packed::pack(ty, rows, cols, |r| m.row(r)).into());
             // The kernels read only the packed copy now: let the file's pages go, so the weights
             // are resident once (they come back from the page cache if a row is read again).
             release_pages(&(*m.data).as_ref()[offset..offset + m.byte_size()]);
@@ -142,11 +142,7 @@ pub fn matmul(isa: Isa, w: &QMatrix, x: &[f32], out: &mut [f32]) {
     let scale_len = 2 * (w.cols / 32);
     let mut scales = Vec::new();
     if let Some(p) = w.packed.as_deref().filter(|_| isa == Isa::Avx512Vnni) {
-        scales = vec![0f32; n_tok * scale_len];
-        for (t, sc) in scales.chunks_exact_mut(scale_len).enumerate() {
-            quant::q8_1_scales(&xq[t * arb..(t + 1) * arb], sc);
-        }
-        return matmul_packed(isa, w, p, &xq, &scales, out);
+        return matmul_packed(isa, w, p, &xq, out);
     }
     if w.ty == GgmlType::Q4_1 && n_tok >= 4 {
         scales = vec![0f32; n_tok * scale_len];
@@ -203,18 +199,34 @@ pub fn matmul(isa: Isa, w: &QMatrix, x: &[f32], out: &mut [f32]) {
 
 /// [`matmul`] over a packed matrix: each task takes a band of row groups and runs every group
 /// against the activation rows two at a time (the group's bytes stay in L1 meanwhile).
-fn matmul_packed(isa: Isa, w: &QMatrix, p: &[u8], xq: &[u8], scales: &[f32], out: &mut [f32]) {
-    const R: usize = 2;
-    let (rows, cols) = (w.rows, w.cols);
-    let arb = GgmlType::Q8_1.row_bytes(cols);
+fn matmul_packed(isa: Isa, w: &QMatrix, p: &[u8], xq: &[u8], out: &mut [f32]) {
+    let (rows, cols, nb) = (w.rows, w.cols, w.cols / 32);
+    let arb = w.ty.dot_type().row_bytes(cols);
     let n_tok = xq.len() / arb;
-    let scale_len = 2 * (cols / 32);
+    // What the kernels take per activation row besides its bytes, computed once here: the block
+    // scales as floats (Q4_1: d and s per block; Q8_0: d) and, for Q8_0, the chunk offsets.
+    let q4_1 = w.ty == GgmlType::Q4_1;
+    let scale_len = if q4_1 { 2 * nb } else { nb };
+    let off_len = if q4_1 { 0 } else { 8 * nb };
+    let mut scales = vec![0f32; n_tok * scale_len];
+    let mut offsets = vec![0i32; n_tok * off_len];
+    for t in 0..n_tok {
+        let a = &xq[t * arb..(t + 1) * arb];
+        let sc = &mut scales[t * scale_len..(t + 1) * scale_len];
+        if q4_1 {
+            quant::q8_1_scales(a, sc);
+        } else {
+            packed::q8_0_scales(a, sc);
+            packed::q8_0_offsets(a, &mut offsets[t * off_len..(t + 1) * off_len]);
+        }
+    }
     let groups = rows / packed::PACK_ROWS;
     let band = band_rows(rows).div_ceil(packed::PACK_ROWS);
     let ptr = OutPtr(out.as_mut_ptr());
     (0..groups.div_ceil(band)).into_par_iter().for_each(|b| {
         let act = |t: usize| &xq[t * arb..(t + 1) * arb];
         let sc = |t: usize| &scales[t * scale_len..(t + 1) * scale_len];
+        let off = |t: usize| &offsets[t * off_len..(t + 1) * off_len];
         let store = |g: usize, t: usize, v: [f32; packed::PACK_ROWS]| {
             for (l, v) in v.into_iter().enumerate() {
                 // SAFETY: index t*rows + g*8+l is in bounds (debug-asserted sizes) and only
@@ -223,18 +235,29 @@ fn matmul_packed(isa: Isa, w: &QMatrix, p: &[u8], xq: &[u8], scales: &[f32], out
             }
         };
         for g in b * band..((b + 1) * band).min(groups) {
-            let grp = packed::group(p, cols, g);
+            let grp = packed::group(p, w.ty, cols, g);
             let mut t = 0;
-            while t + R <= n_tok {
-                let v = packed::dot_group::<R>(isa, cols, grp, [act(t), act(t + 1)], [sc(t), sc(t + 1)]);
+            while t + 2 <= n_tok {
+                let (a, s) = ([act(t), act(t + 1)], [sc(t), sc(t + 1)]);
+                let v = if q4_1 {
+                    packed::dot_group::<2>(isa, cols, grp, a, s)
+                } else {
+                    packed::dot_group_q8_0::<2>(isa, cols, grp, a, s, [off(t), off(t + 1)])
+                };
                 debug_assert!(v.is_some(), "packed kernel refused its inputs");
                 for (k, v) in v.into_iter().flatten().enumerate() {
                     store(g, t + k, v);
                 }
-                t += R;
+                t += 2;
             }
-            for t in t..n_tok {
-                if let Some([v]) = packed::dot_group::<1>(isa, cols, grp, [act(t)], [sc(t)]) {
+            if t < n_tok {
+                let v = if q4_1 {
+                    packed::dot_group::<1>(isa, cols, grp, [act(t)], [sc(t)])
+                } else {
+                    packed::dot_group_q8_0::<1>(isa, cols, grp, [act(t)], [sc(t)], [off(t)])
+                };
+                debug_assert!(v.is_some(), "packed kernel refused its inputs");
+                if let Some([v]) = v {
                     store(g, t, v);
                 }
             }
@@ -246,8 +269,9 @@ fn matmul_packed(isa: Isa, w: &QMatrix, p: &[u8], xq: &[u8], scales: &[f32], out
 mod tests {
     use super::*;
 
-    /// A Q4_1 matrix of pseudo-random nibbles with small positive scales and mixed-sign mins.
-    fn q4_1_matrix(rows: usize, cols: usize) -> QMatrix {
+    /// A Q4_1 or Q8_0 matrix of pseudo-random quants with small positive scales (and, for Q4_1,
+    /// mixed-sign mins).
+    fn matrix(ty: GgmlType, rows: usize, cols: usize) -> QMatrix {
         let mut x = 0x2545_F491_4F6C_DD1Du64;
         let mut next = move || {
             x ^= x << 13;
@@ -255,34 +279,40 @@ mod tests {
             x ^= x << 17;
             x
         };
-        let mut bytes = vec![0u8; rows * GgmlType::Q4_1.row_bytes(cols)];
-        for blk in bytes.chunks_exact_mut(20) {
+        let mut bytes = vec![0u8; rows * ty.row_bytes(cols)];
+        for blk in bytes.chunks_exact_mut(ty.block_bytes()) {
             let d = half::f16::from_f32(0.002 + (next() % 1000) as f32 * 1e-5);
             let m = half::f16::from_f32(((next() % 2000) as f32 - 1000.0) * 2e-5);
             blk[0..2].copy_from_slice(&d.to_bits().to_le_bytes());
-            blk[2..4].copy_from_slice(&m.to_bits().to_le_bytes());
-            blk[4..].iter_mut().for_each(|b| *b = next() as u8);
+            if ty == GgmlType::Q4_1 {
+                blk[2..4].copy_from_slice(&m.to_bits().to_le_bytes());
+                blk[4..].iter_mut().for_each(|b| *b = next() as u8);
+            } else {
+                // Q8_0 weights span -127..=127, as a quantizer makes them.
+                blk[2..].iter_mut().for_each(|b| *b = ((next() % 255) as i32 - 127) as i8 as u8);
+            }
         }
-        QMatrix::new(GgmlType::Q4_1, rows, cols, Arc::new(bytes), 0, "w").unwrap()
+        QMatrix::new(ty, rows, cols, Arc::new(bytes), 0, "w").unwrap()
     }
 
     #[test]
-    fn packed_q4_1_matmul_is_bit_equal_to_the_row_kernels() {
-        let (rows, cols) = (40, 160);
-        let w = q4_1_matrix(rows, cols);
-        let isa = quant::detect_isa();
-        assert_eq!(w.packed.is_some(), isa == Isa::Avx512Vnni, "packed exactly where the kernel runs");
-        for n_tok in 1..=5 {
+    fn packed_matmul_is_bit_equal_to_the_row_kernels() {
+        for (ty, n_tok) in [GgmlType::Q4_1, GgmlType::Q8_0].into_iter().flat_map(|ty| (1..=5).map(move |n| (ty, n))) {
+            let (rows, cols) = (40, 160);
+            let w = matrix(ty, rows, cols);
+            let isa = quant::detect_isa();
+            assert_eq!(w.packed.is_some(), isa == Isa::Avx512Vnni, "packed exactly where the kernel runs");
             let x: Vec<f32> = (0..n_tok * cols).map(|i| ((i * 7919 % 1013) as f32 / 506.0 - 1.0) * 2.3).collect();
             let mut fast = vec![0f32; n_tok * rows];
             matmul(isa, &w, &x, &mut fast);
-            let mut xq = vec![0u8; GgmlType::Q8_1.row_bytes(cols)];
+            let dt = ty.dot_type();
+            let mut xq = vec![0u8; dt.row_bytes(cols)];
             for t in 0..n_tok {
-                quant::quantize_activation(GgmlType::Q8_1, &x[t * cols..(t + 1) * cols], &mut xq);
+                quant::quantize_activation(dt, &x[t * cols..(t + 1) * cols], &mut xq);
                 for r in 0..rows {
-                    let want = quant::scalar::vec_dot(GgmlType::Q4_1, cols, w.row(r), &xq);
+                    let want = quant::scalar::vec_dot(ty, cols, w.row(r), &xq);
                     let got = fast[t * rows + r];
-                    assert_eq!(got.to_bits(), want.to_bits(), "n_tok {n_tok}, token {t}, row {r}: {got} vs {want}");
+                    assert_eq!(got.to_bits(), want.to_bits(), "{ty:?} n_tok {n_tok}, token {t}, row {r}: {got} vs {want}");
                 }
             }
         }

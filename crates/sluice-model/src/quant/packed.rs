@@ -1,4 +1,4 @@
-//! Q4_1 weights repacked eight rows at a time, for the AVX-512 VNNI matrix kernel.
+//! Weights repacked eight rows at a time (Q4_1 and Q8_0), for the AVX-512 VNNI matrix kernels.
 //!
 //! In the file's layout one byte-dot instruction covers 32 values of *one* weight row, and every
 //! block then pays a float conversion, a scale product and a broadcast per (row, activation) pair.
@@ -9,27 +9,78 @@
 //! The arithmetic is unchanged, not just close: every row still keeps eight float lanes (one per
 //! chunk), fused-multiply-added per block with the same scale product and tree-summed in the same
 //! order as `scalar::vec_dot`, so results are bit-equal to the unpacked kernels (and to
-//! llama.cpp's AVX2 kernel for this type).
+//! llama.cpp's AVX2 kernels for these types).
 //!
-//! Layout: row groups of [`PACK_ROWS`], each a run of 32-value blocks of [`GROUP_BLOCK_BYTES`]:
-//! the eight rows' f16 scales `d`, then their f16 mins `m`, then four 32-byte chunk pairs, where
-//! bytes `4l..4l+4` of pair `c` are row `l`'s quant bytes `4c..4c+4` (low nibbles: values
-//! `4c..4c+4`; high nibbles: values `16+4c..16+4c+4`).
+//! Layouts: row groups of [`PACK_ROWS`], each a run of 32-value blocks of
+//! [`group_block_bytes`]:
+//! - Q4_1: the eight rows' f16 scales `d`, their f16 mins `m`, then four 32-byte chunk pairs,
+//!   where bytes `4l..4l+4` of pair `c` are row `l`'s quant bytes `4c..4c+4` (low nibbles:
+//!   values `4c..4c+4`; high nibbles: values `16+4c..16+4c+4`).
+//! - Q8_0: the eight f16 scales, then eight 32-byte chunks, bytes `4l..4l+4` of chunk `j` being
+//!   row `l`'s values `4j..4j+4` plus 128 (unsigned, as the byte-dot instruction wants); the
+//!   kernel starts each lane at -128 × the activation chunk's sum, so the integer sums are exact.
 
 use super::GgmlType;
 
 /// Weight rows interleaved per group.
 pub const PACK_ROWS: usize = 8;
-/// Bytes of one 32-value block of a row group (the same as eight Q4_1 blocks).
+/// Bytes of one 32-value block of a Q4_1 row group (the same as eight file blocks).
 pub const GROUP_BLOCK_BYTES: usize = PACK_ROWS * 20;
+
+/// Bytes of one 32-value block of a row group of `ty` (the same as eight file blocks).
+pub fn group_block_bytes(ty: GgmlType) -> usize {
+    PACK_ROWS * ty.block_bytes()
+}
 
 /// Whether a `rows`-row matrix of `ty` can be packed (and the packed kernel can run on `isa`).
 pub fn packable(isa: super::Isa, ty: GgmlType, rows: usize) -> bool {
-    isa == super::Isa::Avx512Vnni && ty == GgmlType::Q4_1 && rows.is_multiple_of(PACK_ROWS)
+    isa == super::Isa::Avx512Vnni && matches!(ty, GgmlType::Q4_1 | GgmlType::Q8_0) && rows.is_multiple_of(PACK_ROWS)
+}
+
+/// Repacks a matrix of a [`packable`] type given its rows in file layout.
+pub fn pack<'a>(ty: GgmlType, rows: usize, cols: usize, row: impl Fn(usize) -> &'a [u8]) -> Vec<u8> {
+    if ty == GgmlType::Q4_1 {
+        return pack_q4_1(rows, cols, row);
+    }
+    let blocks = cols / 32;
+    let gbb = group_block_bytes(GgmlType::Q8_0);
+    let mut out = vec![0u8; rows / PACK_ROWS * blocks * gbb];
+    for (g, group) in out.chunks_exact_mut(blocks * gbb).enumerate() {
+        for (b, dst) in group.chunks_exact_mut(gbb).enumerate() {
+            for l in 0..PACK_ROWS {
+                let src = &row(g * PACK_ROWS + l)[b * 34..b * 34 + 34];
+                dst[2 * l..2 * l + 2].copy_from_slice(&src[0..2]);
+                for j in 0..8 {
+                    let at = 16 + 32 * j + 4 * l;
+                    for q in 0..4 {
+                        dst[at + q] = src[2 + 4 * j + q] ^ 0x80;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Per block of a Q8_0 activation row, -128 × the sum of each 4-value chunk (eight per block):
+/// the starting values that turn the kernel's unsigned weight bytes back into signed ones.
+pub fn q8_0_offsets(a: &[u8], out: &mut [i32]) {
+    for (blk, o) in a.chunks_exact(34).zip(out.chunks_exact_mut(8)) {
+        for (j, o) in o.iter_mut().enumerate() {
+            *o = -128 * blk[2 + 4 * j..6 + 4 * j].iter().map(|&q| q as i8 as i32).sum::<i32>();
+        }
+    }
+}
+
+/// The f32 scales of a Q8_0 activation row's blocks.
+pub fn q8_0_scales(a: &[u8], out: &mut [f32]) {
+    for (blk, o) in a.chunks_exact(34).zip(out) {
+        *o = super::f16_at(blk, 0);
+    }
 }
 
 /// Repacks a Q4_1 matrix (`rows` a multiple of [`PACK_ROWS`]) given its rows in file layout.
-pub fn pack_q4_1<'a>(rows: usize, cols: usize, row: impl Fn(usize) -> &'a [u8]) -> Vec<u8> {
+fn pack_q4_1<'a>(rows: usize, cols: usize, row: impl Fn(usize) -> &'a [u8]) -> Vec<u8> {
     let blocks = cols / 32;
     let mut out = vec![0u8; rows / PACK_ROWS * blocks * GROUP_BLOCK_BYTES];
     for (g, group) in out.chunks_exact_mut(blocks * GROUP_BLOCK_BYTES).enumerate() {
@@ -48,9 +99,9 @@ pub fn pack_q4_1<'a>(rows: usize, cols: usize, row: impl Fn(usize) -> &'a [u8]) 
     out
 }
 
-/// The bytes of row group `g` of a packed matrix with `cols` columns.
-pub fn group(packed: &[u8], cols: usize, g: usize) -> &[u8] {
-    let len = cols / 32 * GROUP_BLOCK_BYTES;
+/// The bytes of row group `g` of a packed matrix of `ty` with `cols` columns.
+pub fn group(packed: &[u8], ty: GgmlType, cols: usize, g: usize) -> &[u8] {
+    let len = cols / 32 * group_block_bytes(ty);
     &packed[g * len..(g + 1) * len]
 }
 
@@ -58,13 +109,39 @@ pub fn group(packed: &[u8], cols: usize, g: usize) -> &[u8] {
 /// `sc` (from [`super::q8_1_scales`]): `out[r][l]` is row `l` of the group against row `r`,
 /// bit-equal to `vec_dot`. `None` where the CPU lacks the kernel's features or a slice is short.
 #[inline]
-pub fn dot_group<const R: usize>(isa: super::Isa, n: usize, grp: &[u8], a: [&[u8]; R], sc: [&[f32]; R]) -> Option<[[f32; PACK_ROWS]; R]> {
+pub fn dot_group<const R: usize>(
+    isa: super::Isa,
+    n: usize,
+    grp: &[u8],
+    a: [&[u8]; R],
+    sc: [&[f32]; R],
+) -> Option<[[f32; PACK_ROWS]; R]> {
     #[cfg(target_arch = "x86_64")]
     if isa == super::Isa::Avx512Vnni {
         // SAFETY: `Isa::Avx512Vnni` is only produced by `detect_isa` after checking the features.
         return unsafe { avx512::dot_group::<R>(n, grp, a, sc) };
     }
     let _ = (isa, n, grp, a, sc);
+    None
+}
+
+/// [`dot_group`] for a packed Q8_0 group against `R` Q8_0 activation rows, given each row's
+/// block scales (`sc`, from [`q8_0_scales`]) and chunk offsets (`off`, from [`q8_0_offsets`]).
+#[inline]
+pub fn dot_group_q8_0<const R: usize>(
+    isa: super::Isa,
+    n: usize,
+    grp: &[u8],
+    a: [&[u8]; R],
+    sc: [&[f32]; R],
+    off: [&[i32]; R],
+) -> Option<[[f32; PACK_ROWS]; R]> {
+    #[cfg(target_arch = "x86_64")]
+    if isa == super::Isa::Avx512Vnni {
+        // SAFETY: `Isa::Avx512Vnni` is only produced by `detect_isa` after checking the features.
+        return unsafe { avx512::dot_group_q8_0::<R>(n, grp, a, sc, off) };
+    }
+    let _ = (isa, n, grp, a, sc, off);
     None
 }
 
@@ -79,9 +156,17 @@ pub(super) mod avx512 {
     /// # Safety
     /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub unsafe fn dot_group<const R: usize>(n: usize, grp: &[u8], a: [&[u8]; R], sc: [&[f32]; R]) -> Option<[[f32; PACK_ROWS]; R]> {
+    pub unsafe fn dot_group<const R: usize>(
+        n: usize,
+        grp: &[u8],
+        a: [&[u8]; R],
+        sc: [&[f32]; R],
+    ) -> Option<[[f32; PACK_ROWS]; R]> {
         let nb = n / 32;
-        if grp.len() < nb * GROUP_BLOCK_BYTES || a.iter().any(|r| r.len() < nb * 36) || sc.iter().any(|s| s.len() < 2 * nb) {
+        if grp.len() < nb * GROUP_BLOCK_BYTES
+            || a.iter().any(|r| r.len() < nb * 36)
+            || sc.iter().any(|s| s.len() < 2 * nb)
+        {
             return None;
         }
         let low = _mm256_set1_epi8(0x0F);
@@ -117,11 +202,69 @@ pub(super) mod avx512 {
         }
         let mut out = [[0f32; PACK_ROWS]; R];
         for (o, (v, s)) in out.iter_mut().zip(acc.iter().zip(summs)) {
-            // The tree order of `scalar::hsum8`, for eight rows at once.
-            let even = _mm256_add_ps(_mm256_add_ps(v[0], v[4]), _mm256_add_ps(v[2], v[6]));
-            let odd = _mm256_add_ps(_mm256_add_ps(v[1], v[5]), _mm256_add_ps(v[3], v[7]));
             // SAFETY: `o` holds eight floats.
-            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), _mm256_add_ps(_mm256_add_ps(even, odd), s)) };
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), _mm256_add_ps(tree_sum(v), s)) };
+        }
+        Some(out)
+    }
+
+    /// The tree order of `scalar::hsum8`, for eight rows at once.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn tree_sum(v: &[__m256; 8]) -> __m256 {
+        let even = _mm256_add_ps(_mm256_add_ps(v[0], v[4]), _mm256_add_ps(v[2], v[6]));
+        let odd = _mm256_add_ps(_mm256_add_ps(v[1], v[5]), _mm256_add_ps(v[3], v[7]));
+        _mm256_add_ps(even, odd)
+    }
+
+    /// See [`super::dot_group_q8_0`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn dot_group_q8_0<const R: usize>(
+        n: usize,
+        grp: &[u8],
+        a: [&[u8]; R],
+        sc: [&[f32]; R],
+        off: [&[i32]; R],
+    ) -> Option<[[f32; PACK_ROWS]; R]> {
+        let nb = n / 32;
+        let gbb = PACK_ROWS * 34;
+        if grp.len() < nb * gbb
+            || a.iter().any(|r| r.len() < nb * 34)
+            || sc.iter().any(|s| s.len() < nb)
+            || off.iter().any(|o| o.len() < 8 * nb)
+        {
+            return None;
+        }
+        let mut acc = [[_mm256_setzero_ps(); 8]; R];
+        for b in 0..nb {
+            // SAFETY (whole block): block b of the group, of every activation row and of its
+            // scales and offsets are in bounds (checked above).
+            unsafe {
+                let gp = grp.as_ptr().add(b * gbb);
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(gp as *const __m128i));
+                let mut wq = [_mm256_setzero_si256(); 8];
+                for (j, w) in wq.iter_mut().enumerate() {
+                    *w = _mm256_loadu_si256(gp.add(16 + 32 * j) as *const __m256i);
+                }
+                for r in 0..R {
+                    let ap = a[r].as_ptr().add(b * 34 + 2);
+                    let op = off[r].as_ptr().add(8 * b);
+                    let dd = _mm256_mul_ps(dw, _mm256_set1_ps(*sc[r].get_unchecked(b)));
+                    for (j, w) in wq.iter().enumerate() {
+                        let y = _mm256_set1_epi32(std::ptr::read_unaligned(ap.add(4 * j) as *const i32));
+                        let s = _mm256_dpbusd_epi32(_mm256_set1_epi32(*op.add(j)), *w, y);
+                        acc[r][j] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(s), acc[r][j]);
+                    }
+                }
+            }
+        }
+        let mut out = [[0f32; PACK_ROWS]; R];
+        for (o, v) in out.iter_mut().zip(acc.iter()) {
+            // SAFETY: `o` holds eight floats.
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), tree_sum(v)) };
         }
         Some(out)
     }

@@ -24,9 +24,6 @@ use super::GgmlType;
 
 /// Weight rows interleaved per group.
 pub const PACK_ROWS: usize = 8;
-/// Bytes of one 32-value block of a Q4_1 row group (the same as eight file blocks).
-pub const GROUP_BLOCK_BYTES: usize = PACK_ROWS * 20;
-
 /// Bytes of one 32-value block of a row group of `ty` (the same as eight file blocks).
 pub fn group_block_bytes(ty: GgmlType) -> usize {
     PACK_ROWS * ty.block_bytes()
@@ -82,9 +79,10 @@ pub fn q8_0_scales(a: &[u8], out: &mut [f32]) {
 /// Repacks a Q4_1 matrix (`rows` a multiple of [`PACK_ROWS`]) given its rows in file layout.
 fn pack_q4_1<'a>(rows: usize, cols: usize, row: impl Fn(usize) -> &'a [u8]) -> Vec<u8> {
     let blocks = cols / 32;
-    let mut out = vec![0u8; rows / PACK_ROWS * blocks * GROUP_BLOCK_BYTES];
-    for (g, group) in out.chunks_exact_mut(blocks * GROUP_BLOCK_BYTES).enumerate() {
-        for (b, dst) in group.chunks_exact_mut(GROUP_BLOCK_BYTES).enumerate() {
+    let gbb = group_block_bytes(GgmlType::Q4_1);
+    let mut out = vec![0u8; rows / PACK_ROWS * blocks * gbb];
+    for (g, group) in out.chunks_exact_mut(blocks * gbb).enumerate() {
+        for (b, dst) in group.chunks_exact_mut(gbb).enumerate() {
             for l in 0..PACK_ROWS {
                 let src = &row(g * PACK_ROWS + l)[b * 20..b * 20 + 20];
                 dst[2 * l..2 * l + 2].copy_from_slice(&src[0..2]);
@@ -149,7 +147,7 @@ pub fn dot_group_q8_0<const R: usize>(
 pub(super) mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{GROUP_BLOCK_BYTES, PACK_ROWS};
+    use super::PACK_ROWS;
 
     /// See [`super::dot_group`].
     ///
@@ -162,8 +160,8 @@ pub(super) mod avx512 {
         a: [&[u8]; R],
         sc: [&[f32]; R],
     ) -> Option<[[f32; PACK_ROWS]; R]> {
-        let nb = n / 32;
-        if grp.len() < nb * GROUP_BLOCK_BYTES
+        let (nb, gbb) = (n / 32, PACK_ROWS * 20);
+        if grp.len() < nb * gbb
             || a.iter().any(|r| r.len() < nb * 36)
             || sc.iter().any(|s| s.len() < 2 * nb)
         {
@@ -177,7 +175,7 @@ pub(super) mod avx512 {
             // SAFETY (whole block): block b of the group and of every activation row, and two
             // scales per block of every `sc` row, are in bounds (checked above).
             unsafe {
-                let gp = grp.as_ptr().add(b * GROUP_BLOCK_BYTES);
+                let gp = grp.as_ptr().add(b * gbb);
                 let dw = _mm256_cvtph_ps(_mm_loadu_si128(gp as *const __m128i));
                 let mw = _mm256_cvtph_ps(_mm_loadu_si128(gp.add(16) as *const __m128i));
                 let mut wq = [_mm256_setzero_si256(); 8];

@@ -37,6 +37,52 @@ pub fn dot(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     reduce_lanes(&acc)
 }
 
+/// `out[i] = dot(q, rows[i]) * scale` for every row (bit-equal to calling [`dot`] per row; the
+/// AVX2 path reduces eight rows' lanes together instead of one row at a time).
+///
+/// # Safety
+/// Every pointer in `rows` must point at `q.len()` readable floats.
+pub unsafe fn scores(isa: Isa, q: &[f32], rows: &[*const f32], scale: f32, out: &mut [f32]) {
+    debug_assert_eq!(rows.len(), out.len());
+    #[cfg(target_arch = "x86_64")]
+    if isa.has_avx2() && q.len().is_multiple_of(LANES) {
+        // SAFETY: AVX2/FMA detected; the rows are the caller's contract.
+        unsafe { avx2::scores(q, rows, scale, out) };
+        return;
+    }
+    for (o, &r) in out.iter_mut().zip(rows) {
+        // SAFETY: the caller's contract.
+        *o = dot(isa, q, unsafe { std::slice::from_raw_parts(r, q.len()) }) * scale;
+    }
+}
+
+/// In-place softmax whose normalising sum is taken as the reference does: exp values in 8-wide
+/// groups, each tree-summed in f32 (`(g0+g4)+(g2+g6)` plus `(g1+g5)+(g3+g7)`), the groups
+/// accumulated in f64. The AVX2 path vectorizes the maximum, the group sums and the scaling
+/// (same results; `exp` stays the scalar library function).
+pub fn softmax(isa: Isa, x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa.has_avx2() {
+        // SAFETY: AVX2/FMA detected.
+        unsafe { avx2::softmax(x) };
+        return;
+    }
+    let _ = isa;
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f64;
+    for group in x.chunks_mut(8) {
+        let mut g = [0f32; 8];
+        for (gi, v) in g.iter_mut().zip(group.iter_mut()) {
+            *v = (*v - max).exp();
+            *gi = *v;
+        }
+        let h = [g[0] + g[4], g[1] + g[5], g[2] + g[6], g[3] + g[7]];
+        sum += ((h[0] + h[2]) + (h[1] + h[3])) as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
 /// `out[d] = Σ_{p ≥ first} w[p] · v(p)[d]` where `v(p)` is the `d`-wide row of position `p`,
 /// lane-ordered by absolute position. `scratch` holds `LANES × out.len()` floats.
 pub fn weighted_sum(
@@ -107,6 +153,79 @@ mod avx2 {
         _mm_cvtss_f32(_mm_hadd_ps(h, h))
     }
 
+    /// # Safety
+    /// AVX2 and FMA required; `q.len()` a multiple of 32; every row holds `q.len()` floats.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn scores(q: &[f32], rows: &[*const f32], scale: f32, out: &mut [f32]) {
+        let qp = q.as_ptr();
+        let sc = _mm256_set1_ps(scale);
+        for (chunk, o) in rows.chunks(8).zip(out.chunks_mut(8)) {
+            // Per row, the 8-lane vector `dot` reduces from: (s0 + s2) + (s1 + s3).
+            let mut v = [_mm256_setzero_ps(); 8];
+            for (vr, &r) in v.iter_mut().zip(chunk) {
+                let mut s = [_mm256_setzero_ps(); 4];
+                for i in (0..q.len()).step_by(32) {
+                    for (k, acc) in s.iter_mut().enumerate() {
+                        // SAFETY: i + 8k + 8 <= len for the query and the row (caller contract).
+                        let (x, y) = unsafe { (_mm256_loadu_ps(qp.add(i + 8 * k)), _mm256_loadu_ps(r.add(i + 8 * k))) };
+                        *acc = _mm256_fmadd_ps(x, y, *acc);
+                    }
+                }
+                *vr = _mm256_add_ps(_mm256_add_ps(s[0], s[2]), _mm256_add_ps(s[1], s[3]));
+            }
+            // `dot`'s horizontal sum, ((v0+v4) + (v1+v5)) + ((v2+v6) + (v3+v7)), for eight rows
+            // at once: halves added pairwise, then three rounds of horizontal adds.
+            let t = [0, 2, 4, 6].map(|j| {
+                let (a, b) = (v[j], v[j + 1]);
+                _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31))
+            });
+            let h = _mm256_hadd_ps(_mm256_hadd_ps(t[0], t[1]), _mm256_hadd_ps(t[2], t[3]));
+            // Lanes hold rows 0, 2, 4, 6, 1, 3, 5, 7.
+            let sums = _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            let mut res = [0f32; 8];
+            // SAFETY: `res` holds eight floats.
+            unsafe { _mm256_storeu_ps(res.as_mut_ptr(), _mm256_mul_ps(sums, sc)) };
+            o.copy_from_slice(&res[..o.len()]);
+        }
+    }
+
+    /// # Safety
+    /// AVX2 and FMA required.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn softmax(x: &mut [f32]) {
+        let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut chunks = x.chunks_exact(8);
+        for c in &mut chunks {
+            // SAFETY: `c` holds eight floats.
+            m = _mm256_max_ps(m, unsafe { _mm256_loadu_ps(c.as_ptr()) });
+        }
+        let mut lanes = [0f32; 8];
+        // SAFETY: `lanes` holds eight floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), m) };
+        let max = lanes.into_iter().chain(chunks.remainder().iter().copied()).fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f64;
+        for group in x.chunks_mut(8) {
+            let mut g = [0f32; 8];
+            for (gi, v) in g.iter_mut().zip(group.iter_mut()) {
+                *v = (*v - max).exp();
+                *gi = *v;
+            }
+            // SAFETY: `g` holds eight floats.
+            let gv = unsafe { _mm256_loadu_ps(g.as_ptr()) };
+            let h = _mm_add_ps(_mm256_castps256_ps128(gv), _mm256_extractf128_ps(gv, 1));
+            let s = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            sum += _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s))) as f64;
+        }
+        let inv = _mm256_set1_ps((1.0 / sum) as f32);
+        let mut chunks = x.chunks_exact_mut(8);
+        for c in &mut chunks {
+            // SAFETY: `c` holds eight floats.
+            unsafe { _mm256_storeu_ps(c.as_mut_ptr(), _mm256_mul_ps(_mm256_loadu_ps(c.as_ptr()), inv)) };
+        }
+        let inv = (1.0 / sum) as f32;
+        chunks.into_remainder().iter_mut().for_each(|v| *v *= inv);
+    }
+
     /// `acc += w * x` over `acc.len()` floats (a multiple of 8).
     ///
     /// # Safety
@@ -145,6 +264,26 @@ mod tests {
         weighted_sum(isa, 0, &w, |p| rows[p * 16..].as_ptr(), &mut o1, &mut s);
         weighted_sum(Isa::Scalar, 0, &w, |p| rows[p * 16..].as_ptr(), &mut o2, &mut s);
         assert_eq!(o1, o2);
+        let bits = |o: &[f32]| o.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        for n in [1usize, 7, 8, 45, 130] {
+            let q: Vec<f32> = (0..64).map(|i| ((i * 29 % 13) as f32 - 6.0) * 0.05).collect();
+            let keys: Vec<f32> = (0..n * 64).map(|i| ((i * 11 % 23) as f32 - 11.0) * 0.07).collect();
+            let ptrs: Vec<*const f32> = (0..n).map(|p| keys[p * 64..].as_ptr()).collect();
+            let (mut s1, mut s2) = (vec![0f32; n], vec![0f32; n]);
+            // SAFETY: every pointer has 64 floats behind it.
+            unsafe {
+                scores(isa, &q, &ptrs, 0.125, &mut s1);
+                scores(Isa::Scalar, &q, &ptrs, 0.125, &mut s2);
+            }
+            assert_eq!(bits(&s1), bits(&s2), "scores of {n} rows");
+            let one_by_one: Vec<f32> = (0..n).map(|p| dot(isa, &q, &keys[p * 64..(p + 1) * 64]) * 0.125).collect();
+            assert_eq!(bits(&s1), bits(&one_by_one), "scores of {n} rows vs dot");
+            let (mut p1, mut p2) = (s1.clone(), s1.clone());
+            softmax(isa, &mut p1);
+            softmax(Isa::Scalar, &mut p2);
+            assert_eq!(bits(&p1), bits(&p2), "softmax of {n}");
+            assert!((p1.iter().map(|v| *v as f64).sum::<f64>() - 1.0).abs() < 1e-5);
+        }
         for d in 0..16 {
             let naive: f32 = (0..45).map(|p| w[p] * rows[p * 16 + d]).sum();
             assert!((o1[d] - naive).abs() < 1e-4);

@@ -162,23 +162,6 @@ pub struct AttentionInput<'a> {
 }
 
 
-/// Softmax whose normalising sum is taken in 8-wide float groups accumulated in f64 (the
-/// reference's order).
-fn softmax_grouped(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f64;
-    for group in x.chunks_mut(8) {
-        let mut g = [0f32; 8];
-        for (gi, v) in g.iter_mut().zip(group.iter_mut()) {
-            *v = (*v - max).exp();
-            *gi = *v;
-        }
-        let h = [g[0] + g[4], g[1] + g[5], g[2] + g[6], g[3] + g[7]];
-        sum += ((h[0] + h[2]) + (h[1] + h[3])) as f64;
-    }
-    let inv = (1.0 / sum) as f32;
-    x.iter_mut().for_each(|v| *v *= inv);
-}
 
 /// Causal attention: `out` (`n_tok × n_heads × head_dim`) for each query token over its own
 /// sequence's keys `[max(0, pos - window + 1), pos]`. Parallel over (token, head).
@@ -188,8 +171,8 @@ pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
     let kv_dim = inp.n_kv_heads * hd;
     let group = inp.n_heads / inp.n_kv_heads;
     out.par_chunks_mut(hd).enumerate().for_each_init(
-        || (Vec::new(), Vec::new(), Vec::new()),
-        |(scores, scratch, rows), (idx, o)| {
+        || (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+        |(scores, scratch, rows, keys), (idx, o)| {
             let (t, h) = (idx / inp.n_heads, idx % inp.n_heads);
             let AttnToken { pos, seq } = inp.tokens[t];
             let first = match inp.window {
@@ -206,12 +189,14 @@ pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
                 let n = (pos + 1 - bi * bs).min(bs);
                 rows.extend(base..base + n);
             }
+            keys.clear();
+            // In bounds: the model validates block tables before attention runs.
+            keys.extend(rows[first..=pos].iter().map(|&r| inp.k_cache.as_ptr().wrapping_add(r * kv_dim + kvh * hd)));
             scores.clear();
-            scores.extend(rows[first..=pos].iter().map(|&r| {
-                let k = &inp.k_cache[r * kv_dim + kvh * hd..r * kv_dim + (kvh + 1) * hd];
-                attn::dot(isa, q, k) * inp.scale
-            }));
-            softmax_grouped(scores);
+            scores.resize(keys.len(), 0.0);
+            // SAFETY: each pointer addresses the hd floats of a written key row (above).
+            unsafe { attn::scores(isa, q, keys, inp.scale, scores) };
+            attn::softmax(isa, scores);
             let v_base = inp.v_cache.as_ptr();
             // Positions before the window have zero weight; lanes still follow absolute positions.
             let mut weights = vec![0f32; first];

@@ -472,6 +472,38 @@ mod tests {
     }
 
     #[test]
+    fn simd_activation_quantization_writes_the_scalar_bytes() {
+        for seed in 0..200u64 {
+            // Mixed magnitudes, exact halves (ties), zeros and an all-zero block.
+            let x: Vec<f32> = (0..64)
+                .map(|i| match (seed + i) % 7 {
+                    0 => 0.0,
+                    1 => ((i as f32) - 31.5) * 0.5,
+                    _ if seed == 3 => 0.0,
+                    _ => ((seed * 131 + i * 977) % 2001) as f32 / 1000.0 - 1.0,
+                } * (1.0 + seed as f32))
+                .collect();
+            for ty in [GgmlType::Q8_0, GgmlType::Q8_1] {
+                let mut fast = vec![0u8; ty.row_bytes(64)];
+                quantize_activation(ty, &x, &mut fast);
+                let mut slow = vec![0u8; ty.row_bytes(64)];
+                for (blk, xs) in slow.chunks_exact_mut(ty.block_bytes()).zip(x.chunks_exact(32)) {
+                    scalar::quantize_block(ty, xs, blk);
+                }
+                assert_eq!(fast, slow, "{ty:?} seed {seed}");
+            }
+        }
+        // Exact ties (scale 1): half to even, like the scalar code.
+        let x: Vec<f32> = (0..32).map(|i| if i == 0 { 127.0 } else { i as f32 - 16.5 }).collect();
+        let (mut fast, mut slow) = (vec![0u8; 34], vec![0u8; 34]);
+        quantize_activation(GgmlType::Q8_0, &x, &mut fast);
+        scalar::quantize_block(GgmlType::Q8_0, &x, &mut slow);
+        assert_eq!(fast, slow);
+        assert_eq!(fast[2 + 1] as i8, -16, "-15.5 rounds to -16");
+        assert_eq!(fast[2 + 2] as i8, -14, "-14.5 rounds to -14");
+    }
+
+    #[test]
     fn activation_quantization_round_trips_closely() {
         let x: Vec<f32> = (0..256).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
         for ty in [GgmlType::Q8_0, GgmlType::Q8_1, GgmlType::Q8_K] {

@@ -217,7 +217,7 @@ fn matmul_packed(isa: Isa, w: &QMatrix, p: &[u8], xq: &[u8], out: &mut [f32]) {
             quant::q8_1_scales(a, sc);
         } else {
             packed::q8_0_scales(a, sc);
-            packed::q8_0_offsets(a, &mut offsets[t * off_len..(t + 1) * off_len]);
+            packed::q8_0_offsets(a, packed::bias(w.ty), &mut offsets[t * off_len..(t + 1) * off_len]);
         }
     }
     let groups = rows / packed::PACK_ROWS;
@@ -269,8 +269,8 @@ fn matmul_packed(isa: Isa, w: &QMatrix, p: &[u8], xq: &[u8], out: &mut [f32]) {
 mod tests {
     use super::*;
 
-    /// A Q4_1 or Q8_0 matrix of pseudo-random quants with small positive scales (and, for Q4_1,
-    /// mixed-sign mins).
+    /// A Q4_1, Q5_0 or Q8_0 matrix of pseudo-random quants with small positive scales (and, for
+    /// Q4_1, mixed-sign mins).
     fn matrix(ty: GgmlType, rows: usize, cols: usize) -> QMatrix {
         let mut x = 0x2545_F491_4F6C_DD1Du64;
         let mut next = move || {
@@ -287,6 +287,8 @@ mod tests {
             if ty == GgmlType::Q4_1 {
                 blk[2..4].copy_from_slice(&m.to_bits().to_le_bytes());
                 blk[4..].iter_mut().for_each(|b| *b = next() as u8);
+            } else if ty == GgmlType::Q5_0 {
+                blk[2..].iter_mut().for_each(|b| *b = next() as u8);
             } else {
                 // Q8_0 weights span -127..=127, as a quantizer makes them.
                 blk[2..].iter_mut().for_each(|b| *b = ((next() % 255) as i32 - 127) as i8 as u8);
@@ -297,7 +299,7 @@ mod tests {
 
     #[test]
     fn packed_matmul_is_bit_equal_to_the_row_kernels() {
-        for (ty, n_tok) in [GgmlType::Q4_1, GgmlType::Q8_0].into_iter().flat_map(|ty| (1..=5).map(move |n| (ty, n))) {
+        for (ty, n_tok) in [GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0].into_iter().flat_map(|ty| (1..=5).map(move |n| (ty, n))) {
             let (rows, cols) = (40, 160);
             let w = matrix(ty, rows, cols);
             let isa = quant::detect_isa();

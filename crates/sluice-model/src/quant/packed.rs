@@ -1,4 +1,4 @@
-//! Weights repacked eight rows at a time (Q4_1 and Q8_0), for the AVX-512 VNNI matrix kernels.
+//! Weights repacked eight rows at a time (Q4_1, Q5_0, Q8_0), for the AVX-512 VNNI matrix kernels.
 //!
 //! In the file's layout one byte-dot instruction covers 32 values of *one* weight row, and every
 //! block then pays a float conversion, a scale product and a broadcast per (row, activation) pair.
@@ -19,6 +19,9 @@
 //! - Q8_0: the eight f16 scales, then eight 32-byte chunks, bytes `4l..4l+4` of chunk `j` being
 //!   row `l`'s values `4j..4j+4` plus 128 (unsigned, as the byte-dot instruction wants); the
 //!   kernel starts each lane at -128 × the activation chunk's sum, so the integer sums are exact.
+//! - Q5_0: the Q8_0 layout with the values' unsigned 5-bit codes (value + 16) as bytes, the
+//!   lanes starting at -16 × the chunk's sum (34 bytes per 32 values instead of the file's 22,
+//!   for a kernel without per-block bit unpacking).
 
 use super::GgmlType;
 
@@ -26,12 +29,21 @@ use super::GgmlType;
 pub const PACK_ROWS: usize = 8;
 /// Bytes of one 32-value block of a row group of `ty` (the same as eight file blocks).
 pub fn group_block_bytes(ty: GgmlType) -> usize {
-    PACK_ROWS * ty.block_bytes()
+    match ty {
+        GgmlType::Q4_1 => PACK_ROWS * 20,
+        _ => PACK_ROWS * 34,
+    }
+}
+
+/// What an unsigned weight byte of a packed `ty` exceeds the value it stands for by (the Q8_0
+/// layout's types; the kernel's lane offsets are -bias × the activation chunk's sum).
+pub fn bias(ty: GgmlType) -> i32 {
+    if ty == GgmlType::Q5_0 { 16 } else { 128 }
 }
 
 /// Whether a `rows`-row matrix of `ty` can be packed (and the packed kernel can run on `isa`).
 pub fn packable(isa: super::Isa, ty: GgmlType, rows: usize) -> bool {
-    isa == super::Isa::Avx512Vnni && matches!(ty, GgmlType::Q4_1 | GgmlType::Q8_0) && rows.is_multiple_of(PACK_ROWS)
+    isa == super::Isa::Avx512Vnni && matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0) && rows.is_multiple_of(PACK_ROWS)
 }
 
 /// Repacks a matrix of a [`packable`] type given its rows in file layout.
@@ -45,13 +57,17 @@ pub fn pack<'a>(ty: GgmlType, rows: usize, cols: usize, row: impl Fn(usize) -> &
     for (g, group) in out.chunks_exact_mut(blocks * gbb).enumerate() {
         for (b, dst) in group.chunks_exact_mut(gbb).enumerate() {
             for l in 0..PACK_ROWS {
-                let src = &row(g * PACK_ROWS + l)[b * 34..b * 34 + 34];
+                let bb = ty.block_bytes();
+                let src = &row(g * PACK_ROWS + l)[b * bb..(b + 1) * bb];
                 dst[2 * l..2 * l + 2].copy_from_slice(&src[0..2]);
+                // Unsigned codes: Q8_0's signed bytes + 128, Q5_0's 5-bit codes as they are.
+                let codes: [u8; 32] = match ty {
+                    GgmlType::Q5_0 => super::scalar::unpack_q4_q5(ty, src),
+                    _ => std::array::from_fn(|i| src[2 + i] ^ 0x80),
+                };
                 for j in 0..8 {
                     let at = 16 + 32 * j + 4 * l;
-                    for q in 0..4 {
-                        dst[at + q] = src[2 + 4 * j + q] ^ 0x80;
-                    }
+                    dst[at..at + 4].copy_from_slice(&codes[4 * j..4 * j + 4]);
                 }
             }
         }
@@ -59,12 +75,12 @@ pub fn pack<'a>(ty: GgmlType, rows: usize, cols: usize, row: impl Fn(usize) -> &
     out
 }
 
-/// Per block of a Q8_0 activation row, -128 × the sum of each 4-value chunk (eight per block):
-/// the starting values that turn the kernel's unsigned weight bytes back into signed ones.
-pub fn q8_0_offsets(a: &[u8], out: &mut [i32]) {
+/// Per block of a Q8_0 activation row, -`bias` × the sum of each 4-value chunk (eight per
+/// block): the starting values that turn the kernel's unsigned weight codes back into values.
+pub fn q8_0_offsets(a: &[u8], bias: i32, out: &mut [i32]) {
     for (blk, o) in a.chunks_exact(34).zip(out.chunks_exact_mut(8)) {
         for (j, o) in o.iter_mut().enumerate() {
-            *o = -128 * blk[2 + 4 * j..6 + 4 * j].iter().map(|&q| q as i8 as i32).sum::<i32>();
+            *o = -bias * blk[2 + 4 * j..6 + 4 * j].iter().map(|&q| q as i8 as i32).sum::<i32>();
         }
     }
 }

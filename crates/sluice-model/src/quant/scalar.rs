@@ -17,7 +17,7 @@ pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 }
 
 /// Integer values (0..31 or 0..15) of a 32-element Q4/Q5 block, in element order.
-fn unpack_q4_q5(ty: GgmlType, blk: &[u8]) -> [u8; 32] {
+pub(crate) fn unpack_q4_q5(ty: GgmlType, blk: &[u8]) -> [u8; 32] {
     let (qs, qh) = match ty {
         GgmlType::Q4_0 => (&blk[2..18], 0u32),
         GgmlType::Q4_1 => (&blk[4..20], 0u32),

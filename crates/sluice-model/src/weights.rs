@@ -26,8 +26,10 @@ pub struct QMatrix {
     pub cols: usize,
     data: Bytes,
     offset: usize,
-    /// The rows interleaved for the packed kernel (`quant::packed`), where this CPU has it.
-    packed: Option<Arc<[u8]>>,
+    /// The rows interleaved for the packed kernel (`quant::packed`), where this CPU has it
+    /// (an `Arc<Vec>`: converting the buffer to `Arc<[u8]>` would copy it, doubling the load's
+    /// peak memory for a large matrix).
+    packed: Option<Arc<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for QMatrix {
@@ -51,7 +53,7 @@ impl QMatrix {
         }
         let mut m = Self { ty, rows, cols, data, offset, packed: None };
         if packed::packable(quant::detect_isa(), ty, rows) {
-            m.packed = Some(packed::pack(ty, rows, cols, |r| m.row(r)).into());
+            m.packed = Some(Arc::new(packed::pack(ty, rows, cols, |r| m.row(r))));
             // The kernels read only the packed copy now: let the file's pages go, so the weights
             // are resident once (they come back from the page cache if a row is read again).
             release_pages(&(*m.data).as_ref()[offset..offset + m.byte_size()]);
@@ -141,7 +143,7 @@ pub fn matmul(isa: Isa, w: &QMatrix, x: &[f32], out: &mut [f32]) {
     // Q4_1: the activations' block scales as floats, once here rather than per weight-row pair.
     let scale_len = 2 * (w.cols / 32);
     let mut scales = Vec::new();
-    if let Some(p) = w.packed.as_deref().filter(|_| isa == Isa::Avx512Vnni) {
+    if let Some(p) = w.packed.as_deref().map(Vec::as_slice).filter(|_| isa == Isa::Avx512Vnni) {
         return matmul_packed(isa, w, p, &xq, out);
     }
     if w.ty == GgmlType::Q4_1 && n_tok >= 4 {

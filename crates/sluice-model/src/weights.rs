@@ -242,7 +242,7 @@ fn matmul_packed(isa: Isa, w: &QMatrix, p: &[u8], xq: &[u8], out: &mut [f32]) {
             while t + 2 <= n_tok {
                 let (a, s) = ([act(t), act(t + 1)], [sc(t), sc(t + 1)]);
                 let v = if q4_1 {
-                    packed::dot_group::<2>(isa, cols, grp, a, s)
+                    packed::dot_group_q4_1::<2>(isa, cols, grp, a, s)
                 } else {
                     packed::dot_group_q8_0::<2>(isa, cols, grp, a, s, [off(t), off(t + 1)])
                 };
@@ -254,7 +254,7 @@ fn matmul_packed(isa: Isa, w: &QMatrix, p: &[u8], xq: &[u8], out: &mut [f32]) {
             }
             if t < n_tok {
                 let v = if q4_1 {
-                    packed::dot_group::<1>(isa, cols, grp, [act(t)], [sc(t)])
+                    packed::dot_group_q4_1::<1>(isa, cols, grp, [act(t)], [sc(t)])
                 } else {
                     packed::dot_group_q8_0::<1>(isa, cols, grp, [act(t)], [sc(t)], [off(t)])
                 };

@@ -27,7 +27,8 @@ use super::GgmlType;
 
 /// Weight rows interleaved per group.
 pub const PACK_ROWS: usize = 8;
-/// Bytes of one 32-value block of a row group of `ty` (the same as eight file blocks).
+/// Bytes of one 32-value block of a row group of `ty` (Q4_1: eight file blocks; the types in the
+/// Q8_0 layout: eight Q8_0 blocks).
 pub fn group_block_bytes(ty: GgmlType) -> usize {
     match ty {
         GgmlType::Q4_1 => PACK_ROWS * 20,
@@ -123,7 +124,7 @@ pub fn group(packed: &[u8], ty: GgmlType, cols: usize, g: usize) -> &[u8] {
 /// `sc` (from [`super::q8_1_scales`]): `out[r][l]` is row `l` of the group against row `r`,
 /// bit-equal to `vec_dot`. `None` where the CPU lacks the kernel's features or a slice is short.
 #[inline]
-pub fn dot_group<const R: usize>(
+pub fn dot_group_q4_1<const R: usize>(
     isa: super::Isa,
     n: usize,
     grp: &[u8],
@@ -133,14 +134,15 @@ pub fn dot_group<const R: usize>(
     #[cfg(target_arch = "x86_64")]
     if isa == super::Isa::Avx512Vnni {
         // SAFETY: `Isa::Avx512Vnni` is only produced by `detect_isa` after checking the features.
-        return unsafe { avx512::dot_group::<R>(n, grp, a, sc) };
+        return unsafe { avx512::dot_group_q4_1::<R>(n, grp, a, sc) };
     }
     let _ = (isa, n, grp, a, sc);
     None
 }
 
-/// [`dot_group`] for a packed Q8_0 group against `R` Q8_0 activation rows, given each row's
-/// block scales (`sc`, from [`q8_0_scales`]) and chunk offsets (`off`, from [`q8_0_offsets`]).
+/// [`dot_group_q4_1`] for a packed Q8_0 (or Q5_0) group against `R` Q8_0 activation rows, given
+/// each row's block scales (`sc`, from [`q8_0_scales`]) and chunk offsets (`off`, from
+/// [`q8_0_offsets`]).
 #[inline]
 pub fn dot_group_q8_0<const R: usize>(
     isa: super::Isa,
@@ -165,12 +167,12 @@ pub(super) mod avx512 {
 
     use super::PACK_ROWS;
 
-    /// See [`super::dot_group`].
+    /// See [`super::dot_group_q4_1`].
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub unsafe fn dot_group<const R: usize>(
+    pub unsafe fn dot_group_q4_1<const R: usize>(
         n: usize,
         grp: &[u8],
         a: [&[u8]; R],

@@ -207,7 +207,7 @@ fn matmul_packed(isa: Isa, w: &QMatrix, p: &[u8], xq: &[u8], out: &mut [f32]) {
     let n_tok = xq.len() / arb;
     // What the kernels take per activation row besides its bytes, computed once here: the block
     // scales as floats (Q4_1: d and s per block; Q8_0: d) and, for Q8_0, the chunk offsets.
-    let q4_1 = w.ty == GgmlType::Q4_1;
+    let (q4_1, nibbles) = (w.ty == GgmlType::Q4_1, w.ty == GgmlType::Q4_0);
     let scale_len = if q4_1 { 2 * nb } else { nb };
     let off_len = if q4_1 { 0 } else { 8 * nb };
     let mut scales = vec![0f32; n_tok * scale_len];
@@ -244,7 +244,7 @@ fn matmul_packed(isa: Isa, w: &QMatrix, p: &[u8], xq: &[u8], out: &mut [f32]) {
                 let v = if q4_1 {
                     packed::dot_group_q4_1::<2>(isa, cols, grp, a, s)
                 } else {
-                    packed::dot_group_q8_0::<2>(isa, cols, grp, a, s, [off(t), off(t + 1)])
+                    packed::dot_group_q8_0::<2>(nibbles, isa, cols, grp, a, s, [off(t), off(t + 1)])
                 };
                 debug_assert!(v.is_some(), "packed kernel refused its inputs");
                 for (k, v) in v.into_iter().flatten().enumerate() {
@@ -256,7 +256,7 @@ fn matmul_packed(isa: Isa, w: &QMatrix, p: &[u8], xq: &[u8], out: &mut [f32]) {
                 let v = if q4_1 {
                     packed::dot_group_q4_1::<1>(isa, cols, grp, [act(t)], [sc(t)])
                 } else {
-                    packed::dot_group_q8_0::<1>(isa, cols, grp, [act(t)], [sc(t)], [off(t)])
+                    packed::dot_group_q8_0::<1>(nibbles, isa, cols, grp, [act(t)], [sc(t)], [off(t)])
                 };
                 debug_assert!(v.is_some(), "packed kernel refused its inputs");
                 if let Some([v]) = v {
@@ -271,7 +271,7 @@ fn matmul_packed(isa: Isa, w: &QMatrix, p: &[u8], xq: &[u8], out: &mut [f32]) {
 mod tests {
     use super::*;
 
-    /// A Q4_1, Q5_0 or Q8_0 matrix of pseudo-random quants with small positive scales (and, for
+    /// A Q4_0, Q4_1, Q5_0 or Q8_0 matrix of pseudo-random quants with small positive scales (and, for
     /// Q4_1, mixed-sign mins).
     fn matrix(ty: GgmlType, rows: usize, cols: usize) -> QMatrix {
         let mut x = 0x2545_F491_4F6C_DD1Du64;
@@ -289,7 +289,7 @@ mod tests {
             if ty == GgmlType::Q4_1 {
                 blk[2..4].copy_from_slice(&m.to_bits().to_le_bytes());
                 blk[4..].iter_mut().for_each(|b| *b = next() as u8);
-            } else if ty == GgmlType::Q5_0 {
+            } else if matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0) {
                 blk[2..].iter_mut().for_each(|b| *b = next() as u8);
             } else {
                 // Q8_0 weights span -127..=127, as a quantizer makes them.
@@ -301,7 +301,7 @@ mod tests {
 
     #[test]
     fn packed_matmul_is_bit_equal_to_the_row_kernels() {
-        for (ty, n_tok) in [GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0].into_iter().flat_map(|ty| (1..=5).map(move |n| (ty, n))) {
+        for (ty, n_tok) in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0].into_iter().flat_map(|ty| (1..=5).map(move |n| (ty, n))) {
             let (rows, cols) = (40, 160);
             let w = matrix(ty, rows, cols);
             let isa = quant::detect_isa();

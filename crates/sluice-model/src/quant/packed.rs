@@ -1,4 +1,5 @@
-//! Weights repacked eight rows at a time (Q4_1, Q5_0, Q8_0), for the AVX-512 VNNI matrix kernels.
+//! Weights repacked eight rows at a time (Q4_0, Q4_1, Q5_0, Q8_0), for the AVX-512 VNNI matrix
+//! kernels.
 //!
 //! In the file's layout one byte-dot instruction covers 32 values of *one* weight row, and every
 //! block then pays a float conversion, a scale product and a broadcast per (row, activation) pair.
@@ -22,35 +23,42 @@
 //! - Q5_0: the Q8_0 layout with the values' unsigned 5-bit codes (value + 16) as bytes, the
 //!   lanes starting at -16 × the chunk's sum (34 bytes per 32 values instead of the file's 22,
 //!   for a kernel without per-block bit unpacking).
+//! - Q4_0: the eight f16 scales, then the nibbles arranged as Q4_1's (four 32-byte chunk pairs),
+//!   the lanes starting at -8 × the chunk's sum.
 
 use super::GgmlType;
 
 /// Weight rows interleaved per group.
 pub const PACK_ROWS: usize = 8;
-/// Bytes of one 32-value block of a row group of `ty` (Q4_1: eight file blocks; the types in the
-/// Q8_0 layout: eight Q8_0 blocks).
+/// Bytes of one 32-value block of a row group of `ty` (Q4_0, Q4_1: eight file blocks; Q5_0 and
+/// Q8_0: eight Q8_0 blocks).
 pub fn group_block_bytes(ty: GgmlType) -> usize {
     match ty {
+        GgmlType::Q4_0 => PACK_ROWS * 18,
         GgmlType::Q4_1 => PACK_ROWS * 20,
         _ => PACK_ROWS * 34,
     }
 }
 
-/// What an unsigned weight byte of a packed `ty` exceeds the value it stands for by (the Q8_0
-/// layout's types; the kernel's lane offsets are -bias × the activation chunk's sum).
+/// What an unsigned weight code of a packed `ty` exceeds the value it stands for by (the types
+/// without a min; the kernel's lane offsets are -bias × the activation chunk's sum).
 pub fn bias(ty: GgmlType) -> i32 {
-    if ty == GgmlType::Q5_0 { 16 } else { 128 }
+    match ty {
+        GgmlType::Q4_0 => 8,
+        GgmlType::Q5_0 => 16,
+        _ => 128,
+    }
 }
 
 /// Whether a `rows`-row matrix of `ty` can be packed (and the packed kernel can run on `isa`).
 pub fn packable(isa: super::Isa, ty: GgmlType, rows: usize) -> bool {
-    isa == super::Isa::Avx512Vnni && matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0) && rows.is_multiple_of(PACK_ROWS)
+    isa == super::Isa::Avx512Vnni && matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0) && rows.is_multiple_of(PACK_ROWS)
 }
 
 /// Repacks a matrix of a [`packable`] type given its rows in file layout.
 pub fn pack<'a>(ty: GgmlType, rows: usize, cols: usize, row: impl Fn(usize) -> &'a [u8]) -> Vec<u8> {
-    if ty == GgmlType::Q4_1 {
-        return pack_q4_1(rows, cols, row);
+    if matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1) {
+        return pack_nibbles(ty, rows, cols, row);
     }
     let blocks = cols / 32;
     let gbb = group_block_bytes(GgmlType::Q8_0);
@@ -93,20 +101,24 @@ pub fn q8_0_scales(a: &[u8], out: &mut [f32]) {
     }
 }
 
-/// Repacks a Q4_1 matrix (`rows` a multiple of [`PACK_ROWS`]) given its rows in file layout.
-fn pack_q4_1<'a>(rows: usize, cols: usize, row: impl Fn(usize) -> &'a [u8]) -> Vec<u8> {
-    let blocks = cols / 32;
-    let gbb = group_block_bytes(GgmlType::Q4_1);
+/// Repacks a Q4_0 or Q4_1 matrix (`rows` a multiple of [`PACK_ROWS`]) given its rows in file
+/// layout: scales (and Q4_1's mins), then the nibbles eight rows abreast.
+fn pack_nibbles<'a>(ty: GgmlType, rows: usize, cols: usize, row: impl Fn(usize) -> &'a [u8]) -> Vec<u8> {
+    let (blocks, bb, gbb) = (cols / 32, ty.block_bytes(), group_block_bytes(ty));
+    // Bytes before the quants: d (and m) per row, in the block and in the packed block.
+    let head = bb - 16;
     let mut out = vec![0u8; rows / PACK_ROWS * blocks * gbb];
     for (g, group) in out.chunks_exact_mut(blocks * gbb).enumerate() {
         for (b, dst) in group.chunks_exact_mut(gbb).enumerate() {
             for l in 0..PACK_ROWS {
-                let src = &row(g * PACK_ROWS + l)[b * 20..b * 20 + 20];
+                let src = &row(g * PACK_ROWS + l)[b * bb..(b + 1) * bb];
                 dst[2 * l..2 * l + 2].copy_from_slice(&src[0..2]);
-                dst[16 + 2 * l..16 + 2 * l + 2].copy_from_slice(&src[2..4]);
+                if ty == GgmlType::Q4_1 {
+                    dst[16 + 2 * l..16 + 2 * l + 2].copy_from_slice(&src[2..4]);
+                }
                 for c in 0..4 {
-                    let at = 32 + 32 * c + 4 * l;
-                    dst[at..at + 4].copy_from_slice(&src[4 + 4 * c..8 + 4 * c]);
+                    let at = 8 * head + 32 * c + 4 * l;
+                    dst[at..at + 4].copy_from_slice(&src[head + 4 * c..head + 4 * c + 4]);
                 }
             }
         }
@@ -140,11 +152,12 @@ pub fn dot_group_q4_1<const R: usize>(
     None
 }
 
-/// [`dot_group_q4_1`] for a packed Q8_0 (or Q5_0) group against `R` Q8_0 activation rows, given
-/// each row's block scales (`sc`, from [`q8_0_scales`]) and chunk offsets (`off`, from
-/// [`q8_0_offsets`]).
+/// [`dot_group_q4_1`] for a packed group of a type without mins (Q8_0, Q5_0, or with `nibbles`
+/// Q4_0) against `R` Q8_0 activation rows, given each row's block scales (`sc`, from
+/// [`q8_0_scales`]) and chunk offsets (`off`, from [`q8_0_offsets`]).
 #[inline]
 pub fn dot_group_q8_0<const R: usize>(
+    nibbles: bool,
     isa: super::Isa,
     n: usize,
     grp: &[u8],
@@ -155,9 +168,15 @@ pub fn dot_group_q8_0<const R: usize>(
     #[cfg(target_arch = "x86_64")]
     if isa == super::Isa::Avx512Vnni {
         // SAFETY: `Isa::Avx512Vnni` is only produced by `detect_isa` after checking the features.
-        return unsafe { avx512::dot_group_q8_0::<R>(n, grp, a, sc, off) };
+        return unsafe {
+            if nibbles {
+                avx512::dot_group_q8_0::<R, true>(n, grp, a, sc, off)
+            } else {
+                avx512::dot_group_q8_0::<R, false>(n, grp, a, sc, off)
+            }
+        };
     }
-    let _ = (isa, n, grp, a, sc, off);
+    let _ = (nibbles, isa, n, grp, a, sc, off);
     None
 }
 
@@ -238,7 +257,7 @@ pub(super) mod avx512 {
     /// # Safety
     /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub unsafe fn dot_group_q8_0<const R: usize>(
+    pub unsafe fn dot_group_q8_0<const R: usize, const NIBBLES: bool>(
         n: usize,
         grp: &[u8],
         a: [&[u8]; R],
@@ -246,7 +265,7 @@ pub(super) mod avx512 {
         off: [&[i32]; R],
     ) -> Option<[[f32; PACK_ROWS]; R]> {
         let nb = n / 32;
-        let gbb = PACK_ROWS * 34;
+        let gbb = PACK_ROWS * if NIBBLES { 18 } else { 34 };
         if grp.len() < nb * gbb
             || a.iter().any(|r| r.len() < nb * 34)
             || sc.iter().any(|s| s.len() < nb)
@@ -262,8 +281,17 @@ pub(super) mod avx512 {
                 let gp = grp.as_ptr().add(b * gbb);
                 let dw = _mm256_cvtph_ps(_mm_loadu_si128(gp as *const __m128i));
                 let mut wq = [_mm256_setzero_si256(); 8];
-                for (j, w) in wq.iter_mut().enumerate() {
-                    *w = _mm256_loadu_si256(gp.add(16 + 32 * j) as *const __m256i);
+                if NIBBLES {
+                    let low = _mm256_set1_epi8(0x0F);
+                    for c in 0..4 {
+                        let v = _mm256_loadu_si256(gp.add(16 + 32 * c) as *const __m256i);
+                        wq[c] = _mm256_and_si256(v, low);
+                        wq[c + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                    }
+                } else {
+                    for (j, w) in wq.iter_mut().enumerate() {
+                        *w = _mm256_loadu_si256(gp.add(16 + 32 * j) as *const __m256i);
+                    }
                 }
                 for r in 0..R {
                     let ap = a[r].as_ptr().add(b * 34 + 2);

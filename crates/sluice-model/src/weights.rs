@@ -53,10 +53,16 @@ impl QMatrix {
         }
         let mut m = Self { ty, rows, cols, data, offset, packed: None };
         if packed::packable(quant::detect_isa(), ty, rows) {
-            m.packed = Some(Arc::new(packed::pack(ty, rows, cols, |r| m.row(r))));
-            // The kernels read only the packed copy now: let the file's pages go, so the weights
-            // are resident once (they come back from the page cache if a row is read again).
-            release_pages(&(*m.data).as_ref()[offset..offset + m.byte_size()]);
+            // The kernels read only the packed copy: let the file's pages go as rows are packed,
+            // so the weights are resident once, also while loading (they come back from the page
+            // cache if a row is read again).
+            let (bytes, rb) = ((*m.data).as_ref(), ty.row_bytes(cols));
+            let mut released = 0;
+            let p = packed::pack(ty, rows, cols, |r| m.row(r), |done| {
+                release_pages(&bytes[offset + released * rb..offset + done * rb]);
+                released = done;
+            });
+            m.packed = Some(Arc::new(p));
         }
         Ok(m)
     }

@@ -55,33 +55,55 @@ pub fn packable(isa: super::Isa, ty: GgmlType, rows: usize) -> bool {
     isa == super::Isa::Avx512Vnni && matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0) && rows.is_multiple_of(PACK_ROWS)
 }
 
-/// Repacks a matrix of a [`packable`] type given its rows in file layout.
-pub fn pack<'a>(ty: GgmlType, rows: usize, cols: usize, row: impl Fn(usize) -> &'a [u8]) -> Vec<u8> {
-    if matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1) {
-        return pack_nibbles(ty, rows, cols, row);
+/// Repacks a matrix of a [`packable`] type given its rows in file layout. `progress` hears how
+/// many rows are packed every 1,024 rows and at the end (so the caller can let the source
+/// pages go as it goes, instead of holding the whole matrix twice).
+pub fn pack<'a>(ty: GgmlType, rows: usize, cols: usize, row: impl Fn(usize) -> &'a [u8], mut progress: impl FnMut(usize)) -> Vec<u8> {
+    let len = cols / 32 * group_block_bytes(ty);
+    let mut out = vec![0u8; rows / PACK_ROWS * len];
+    let groups = out.len() / len.max(1);
+    for (g, dst) in out.chunks_exact_mut(len).enumerate() {
+        pack_group(ty, g, dst, &row);
+        if (g + 1) % 128 == 0 || g + 1 == groups {
+            progress((g + 1) * PACK_ROWS);
+        }
     }
-    let blocks = cols / 32;
-    let gbb = group_block_bytes(GgmlType::Q8_0);
-    let mut out = vec![0u8; rows / PACK_ROWS * blocks * gbb];
-    for (g, group) in out.chunks_exact_mut(blocks * gbb).enumerate() {
-        for (b, dst) in group.chunks_exact_mut(gbb).enumerate() {
-            for l in 0..PACK_ROWS {
-                let bb = ty.block_bytes();
-                let src = &row(g * PACK_ROWS + l)[b * bb..(b + 1) * bb];
-                dst[2 * l..2 * l + 2].copy_from_slice(&src[0..2]);
-                // Unsigned codes: Q8_0's signed bytes + 128, Q5_0's 5-bit codes as they are.
-                let codes: [u8; 32] = match ty {
-                    GgmlType::Q5_0 => super::scalar::unpack_q4_q5(ty, src),
-                    _ => std::array::from_fn(|i| src[2 + i] ^ 0x80),
-                };
-                for j in 0..8 {
-                    let at = 16 + 32 * j + 4 * l;
-                    dst[at..at + 4].copy_from_slice(&codes[4 * j..4 * j + 4]);
+    out
+}
+
+/// Packs row group `g` into `group`.
+fn pack_group<'a>(ty: GgmlType, g: usize, group: &mut [u8], row: &impl Fn(usize) -> &'a [u8]) {
+    let (bb, gbb) = (ty.block_bytes(), group_block_bytes(ty));
+    // Q4_0 / Q4_1: bytes before the quants (d, and Q4_1's m) in the block.
+    let head = bb.saturating_sub(16);
+    for (b, dst) in group.chunks_exact_mut(gbb).enumerate() {
+        for l in 0..PACK_ROWS {
+            let src = &row(g * PACK_ROWS + l)[b * bb..(b + 1) * bb];
+            dst[2 * l..2 * l + 2].copy_from_slice(&src[0..2]);
+            match ty {
+                GgmlType::Q4_0 | GgmlType::Q4_1 => {
+                    if ty == GgmlType::Q4_1 {
+                        dst[16 + 2 * l..16 + 2 * l + 2].copy_from_slice(&src[2..4]);
+                    }
+                    for c in 0..4 {
+                        let at = 8 * head + 32 * c + 4 * l;
+                        dst[at..at + 4].copy_from_slice(&src[head + 4 * c..head + 4 * c + 4]);
+                    }
+                }
+                _ => {
+                    // Unsigned codes: Q8_0's signed bytes + 128, Q5_0's 5-bit codes as they are.
+                    let codes: [u8; 32] = match ty {
+                        GgmlType::Q5_0 => super::scalar::unpack_q4_q5(ty, src),
+                        _ => std::array::from_fn(|i| src[2 + i] ^ 0x80),
+                    };
+                    for j in 0..8 {
+                        let at = 16 + 32 * j + 4 * l;
+                        dst[at..at + 4].copy_from_slice(&codes[4 * j..4 * j + 4]);
+                    }
                 }
             }
         }
     }
-    out
 }
 
 /// Per block of a Q8_0 activation row, -`bias` × the sum of each 4-value chunk (eight per
@@ -99,31 +121,6 @@ pub fn q8_0_scales(a: &[u8], out: &mut [f32]) {
     for (blk, o) in a.chunks_exact(34).zip(out) {
         *o = super::f16_at(blk, 0);
     }
-}
-
-/// Repacks a Q4_0 or Q4_1 matrix (`rows` a multiple of [`PACK_ROWS`]) given its rows in file
-/// layout: scales (and Q4_1's mins), then the nibbles eight rows abreast.
-fn pack_nibbles<'a>(ty: GgmlType, rows: usize, cols: usize, row: impl Fn(usize) -> &'a [u8]) -> Vec<u8> {
-    let (blocks, bb, gbb) = (cols / 32, ty.block_bytes(), group_block_bytes(ty));
-    // Bytes before the quants: d (and m) per row, in the block and in the packed block.
-    let head = bb - 16;
-    let mut out = vec![0u8; rows / PACK_ROWS * blocks * gbb];
-    for (g, group) in out.chunks_exact_mut(blocks * gbb).enumerate() {
-        for (b, dst) in group.chunks_exact_mut(gbb).enumerate() {
-            for l in 0..PACK_ROWS {
-                let src = &row(g * PACK_ROWS + l)[b * bb..(b + 1) * bb];
-                dst[2 * l..2 * l + 2].copy_from_slice(&src[0..2]);
-                if ty == GgmlType::Q4_1 {
-                    dst[16 + 2 * l..16 + 2 * l + 2].copy_from_slice(&src[2..4]);
-                }
-                for c in 0..4 {
-                    let at = 8 * head + 32 * c + 4 * l;
-                    dst[at..at + 4].copy_from_slice(&src[head + 4 * c..head + 4 * c + 4]);
-                }
-            }
-        }
-    }
-    out
 }
 
 /// The bytes of row group `g` of a packed matrix of `ty` with `cols` columns.

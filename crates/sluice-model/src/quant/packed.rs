@@ -201,7 +201,6 @@ pub(super) mod avx512 {
         {
             return None;
         }
-        let low = _mm256_set1_epi8(0x0F);
         // acc[r][j]: lane l is row l's float lane j (chunk j's running sum), as in `scalar::vec_dot`.
         let mut acc = [[_mm256_setzero_ps(); 8]; R];
         let mut summs = [_mm256_setzero_ps(); R];
@@ -212,12 +211,7 @@ pub(super) mod avx512 {
                 let gp = grp.as_ptr().add(b * gbb);
                 let dw = _mm256_cvtph_ps(_mm_loadu_si128(gp as *const __m128i));
                 let mw = _mm256_cvtph_ps(_mm_loadu_si128(gp.add(16) as *const __m128i));
-                let mut wq = [_mm256_setzero_si256(); 8];
-                for c in 0..4 {
-                    let v = _mm256_loadu_si256(gp.add(32 + 32 * c) as *const __m256i);
-                    wq[c] = _mm256_and_si256(v, low);
-                    wq[c + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-                }
+                let wq = nibbles(gp.add(32));
                 for r in 0..R {
                     let ap = a[r].as_ptr().add(b * 36 + 4);
                     let da = _mm256_set1_ps(*sc[r].get_unchecked(2 * b));
@@ -238,6 +232,25 @@ pub(super) mod avx512 {
             unsafe { _mm256_storeu_ps(o.as_mut_ptr(), _mm256_add_ps(tree_sum(v), s)) };
         }
         Some(out)
+    }
+
+    /// The eight chunk registers of a block's nibbles laid out as four 32-byte chunk pairs at `p`
+    /// (low nibbles: chunks 0-3, high nibbles: chunks 4-7).
+    ///
+    /// # Safety
+    /// `p` points at 128 readable bytes; the CPU features as the kernels'.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn nibbles(p: *const u8) -> [__m256i; 8] {
+        let low = _mm256_set1_epi8(0x0F);
+        let mut wq = [_mm256_setzero_si256(); 8];
+        for c in 0..4 {
+            // SAFETY: chunk pair c lies inside the 128 bytes at `p`.
+            let v = unsafe { _mm256_loadu_si256(p.add(32 * c) as *const __m256i) };
+            wq[c] = _mm256_and_si256(v, low);
+            wq[c + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+        }
+        wq
     }
 
     /// The tree order of `scalar::hsum8`, for eight rows at once.
@@ -279,12 +292,7 @@ pub(super) mod avx512 {
                 let dw = _mm256_cvtph_ps(_mm_loadu_si128(gp as *const __m128i));
                 let mut wq = [_mm256_setzero_si256(); 8];
                 if NIBBLES {
-                    let low = _mm256_set1_epi8(0x0F);
-                    for c in 0..4 {
-                        let v = _mm256_loadu_si256(gp.add(16 + 32 * c) as *const __m256i);
-                        wq[c] = _mm256_and_si256(v, low);
-                        wq[c + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-                    }
+                    wq = nibbles(gp.add(16));
                 } else {
                     for (j, w) in wq.iter_mut().enumerate() {
                         *w = _mm256_loadu_si256(gp.add(16 + 32 * j) as *const __m256i);

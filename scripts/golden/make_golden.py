@@ -2,8 +2,13 @@
 """Regenerates the golden files the model tests compare against, using llama.cpp (through the
 llama-cpp-python bindings) on the same GGUF files.
 
-    scripts/build-llama-cpp.sh            # builds libllama.so (once)
-    scripts/golden/make_golden.py         # writes crates/sluice-model/tests/golden/*.json
+    scripts/golden/run.sh    # builds the reference libllama.so once, then runs this script
+
+The reference is llama.cpp's portable AVX2 build with its reference dot products (no weight
+repacking, no tiled K-quant matmul): one fixed arithmetic, the same on every x86-64-v3 machine,
+which Sluice's kernels reproduce bit for bit. A build tuned with -march=native sums in other
+orders (AVX-512 lanes), so its logits would differ from ours, and from machine to machine, in
+the last bits -- enough, through 8-bit activation quantization, to move logits by tenths.
 
 Environment: LLAMA_CPP_LIB_PATH (folder holding libllama.so) and PYTHONPATH (the unpacked
 llama-cpp-python sdist) are set by scripts/golden/run.sh. Requires numpy.
@@ -14,11 +19,17 @@ import random
 import sys
 
 import numpy as np
-from llama_cpp import Llama
+
+# K-quant matrices times batches of 8+ rows: llama.cpp's reference dot products, not its tiled
+# speed path (another summation order, chosen by batch size). Read when the library loads.
+os.environ["GGML_CPU_TILED_MM"] = "0"
+
+import llama_cpp  # noqa: E402
+from llama_cpp import Llama  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODELS = os.environ.get("SLUICE_MODELS_DIR", os.path.join(ROOT, "models"))
-OUT = os.path.join(ROOT, "crates", "sluice-model", "tests", "golden")
+OUT = os.environ.get("SLUICE_GOLDEN_OUT", os.path.join(ROOT, "crates", "sluice-model", "tests", "golden"))
 TOP = 50
 GEN = 32
 
@@ -85,14 +96,26 @@ def logits_for(m, n_vocab, idx):
     return np.ctypeslib.as_array(m._ctx.get_logits_ith(idx), shape=(n_vocab,)).copy()
 
 
-# Short token prompts on which every rounding of ours agrees with llama.cpp: a bit-level
-# regression check of the kernels (longer inputs differ in the last bit of exp/sum order).
-# Gemma 3 has none: llama.cpp runs its K-quant weights through repacked kernels with another
-# summation order than its (and our) plain dot products.
+# Short token prompts checked for bit-equality of every top logit (the longer cases are held to
+# the same arithmetic, and their greedy continuations test more).
 EXACT = {
     "smollm2": [[504], [3575], [504, 3575], [504, 3575, 282]],
-    "gemma3": [],
+    "gemma3": [[2], [2, 818], [2, 818, 3823, 8864]],
 }
+
+
+def plain_kernel_params():
+    """Model parameters without weight repacking: llama.cpp then multiplies every matrix with its
+    reference dot products (ggml_vec_dot_*), not with the interleaved layouts it builds at load
+    for speed, whose summation order is another one."""
+    params = DEFAULT_MODEL_PARAMS()
+    params.use_extra_bufts = False
+    return params
+
+
+DEFAULT_MODEL_PARAMS = llama_cpp.llama_model_default_params
+llama_cpp.llama_model_default_params = plain_kernel_params
+llama_cpp.llama_cpp.llama_model_default_params = plain_kernel_params
 
 
 def run_model(path, prompts, specials, name):
@@ -132,7 +155,8 @@ def run_model(path, prompts, specials, name):
         top = np.argsort(-last)[:TOP]
         exact.append({"prompt_ids": ids, "top_ids": [int(t) for t in top], "top_logits": [float(last[t]) for t in top]})
     with open(os.path.join(OUT, f"{name}.json"), "w") as f:
-        json.dump({"model": os.path.basename(path), "reference": "llama.cpp (llama-cpp-python 0.3.36), f32 KV cache",
+        json.dump({"model": os.path.basename(path), "reference": "llama.cpp (llama-cpp-python 0.3.36, portable AVX2 build, reference "
+                              "dot products: no weight repacking, no tiled K-quant path), f32 KV cache",
                    "cases": cases, "exact_cases": exact}, f, indent=0)
     tok_cases = []
     for s in tokenizer_corpus(specials):

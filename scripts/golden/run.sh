@@ -2,7 +2,7 @@
 # Regenerates the golden files with llama.cpp as the reference (dev-only; CI reads the committed files).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-BUILD=$("$ROOT/scripts/build-llama-cpp.sh" | tail -n1)
+BUILD=$(FLAVOR=reference "$ROOT/scripts/build-llama-cpp.sh" | tail -n1)
 PEER_DIR=${PEER_DIR:-$HOME/.cache/sluice-peers}
 python3 -m pip install -q numpy diskcache jinja2 typing_extensions
 "$ROOT/scripts/fetch-models.sh" smollm2 gemma3 >/dev/null

@@ -218,6 +218,7 @@ impl Worker {
                 tokens: &tokens[i],
                 start_pos: item.start,
                 block_table: &tables[i],
+                prompt_len: self.seqs.get(&item.id).map_or(0, |rt| rt.usage.prompt_tokens),
                 logits: item.sample.then_some(Logits::Last),
             })
             .collect();

@@ -1,12 +1,34 @@
-//! Per-head attention arithmetic, in the summation order of ggml's 8-lane × 4-accumulator
-//! `vec_dot_f32` (our numerical reference): q·k over the head dimension, and the softmax-weighted
-//! sum of values accumulated per position lane (position `p` feeds lane `p mod 32`). Matching the
-//! order keeps our attention outputs bit-identical to the reference's. AVX2 when available.
+//! Per-head attention arithmetic, in the summation orders of our numerical reference (ggml's AVX2
+//! build): q·k over the head dimension as its 8-lane × 4-accumulator `vec_dot_f32`, and the
+//! softmax-weighted sum of values as it does it for the step's shape (see [`ValueOrder`]).
+//! Matching the orders keeps our attention outputs bit-identical to the reference's. AVX2 when
+//! available.
 
 use crate::quant::Isa;
+use crate::vmath;
 
-/// Lanes of the reference's accumulation: 4 accumulators × 8 floats.
+/// Lanes of the reference's q·k accumulation: 4 accumulators × 8 floats.
 const LANES: usize = 32;
+/// How the reference sums a query's weighted values: one way within a prompt, another for a
+/// token decoded on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueOrder {
+    /// A generated token (the reference decodes it alone): `vec_dot_f32`, position `p` feeding
+    /// lane `p mod 32`.
+    Dot,
+    /// A prompt token (the reference runs the prompt as one batch): its tiled f32 matrix
+    /// product, one 8-lane accumulator per output, position `p` feeding lane `p mod 8`.
+    Tiled,
+}
+
+impl ValueOrder {
+    fn lanes(self) -> usize {
+        match self {
+            ValueOrder::Dot => LANES,
+            ValueOrder::Tiled => 8,
+        }
+    }
+}
 
 /// Reduces 32 lane sums in the reference's tree order.
 #[inline]
@@ -56,10 +78,9 @@ pub unsafe fn scores(isa: Isa, q: &[f32], rows: &[*const f32], scale: f32, out: 
     }
 }
 
-/// In-place softmax whose normalising sum is taken as the reference does: exp values in 8-wide
-/// groups, each tree-summed in f32 (`(g0+g4)+(g2+g6)` plus `(g1+g5)+(g3+g7)`), the groups
-/// accumulated in f64. The AVX2 path vectorizes the maximum, the group sums and the scaling
-/// (same results; `exp` stays the scalar library function).
+/// In-place softmax as the reference computes it: `exp` by its polynomial ([`vmath::expf`]), the
+/// normalising sum over 8-wide groups, each tree-summed in f32 (`(g0+g4)+(g2+g6)` plus
+/// `(g1+g5)+(g3+g7)`), the groups accumulated in f64. AVX2 when available (same results).
 pub fn softmax(isa: Isa, x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if isa.has_avx2() {
@@ -73,20 +94,26 @@ pub fn softmax(isa: Isa, x: &mut [f32]) {
     for group in x.chunks_mut(8) {
         let mut g = [0f32; 8];
         for (gi, v) in g.iter_mut().zip(group.iter_mut()) {
-            *v = (*v - max).exp();
+            *v = vmath::expf(*v - max);
             *gi = *v;
         }
-        let h = [g[0] + g[4], g[1] + g[5], g[2] + g[6], g[3] + g[7]];
-        sum += ((h[0] + h[2]) + (h[1] + h[3])) as f64;
+        sum += group_sum(&g);
     }
     let inv = (1.0 / sum) as f32;
     x.iter_mut().for_each(|v| *v *= inv);
 }
 
+#[inline]
+fn group_sum(g: &[f32; 8]) -> f64 {
+    let h = [g[0] + g[4], g[1] + g[5], g[2] + g[6], g[3] + g[7]];
+    ((h[0] + h[2]) + (h[1] + h[3])) as f64
+}
+
 /// `out[d] = Σ_{p ≥ first} w[p] · v(p)[d]` where `v(p)` is the `d`-wide row of position `p`,
-/// lane-ordered by absolute position. `scratch` holds `LANES × out.len()` floats.
+/// lane-ordered by absolute position as `order` says. `scratch` holds `lanes × out.len()` floats.
 pub fn weighted_sum(
     isa: Isa,
+    order: ValueOrder,
     first: usize,
     w: &[f32],
     v: impl Fn(usize) -> *const f32,
@@ -94,37 +121,47 @@ pub fn weighted_sum(
     scratch: &mut Vec<f32>,
 ) {
     let d = out.len();
+    let lanes = order.lanes();
     scratch.clear();
-    scratch.resize(LANES * d, 0.0);
+    scratch.resize(lanes * d, 0.0);
     #[cfg(target_arch = "x86_64")]
     if isa.has_avx2() && d.is_multiple_of(8) {
         for (p, &wp) in w.iter().enumerate().skip(first) {
-            let acc = &mut scratch[(p % LANES) * d..(p % LANES + 1) * d];
+            let acc = &mut scratch[(p % lanes) * d..(p % lanes + 1) * d];
             // SAFETY: AVX2/FMA detected; `v(p)` points at `d` readable floats (caller contract).
             unsafe { avx2::axpy(acc, wp, v(p)) };
         }
-        return finish(scratch, out);
+        return finish(order, scratch, out);
     }
     let _ = isa;
     for (p, &wp) in w.iter().enumerate().skip(first) {
-        let acc = &mut scratch[(p % LANES) * d..(p % LANES + 1) * d];
+        let acc = &mut scratch[(p % lanes) * d..(p % lanes + 1) * d];
         // SAFETY: `v(p)` points at `d` readable floats (caller contract).
         let row = unsafe { std::slice::from_raw_parts(v(p), d) };
         for (a, x) in acc.iter_mut().zip(row) {
             *a = wp.mul_add(*x, *a);
         }
     }
-    finish(scratch, out)
+    finish(order, scratch, out)
 }
 
-fn finish(scratch: &[f32], out: &mut [f32]) {
+fn finish(order: ValueOrder, scratch: &[f32], out: &mut [f32]) {
     let d = out.len();
     for (i, o) in out.iter_mut().enumerate() {
-        let mut lanes = [0f32; LANES];
-        for (l, x) in lanes.iter_mut().enumerate() {
-            *x = scratch[l * d + i];
-        }
-        *o = reduce_lanes(&lanes);
+        *o = match order {
+            ValueOrder::Dot => {
+                let mut lanes = [0f32; LANES];
+                for (l, x) in lanes.iter_mut().enumerate() {
+                    *x = scratch[l * d + i];
+                }
+                reduce_lanes(&lanes)
+            }
+            ValueOrder::Tiled => {
+                // Its horizontal sum: halves added lane by lane, then (0+2) + (1+3).
+                let a = |l: usize| scratch[l * d + i] + scratch[(l + 4) * d + i];
+                (a(0) + a(2)) + (a(1) + a(3))
+            }
+        };
     }
 }
 
@@ -203,18 +240,28 @@ mod avx2 {
         // SAFETY: `lanes` holds eight floats.
         unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), m) };
         let max = lanes.into_iter().chain(chunks.remainder().iter().copied()).fold(f32::NEG_INFINITY, f32::max);
+        let mv = _mm256_set1_ps(max);
         let mut sum = 0f64;
-        for group in x.chunks_mut(8) {
-            let mut g = [0f32; 8];
-            for (gi, v) in g.iter_mut().zip(group.iter_mut()) {
-                *v = (*v - max).exp();
-                *gi = *v;
-            }
-            // SAFETY: `g` holds eight floats.
-            let gv = unsafe { _mm256_loadu_ps(g.as_ptr()) };
-            let h = _mm_add_ps(_mm256_castps256_ps128(gv), _mm256_extractf128_ps(gv, 1));
+        let mut chunks = x.chunks_exact_mut(8);
+        for c in &mut chunks {
+            // SAFETY: `c` holds eight floats.
+            let e = unsafe {
+                let e = crate::vmath::avx2::expf8(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), mv));
+                _mm256_storeu_ps(c.as_mut_ptr(), e);
+                e
+            };
+            let h = _mm_add_ps(_mm256_castps256_ps128(e), _mm256_extractf128_ps(e, 1));
             let s = _mm_add_ps(h, _mm_movehl_ps(h, h));
             sum += _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s))) as f64;
+        }
+        let rest = chunks.into_remainder();
+        if !rest.is_empty() {
+            let mut g = [0f32; 8];
+            for (gi, v) in g.iter_mut().zip(rest.iter_mut()) {
+                *v = crate::vmath::expf(*v - max);
+                *gi = *v;
+            }
+            sum += super::group_sum(&g);
         }
         let inv = _mm256_set1_ps((1.0 / sum) as f32);
         let mut chunks = x.chunks_exact_mut(8);
@@ -261,9 +308,11 @@ mod tests {
         let w: Vec<f32> = (0..45).map(|i| 1.0 / (i as f32 + 1.0)).collect();
         let rows: Vec<f32> = (0..45 * 16).map(|i| (i % 7) as f32 - 3.0).collect();
         let (mut o1, mut o2, mut s) = (vec![0f32; 16], vec![0f32; 16], Vec::new());
-        weighted_sum(isa, 0, &w, |p| rows[p * 16..].as_ptr(), &mut o1, &mut s);
-        weighted_sum(Isa::Scalar, 0, &w, |p| rows[p * 16..].as_ptr(), &mut o2, &mut s);
-        assert_eq!(o1, o2);
+        for order in [ValueOrder::Dot, ValueOrder::Tiled] {
+            weighted_sum(isa, order, 0, &w, |p| rows[p * 16..].as_ptr(), &mut o1, &mut s);
+            weighted_sum(Isa::Scalar, order, 0, &w, |p| rows[p * 16..].as_ptr(), &mut o2, &mut s);
+            assert_eq!(o1, o2);
+        }
         let bits = |o: &[f32]| o.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         for n in [1usize, 7, 8, 45, 130] {
             let q: Vec<f32> = (0..64).map(|i| ((i * 29 % 13) as f32 - 6.0) * 0.05).collect();

@@ -16,6 +16,7 @@ pub mod model;
 pub mod quant;
 pub mod sgemm;
 pub mod tokenizer;
+mod vmath;
 pub mod weights;
 
 pub use bert::BertEncoder;

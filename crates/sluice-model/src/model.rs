@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::cache::{KvCache, PagedKv};
 use crate::config::{Arch, ModelConfig};
 use crate::error::{ModelError, Result};
-use crate::layers::{self, AttentionInput, AttnToken, Rope};
+use crate::layers::{self, AttentionInput, AttnToken, Rope, ValueOrder};
 use crate::quant::{self, Isa};
 use crate::weights::{QMatrix, matmul};
 
@@ -52,6 +52,12 @@ pub struct BatchSeq<'a> {
     pub start_pos: usize,
     /// Block ids holding this sequence's positions, in order.
     pub block_table: &'a [u32],
+    /// Length of the sequence's prompt: positions below it hold prompt tokens, the rest
+    /// generated ones. Our reference sums attention values in one order for a prompt and in
+    /// another for a token decoded alone ([`crate::layers::ValueOrder`]); choosing by position
+    /// rather than by the step's shape keeps results independent of chunking, batching and
+    /// recomputation after preemption.
+    pub prompt_len: usize,
     /// Which logits to return, if any.
     pub logits: Option<Logits>,
 }
@@ -188,7 +194,10 @@ impl Model {
     /// `vocab_size` per requested position.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>> {
         cache.check_room(tokens.len())?;
-        let seq = BatchSeq { tokens, start_pos: cache.len(), block_table: &cache.table, logits: Some(which) };
+        // As the reference treats a call: several tokens are a prompt, one token a decode step.
+        let start_pos = cache.len();
+        let prompt_len = if tokens.len() > 1 { start_pos + tokens.len() } else { start_pos };
+        let seq = BatchSeq { tokens, start_pos, block_table: &cache.table, prompt_len, logits: Some(which) };
         let mut out = self.forward_batch(&[seq], &mut cache.paged)?;
         cache.advance(tokens.len());
         Ok(out.pop().unwrap_or_default())
@@ -228,7 +237,13 @@ impl Model {
         let tokens: Vec<AttnToken> = seqs
             .iter()
             .enumerate()
-            .flat_map(|(i, s)| (0..s.tokens.len()).map(move |j| AttnToken { pos: s.start_pos + j, seq: i }))
+            .flat_map(|(i, s)| {
+                (0..s.tokens.len()).map(move |j| {
+                    let pos = s.start_pos + j;
+                    let order = if pos < s.prompt_len { ValueOrder::Tiled } else { ValueOrder::Dot };
+                    AttnToken { pos, seq: i, order }
+                })
+            })
             .collect();
         let tables: Vec<&[u32]> = seqs.iter().map(|s| s.block_table).collect();
         let mut x = vec![0f32; n * d];
@@ -298,7 +313,7 @@ impl Model {
             layers::rms_norm(&mut h, &l.ffn_norm, c.rms_eps);
             matmul(self.isa, &l.gate, &h, &mut gate);
             matmul(self.isa, &l.up, &h, &mut up);
-            layers::gated_activation(c.activation, &mut gate, &up);
+            layers::gated_activation(self.isa, c.activation, &mut gate, &up);
             matmul(self.isa, &l.down, &gate, &mut h);
             if let Some(w) = &l.post_ffn_norm {
                 layers::rms_norm(&mut h, w, c.rms_eps);

@@ -93,14 +93,26 @@ fn batched_decode(model: &sluice_model::Model, tokens: &[u32], args: &BenchModel
     let tables: Vec<Vec<u32>> = (0..args.batch).map(|s| ((s * per_seq) as u32..((s + 1) * per_seq) as u32).collect()).collect();
     let prompts: Vec<&[u32]> = (0..args.batch).map(|s| &tokens[s % 8..s % 8 + ctx]).collect();
     for s in 0..args.batch {
-        let seq = sluice_model::BatchSeq { tokens: prompts[s], start_pos: 0, block_table: &tables[s], logits: None };
+        let seq = sluice_model::BatchSeq {
+            tokens: prompts[s],
+            start_pos: 0,
+            block_table: &tables[s],
+            prompt_len: prompts[s].len(),
+            logits: None,
+        };
         model.forward_batch(&[seq], &mut kv)?;
     }
     let t = Instant::now();
     for step in 0..steps {
         let toks: Vec<[u32; 1]> = (0..args.batch).map(|s| [tokens[(s + step) % tokens.len()]]).collect();
         let batch: Vec<sluice_model::BatchSeq<'_>> = (0..args.batch)
-            .map(|s| sluice_model::BatchSeq { tokens: &toks[s], start_pos: ctx + step, block_table: &tables[s], logits: Some(Logits::Last) })
+            .map(|s| sluice_model::BatchSeq {
+                tokens: &toks[s],
+                start_pos: ctx + step,
+                block_table: &tables[s],
+                prompt_len: ctx,
+                logits: Some(Logits::Last),
+            })
             .collect();
         model.forward_batch(&batch, &mut kv)?;
     }

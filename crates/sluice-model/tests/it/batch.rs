@@ -34,16 +34,16 @@ fn check(m: &LoadedModel) {
     // Then everyone decodes together.
     let half = prompts[1].len() / 2;
     let s1 = [
-        BatchSeq { tokens: &prompts[0], start_pos: 0, block_table: &tables[0], logits: Some(Logits::Last) },
-        BatchSeq { tokens: &prompts[1][..half], start_pos: 0, block_table: &tables[1], logits: None },
+        BatchSeq { tokens: &prompts[0], start_pos: 0, block_table: &tables[0], prompt_len: prompts[0].len(), logits: Some(Logits::Last) },
+        BatchSeq { tokens: &prompts[1][..half], start_pos: 0, block_table: &tables[1], prompt_len: prompts[1].len(), logits: None },
     ];
     let r1 = m.model.forward_batch(&s1, &mut kv).unwrap();
     assert_eq!(r1[0], want[0][0]);
     assert!(r1[1].is_empty());
     let s2 = [
-        BatchSeq { tokens: &extra[..1], start_pos: prompts[0].len(), block_table: &tables[0], logits: Some(Logits::Last) },
-        BatchSeq { tokens: &prompts[1][half..], start_pos: half, block_table: &tables[1], logits: Some(Logits::Last) },
-        BatchSeq { tokens: &prompts[2], start_pos: 0, block_table: &tables[2], logits: Some(Logits::Last) },
+        BatchSeq { tokens: &extra[..1], start_pos: prompts[0].len(), block_table: &tables[0], prompt_len: prompts[0].len(), logits: Some(Logits::Last) },
+        BatchSeq { tokens: &prompts[1][half..], start_pos: half, block_table: &tables[1], prompt_len: prompts[1].len(), logits: Some(Logits::Last) },
+        BatchSeq { tokens: &prompts[2], start_pos: 0, block_table: &tables[2], prompt_len: prompts[2].len(), logits: Some(Logits::Last) },
     ];
     let r2 = m.model.forward_batch(&s2, &mut kv).unwrap();
     assert_eq!(r2[0], want[0][1]);
@@ -57,7 +57,13 @@ fn check(m: &LoadedModel) {
         let toks: Vec<[u32; 1]> = (0..3).map(|s| [extra[done[s] - 1]]).collect();
         let batch: Vec<BatchSeq<'_>> = (0..3)
             .filter(|&s| done[s] < extra.len() + 1)
-            .map(|s| BatchSeq { tokens: &toks[s], start_pos: pos[s], block_table: &tables[s], logits: Some(Logits::Last) })
+            .map(|s| BatchSeq {
+                tokens: &toks[s],
+                start_pos: pos[s],
+                block_table: &tables[s],
+                prompt_len: prompts[s].len(),
+                logits: Some(Logits::Last),
+            })
             .collect();
         let active: Vec<usize> = (0..3).filter(|&s| done[s] < extra.len() + 1).collect();
         let r = m.model.forward_batch(&batch, &mut kv).unwrap();
@@ -79,8 +85,8 @@ fn batched_steps_equal_single_sequence_runs_bit_for_bit() {
 fn bad_block_tables_are_errors() {
     let m = smollm2();
     let mut kv = PagedKv::new(&m.model.cfg, 4, 4);
-    let too_short = [BatchSeq { tokens: &[1, 2, 3, 4, 5], start_pos: 0, block_table: &[0], logits: None }];
+    let too_short = [BatchSeq { tokens: &[1, 2, 3, 4, 5], start_pos: 0, block_table: &[0], prompt_len: 5, logits: None }];
     assert!(m.model.forward_batch(&too_short, &mut kv).is_err());
-    let out_of_pool = [BatchSeq { tokens: &[1], start_pos: 0, block_table: &[9], logits: None }];
+    let out_of_pool = [BatchSeq { tokens: &[1], start_pos: 0, block_table: &[9], prompt_len: 1, logits: None }];
     assert!(m.model.forward_batch(&out_of_pool, &mut kv).is_err());
 }

@@ -109,56 +109,51 @@ fn group_sum(g: &[f32; 8]) -> f64 {
     ((h[0] + h[2]) + (h[1] + h[3])) as f64
 }
 
-/// `out[d] = Σ_{p ≥ first} w[p] · v(p)[d]` where `v(p)` is the `d`-wide row of position `p`,
-/// lane-ordered by absolute position as `order` says. `scratch` holds `lanes × out.len()` floats.
-pub fn weighted_sum(
+/// `out[d] = Σ_p w[p] · V(p)[d]` over values stored transposed per block: dimension `d` of the
+/// block holding positions `i·bs..(i+1)·bs` is the run of `bs` floats at `blocks[i] + d·bs`,
+/// so each output is a dot product over positions, summed in the reference's `order` (lanes by
+/// absolute position) with its accumulators in registers. Positions below `first` have weight
+/// zero and are skipped where a whole group of eight is (their zero products change nothing).
+///
+/// `groups` is scratch space for the AVX2 path.
+///
+/// # Safety
+/// `blocks` holds `w.len().div_ceil(bs)` pointers, each to `out.len() × bs` readable floats.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn weighted_sum(
     isa: Isa,
     order: ValueOrder,
     first: usize,
     w: &[f32],
-    v: impl Fn(usize) -> *const f32,
+    blocks: &[*const f32],
+    bs: usize,
     out: &mut [f32],
-    scratch: &mut Vec<f32>,
+    groups: &mut Vec<*const f32>,
 ) {
-    let d = out.len();
-    let lanes = order.lanes();
-    scratch.clear();
-    scratch.resize(lanes * d, 0.0);
     #[cfg(target_arch = "x86_64")]
-    if isa.has_avx2() && d.is_multiple_of(8) {
-        for (p, &wp) in w.iter().enumerate().skip(first) {
-            let acc = &mut scratch[(p % lanes) * d..(p % lanes + 1) * d];
-            // SAFETY: AVX2/FMA detected; `v(p)` points at `d` readable floats (caller contract).
-            unsafe { avx2::axpy(acc, wp, v(p)) };
-        }
-        return finish(order, scratch, out);
+    if isa.has_avx2() && bs.is_multiple_of(8) && out.len().is_multiple_of(4) {
+        // Where each group of eight positions starts (dimension 0; dimension d is d·bs further).
+        groups.clear();
+        groups.extend((0..w.len().div_ceil(8)).map(|c| blocks[8 * c / bs].wrapping_add(8 * c % bs)));
+        // SAFETY: AVX2/FMA detected; the rest is the caller's contract.
+        unsafe { avx2::weighted_sum(order, first, w, groups, bs, out) };
+        return;
     }
+    let _ = groups;
     let _ = isa;
-    for (p, &wp) in w.iter().enumerate().skip(first) {
-        let acc = &mut scratch[(p % lanes) * d..(p % lanes + 1) * d];
-        // SAFETY: `v(p)` points at `d` readable floats (caller contract).
-        let row = unsafe { std::slice::from_raw_parts(v(p), d) };
-        for (a, x) in acc.iter_mut().zip(row) {
-            *a = wp.mul_add(*x, *a);
+    let lanes = order.lanes();
+    for (d, o) in out.iter_mut().enumerate() {
+        let mut acc = [0f32; LANES];
+        for (p, &wp) in w.iter().enumerate().skip(first) {
+            // SAFETY: the caller's contract.
+            let v = unsafe { *blocks[p / bs].add(d * bs + p % bs) };
+            acc[p % lanes] = wp.mul_add(v, acc[p % lanes]);
         }
-    }
-    finish(order, scratch, out)
-}
-
-fn finish(order: ValueOrder, scratch: &[f32], out: &mut [f32]) {
-    let d = out.len();
-    for (i, o) in out.iter_mut().enumerate() {
         *o = match order {
-            ValueOrder::Dot => {
-                let mut lanes = [0f32; LANES];
-                for (l, x) in lanes.iter_mut().enumerate() {
-                    *x = scratch[l * d + i];
-                }
-                reduce_lanes(&lanes)
-            }
+            ValueOrder::Dot => reduce_lanes(&acc),
+            // The tiled product's horizontal sum: halves added lane by lane, then (0+2)+(1+3).
             ValueOrder::Tiled => {
-                // Its horizontal sum: halves added lane by lane, then (0+2) + (1+3).
-                let a = |l: usize| scratch[l * d + i] + scratch[(l + 4) * d + i];
+                let a = |l: usize| acc[l] + acc[l + 4];
                 (a(0) + a(2)) + (a(1) + a(3))
             }
         };
@@ -167,6 +162,7 @@ fn finish(order: ValueOrder, scratch: &[f32], out: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    use super::ValueOrder;
     use std::arch::x86_64::*;
 
     /// # Safety
@@ -194,18 +190,53 @@ mod avx2 {
     /// AVX2 and FMA required; `q.len()` a multiple of 32; every row holds `q.len()` floats.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn scores(q: &[f32], rows: &[*const f32], scale: f32, out: &mut [f32]) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe {
+            match q.len() {
+                64 => scores_with::<2>(q, rows, scale, out),
+                128 => scores_with::<4>(q, rows, scale, out),
+                _ => scores_with::<0>(q, rows, scale, out),
+            }
+        }
+    }
+
+    /// [`scores`] with the query held in registers when it is `32·S` wide (`S > 0`), read from
+    /// memory for every row otherwise.
+    ///
+    /// # Safety
+    /// As [`scores`].
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn scores_with<const S: usize>(q: &[f32], rows: &[*const f32], scale: f32, out: &mut [f32]) {
         let qp = q.as_ptr();
         let sc = _mm256_set1_ps(scale);
+        let mut qr = [[_mm256_setzero_ps(); 4]; S];
+        for (i, c) in qr.iter_mut().enumerate() {
+            for (k, x) in c.iter_mut().enumerate() {
+                // SAFETY: q holds 32·S floats when S > 0.
+                *x = unsafe { _mm256_loadu_ps(qp.add(32 * i + 8 * k)) };
+            }
+        }
         for (chunk, o) in rows.chunks(8).zip(out.chunks_mut(8)) {
             // Per row, the 8-lane vector `dot` reduces from: (s0 + s2) + (s1 + s3).
             let mut v = [_mm256_setzero_ps(); 8];
             for (vr, &r) in v.iter_mut().zip(chunk) {
                 let mut s = [_mm256_setzero_ps(); 4];
-                for i in (0..q.len()).step_by(32) {
-                    for (k, acc) in s.iter_mut().enumerate() {
-                        // SAFETY: i + 8k + 8 <= len for the query and the row (caller contract).
-                        let (x, y) = unsafe { (_mm256_loadu_ps(qp.add(i + 8 * k)), _mm256_loadu_ps(r.add(i + 8 * k))) };
-                        *acc = _mm256_fmadd_ps(x, y, *acc);
+                if S > 0 {
+                    for (i, c) in qr.iter().enumerate() {
+                        for (k, acc) in s.iter_mut().enumerate() {
+                            // SAFETY: the row holds 32·S floats (caller contract).
+                            let y = unsafe { _mm256_loadu_ps(r.add(32 * i + 8 * k)) };
+                            *acc = _mm256_fmadd_ps(c[k], y, *acc);
+                        }
+                    }
+                } else {
+                    for i in (0..q.len()).step_by(32) {
+                        for (k, acc) in s.iter_mut().enumerate() {
+                            // SAFETY: i + 8k + 8 <= len for the query and the row (caller contract).
+                            let (x, y) = unsafe { (_mm256_loadu_ps(qp.add(i + 8 * k)), _mm256_loadu_ps(r.add(i + 8 * k))) };
+                            *acc = _mm256_fmadd_ps(x, y, *acc);
+                        }
                     }
                 }
                 *vr = _mm256_add_ps(_mm256_add_ps(s[0], s[2]), _mm256_add_ps(s[1], s[3]));
@@ -273,22 +304,104 @@ mod avx2 {
         chunks.into_remainder().iter_mut().for_each(|v| *v *= inv);
     }
 
-    /// `acc += w * x` over `acc.len()` floats (a multiple of 8).
+    /// See [`super::weighted_sum`] (`bs` a multiple of 8, `out.len()` of 4).
     ///
     /// # Safety
-    /// AVX2 and FMA required; `x` points at `acc.len()` readable floats.
+    /// AVX2 and FMA required; the pointer contract of [`super::weighted_sum`].
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn axpy(acc: &mut [f32], w: f32, x: *const f32) {
-        let wv = _mm256_set1_ps(w);
-        let pa = acc.as_mut_ptr();
-        let mut i = 0;
-        while i + 8 <= acc.len() {
-            // SAFETY: i + 8 <= len for both buffers.
-            unsafe {
-                let a = _mm256_loadu_ps(pa.add(i));
-                _mm256_storeu_ps(pa.add(i), _mm256_fmadd_ps(wv, _mm256_loadu_ps(x.add(i)), a));
+    pub unsafe fn weighted_sum(
+        order: ValueOrder,
+        first: usize,
+        w: &[f32],
+        groups: &[*const f32],
+        bs: usize,
+        out: &mut [f32],
+    ) {
+        let n = w.len();
+        let tail = n % 8;
+        // Lanes holding positions below `n` in the last (partial) group of eight.
+        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(tail as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        let g = Groups { w, ptrs: groups, bs, first: first / 8, partial: tail != 0, mask };
+        match order {
+            ValueOrder::Dot => {
+                for d0 in (0..out.len()).step_by(2) {
+                    // SAFETY: the caller's contract.
+                    let acc = unsafe { g.sums::<2, 4>(d0) };
+                    for (k, a) in acc.iter().enumerate() {
+                        let x = _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[1], a[3]));
+                        let t = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+                        let t = _mm_hadd_ps(t, t);
+                        out[d0 + k] = _mm_cvtss_f32(_mm_hadd_ps(t, t));
+                    }
+                }
             }
-            i += 8;
+            ValueOrder::Tiled => {
+                for d0 in (0..out.len()).step_by(4) {
+                    // SAFETY: the caller's contract.
+                    let acc = unsafe { g.sums::<4, 1>(d0) };
+                    for (k, a) in acc.iter().enumerate() {
+                        let t = _mm_add_ps(_mm256_castps256_ps128(a[0]), _mm256_extractf128_ps(a[0], 1));
+                        let t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+                        out[d0 + k] = _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The positions of one weighted sum, in groups of eight.
+    struct Groups<'a> {
+        w: &'a [f32],
+        /// Dimension 0 of each group (dimension d is d·bs further).
+        ptrs: &'a [*const f32],
+        bs: usize,
+        /// First group with a non-zero weight.
+        first: usize,
+        /// Whether the last group is partial (masked).
+        partial: bool,
+        mask: __m256i,
+    }
+
+    impl Groups<'_> {
+        /// Accumulators of `D` dimensions from `d0`: group `c` feeds accumulator `c mod A`
+        /// (unrolled by `A`, so every accumulator stays in a register).
+        ///
+        /// # Safety
+        /// AVX2 and FMA required; the pointer contract of [`super::weighted_sum`].
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn sums<const D: usize, const A: usize>(&self, d0: usize) -> [[__m256; A]; D] {
+            let mut acc = [[_mm256_setzero_ps(); A]; D];
+            let n = self.ptrs.len();
+            let last = n - 1;
+            for q in self.first / A..n.div_ceil(A) {
+                for j in 0..A {
+                    let c = q * A + j;
+                    if c < self.first || c > last {
+                        continue;
+                    }
+                    // SAFETY: group c's positions are below w.len() but for the masked lanes of
+                    // a partial last group; its dimensions d0..d0+D are in its block.
+                    unsafe {
+                        let vp = self.ptrs[c].add(d0 * self.bs);
+                        let wp = self.w.as_ptr().add(8 * c);
+                        if self.partial && c == last {
+                            let wv = _mm256_maskload_ps(wp, self.mask);
+                            for (k, a) in acc.iter_mut().enumerate() {
+                                let v = _mm256_maskload_ps(vp.add(k * self.bs), self.mask);
+                                a[j] = _mm256_fmadd_ps(wv, v, a[j]);
+                            }
+                        } else {
+                            let wv = _mm256_loadu_ps(wp);
+                            for (k, a) in acc.iter_mut().enumerate() {
+                                let v = _mm256_loadu_ps(vp.add(k * self.bs));
+                                a[j] = _mm256_fmadd_ps(wv, v, a[j]);
+                            }
+                        }
+                    }
+                }
+            }
+            acc
         }
     }
 }
@@ -305,13 +418,25 @@ mod tests {
         assert_eq!(dot(isa, &a, &b).to_bits(), dot(Isa::Scalar, &a, &b).to_bits());
         let naive: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64) * (*y as f64)).sum();
         assert!((dot(isa, &a, &b) as f64 - naive).abs() < 1e-5);
-        let w: Vec<f32> = (0..45).map(|i| 1.0 / (i as f32 + 1.0)).collect();
-        let rows: Vec<f32> = (0..45 * 16).map(|i| (i % 7) as f32 - 3.0).collect();
-        let (mut o1, mut o2, mut s) = (vec![0f32; 16], vec![0f32; 16], Vec::new());
-        for order in [ValueOrder::Dot, ValueOrder::Tiled] {
-            weighted_sum(isa, order, 0, &w, |p| rows[p * 16..].as_ptr(), &mut o1, &mut s);
-            weighted_sum(Isa::Scalar, order, 0, &w, |p| rows[p * 16..].as_ptr(), &mut o2, &mut s);
-            assert_eq!(o1, o2);
+        // 45 positions of 16-wide values in blocks of 16 positions, stored transposed per block.
+        let value = |p: usize, d: usize| ((p * 16 + d) % 7) as f32 * 0.37 - 1.1;
+        let data: Vec<f32> = (0..3 * 16 * 16).map(|i| value(i / 256 * 16 + i % 16, i % 256 / 16)).collect();
+        let blocks: Vec<*const f32> = (0..3).map(|b| data[b * 256..].as_ptr()).collect();
+        let (mut o1, mut o2) = (vec![0f32; 16], vec![0f32; 16]);
+        for first in [0, 13] {
+            let w: Vec<f32> = (0..45).map(|i| if i < first { 0.0 } else { 1.0 / (i as f32 + 1.0) }).collect();
+            for order in [ValueOrder::Dot, ValueOrder::Tiled] {
+                // SAFETY: three blocks of 16 × 16 floats.
+                unsafe {
+                    weighted_sum(isa, order, first, &w, &blocks, 16, &mut o1, &mut Vec::new());
+                    weighted_sum(Isa::Scalar, order, first, &w, &blocks, 16, &mut o2, &mut Vec::new());
+                }
+                assert_eq!(o1, o2, "{order:?}, first {first}");
+                for (d, o) in o1.iter().enumerate() {
+                    let naive: f32 = (0..45).map(|p| w[p] * value(p, d)).sum();
+                    assert!((o - naive).abs() < 1e-4, "{order:?} {d}: {o} vs {naive}");
+                }
+            }
         }
         let bits = |o: &[f32]| o.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         for n in [1usize, 7, 8, 45, 130] {
@@ -332,10 +457,6 @@ mod tests {
             softmax(Isa::Scalar, &mut p2);
             assert_eq!(bits(&p1), bits(&p2), "softmax of {n}");
             assert!((p1.iter().map(|v| *v as f64).sum::<f64>() - 1.0).abs() < 1e-5);
-        }
-        for d in 0..16 {
-            let naive: f32 = (0..45).map(|p| w[p] * rows[p * 16 + d]).sum();
-            assert!((o1[d] - naive).abs() < 1e-4);
         }
     }
 }

@@ -163,7 +163,8 @@ pub struct AttentionInput<'a> {
     pub q: &'a [f32],
     /// The layer's key rows (`rows × kv_dim`), this step's keys already written.
     pub k_cache: &'a [f32],
-    /// The layer's value rows, same layout.
+    /// The layer's values, block by block, each block transposed: dimension `d` of position
+    /// `block·bs + i` at `(block·kv_dim + d)·bs + i` (see `PagedKv`).
     pub v_cache: &'a [f32],
     /// One entry per query token.
     pub tokens: &'a [AttnToken],
@@ -193,8 +194,8 @@ pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
     let kv_dim = inp.n_kv_heads * hd;
     let group = inp.n_heads / inp.n_kv_heads;
     out.par_chunks_mut(hd).enumerate().for_each_init(
-        || (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
-        |(scores, scratch, rows, keys), (idx, o)| {
+        || (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+        |(scores, weights, keys, values, groups), (idx, o)| {
             let (t, h) = (idx / inp.n_heads, idx % inp.n_heads);
             let AttnToken { pos, seq, order } = inp.tokens[t];
             let first = match inp.window {
@@ -203,37 +204,29 @@ pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
             };
             let q = &inp.q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
             let kvh = h / group;
-            // Rows of positions 0..=pos, block by block (no division per position).
-            rows.clear();
             let bs = inp.block_size;
+            // Key rows of positions first..=pos and the head's value block of every block up to
+            // pos (in bounds: the model validates block tables before attention runs).
+            keys.clear();
+            values.clear();
             for (bi, &b) in inp.tables[seq].iter().enumerate().take(pos / bs + 1) {
                 let base = b as usize * bs;
-                let n = (pos + 1 - bi * bs).min(bs);
-                rows.extend(base..base + n);
+                let (lo, hi) = ((bi * bs).max(first), (pos + 1).min((bi + 1) * bs));
+                keys.extend((lo..hi).map(|p| inp.k_cache.as_ptr().wrapping_add((base + p - bi * bs) * kv_dim + kvh * hd)));
+                values.push(inp.v_cache.as_ptr().wrapping_add(base * kv_dim + kvh * hd * bs));
             }
-            keys.clear();
-            // In bounds: the model validates block tables before attention runs.
-            keys.extend(rows[first..=pos].iter().map(|&r| inp.k_cache.as_ptr().wrapping_add(r * kv_dim + kvh * hd)));
             scores.clear();
             scores.resize(keys.len(), 0.0);
             // SAFETY: each pointer addresses the hd floats of a written key row (above).
             unsafe { attn::scores(isa, q, keys, inp.scale, scores) };
             attn::softmax(isa, scores);
-            let v_base = inp.v_cache.as_ptr();
             // Positions before the window have zero weight; lanes still follow absolute positions.
-            let mut weights = vec![0f32; first];
+            weights.clear();
+            weights.resize(first, 0.0);
             weights.extend_from_slice(scores);
-            attn::weighted_sum(
-                isa,
-                order,
-                first,
-                &weights,
-                // SAFETY: rows of positions <= pos were written and lie inside v_cache (block
-                // tables are validated by the model before attention runs).
-                |p| unsafe { v_base.add(rows[p] * kv_dim + kvh * hd) },
-                o,
-                scratch,
-            );
+            // SAFETY: each value block holds kv_dim × bs floats, the head's hd × bs from the
+            // pointer on, written for every position <= pos.
+            unsafe { attn::weighted_sum(isa, order, first, weights, values, bs, o, groups) };
         },
     );
 }

@@ -285,7 +285,10 @@ impl Model {
                 rope.apply(&mut k[t * kv_dim..(t + 1) * kv_dim], tok.pos);
                 let r = row_of(tok);
                 kv.k[il][r * kv_dim..(r + 1) * kv_dim].copy_from_slice(&k[t * kv_dim..(t + 1) * kv_dim]);
-                kv.v[il][r * kv_dim..(r + 1) * kv_dim].copy_from_slice(&v[t * kv_dim..(t + 1) * kv_dim]);
+                let (vb, vi) = ((r / bs) * bs * kv_dim, r % bs);
+                for (d, &x) in v[t * kv_dim..(t + 1) * kv_dim].iter().enumerate() {
+                    kv.v[il][vb + d * bs + vi] = x;
+                }
             }
             layers::attention(
                 self.isa,

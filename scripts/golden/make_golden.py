@@ -118,9 +118,14 @@ llama_cpp.llama_model_default_params = plain_kernel_params
 llama_cpp.llama_cpp.llama_model_default_params = plain_kernel_params
 
 
-def run_model(path, prompts, specials, name):
+# ggml type ids of the KV cache types checked: f32 and f16 (llama.cpp's default).
+KV_TYPES = {"f32": 0, "f16": 1}
+
+
+def run_model(path, prompts, specials, name, kv="f32"):
+    """Writes NAME.json (f32 KV cache) or NAME_f16kv.json, and with f32 the tokenizer file."""
     m = Llama(path, n_ctx=2048, n_threads=2, n_batch=512, logits_all=True, verbose=False,
-              type_k=0, type_v=0, flash_attn=False)
+              type_k=KV_TYPES[kv], type_v=KV_TYPES[kv], flash_attn=False)
     n_vocab = m.n_vocab()
     cases = []
     for p in prompts:
@@ -154,10 +159,13 @@ def run_model(path, prompts, specials, name):
         last = np.array(m.scores[m.n_tokens - 1], dtype=np.float32)
         top = np.argsort(-last)[:TOP]
         exact.append({"prompt_ids": ids, "top_ids": [int(t) for t in top], "top_logits": [float(last[t]) for t in top]})
-    with open(os.path.join(OUT, f"{name}.json"), "w") as f:
+    suffix = "" if kv == "f32" else f"_{kv}kv"
+    with open(os.path.join(OUT, f"{name}{suffix}.json"), "w") as f:
         json.dump({"model": os.path.basename(path), "reference": "llama.cpp (llama-cpp-python 0.3.36, portable AVX2 build, reference "
-                              "dot products: no weight repacking, no tiled K-quant path), f32 KV cache",
+                              f"dot products: no weight repacking, no tiled K-quant path), {kv} KV cache",
                    "cases": cases, "exact_cases": exact}, f, indent=0)
+    if kv != "f32":
+        return
     tok_cases = []
     for s in tokenizer_corpus(specials):
         ids = m.tokenize(s.encode(), add_bos=False, special=True)
@@ -169,10 +177,11 @@ def run_model(path, prompts, specials, name):
 
 def main():
     os.makedirs(OUT, exist_ok=True)
-    run_model(os.path.join(MODELS, "SmolLM2-135M-Instruct.Q4_1.gguf"), SMOLLM_PROMPTS,
-              ["<|im_start|>", "<|im_end|>", "<|endoftext|>"], "smollm2")
-    run_model(os.path.join(MODELS, "gemma-3-270m-q4_k_m.gguf"), GEMMA_PROMPTS,
-              ["<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>"], "gemma3")
+    for kv in KV_TYPES:
+        run_model(os.path.join(MODELS, "SmolLM2-135M-Instruct.Q4_1.gguf"), SMOLLM_PROMPTS,
+                  ["<|im_start|>", "<|im_end|>", "<|endoftext|>"], "smollm2", kv)
+        run_model(os.path.join(MODELS, "gemma-3-270m-q4_k_m.gguf"), GEMMA_PROMPTS,
+                  ["<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>"], "gemma3", kv)
 
 
 if __name__ == "__main__":

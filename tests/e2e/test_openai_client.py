@@ -115,11 +115,11 @@ class OpenAIClientTest(unittest.TestCase):
         full = self.client.completions.create(model=NAME, prompt="The capital of France is", max_tokens=10,
                                               temperature=0).choices[0].text
         r = self.client.completions.create(model=NAME, prompt="The capital of France is", max_tokens=10,
-                                           temperature=0, stop=["answer"])
-        self.assertEqual(r.choices[0].text, full[:full.index("answer")])
+                                           temperature=0, stop=["United"])
+        self.assertEqual(r.choices[0].text, full[:full.index("United")])
         self.assertEqual(r.choices[0].finish_reason, "stop")
         streamed = "".join(c.choices[0].text for c in self.client.completions.create(
-            model=NAME, prompt="The capital of France is", max_tokens=10, temperature=0, stop=["answer"],
+            model=NAME, prompt="The capital of France is", max_tokens=10, temperature=0, stop=["United"],
             stream=True) if c.choices)
         self.assertEqual(streamed, r.choices[0].text)
 

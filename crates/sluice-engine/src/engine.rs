@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
-use sluice_model::{LoadedModel, PagedKv};
+use sluice_model::{KvDtype, LoadedModel, PagedKv};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::error::EngineError;
@@ -29,6 +29,8 @@ pub struct EngineConfig {
     pub kv_cache_bytes: usize,
     /// Positions per KV block.
     pub block_size: usize,
+    /// How keys and values are stored (half precision by default, as in llama.cpp).
+    pub kv_cache_dtype: KvDtype,
     /// Reuse cached prompt prefixes across requests of the same namespace.
     pub prefix_caching: bool,
 }
@@ -41,6 +43,7 @@ impl Default for EngineConfig {
             max_num_seqs: 32,
             kv_cache_bytes: 1 << 30,
             block_size: 16,
+            kv_cache_dtype: KvDtype::F16,
             prefix_caching: true,
         }
     }
@@ -232,7 +235,7 @@ impl EngineHandle {
     pub fn start(model: Arc<LoadedModel>, cfg: EngineConfig) -> Result<Self, EngineError> {
         let capacity = cfg.max_waiting.max(1);
         let block_size = cfg.block_size.max(1);
-        let per_block = PagedKv::bytes_per_block(&model.model.cfg, block_size);
+        let per_block = PagedKv::bytes_per_block(&model.model.cfg, block_size, cfg.kv_cache_dtype);
         let num_blocks = cfg.kv_cache_bytes / per_block.max(1);
         if num_blocks == 0 {
             return Err(EngineError::InvalidRequest(format!(

@@ -13,3 +13,4 @@ mod worker;
 pub use engine::{EngineConfig, EngineHandle, EngineStats, Event, FinishReason, GenerateRequest, RequestStream, RequestUsage};
 pub use error::EngineError;
 pub use sampling::{Logprobs, SamplingParams};
+pub use sluice_model::KvDtype;

@@ -38,7 +38,7 @@ impl Worker {
             block_size: cfg.block_size.max(1),
             prefix_caching: cfg.prefix_caching,
         };
-        let kv = PagedKv::new(&model.model.cfg, num_blocks, sched_cfg.block_size);
+        let kv = PagedKv::with_dtype(&model.model.cfg, num_blocks, sched_cfg.block_size, cfg.kv_cache_dtype);
         Self {
             model,
             stats,

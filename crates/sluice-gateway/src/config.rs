@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use sluice_engine::EngineConfig;
+use sluice_engine::{EngineConfig, KvDtype};
 
 use crate::policy::PolicyKind;
 
@@ -110,6 +110,7 @@ struct RawBackend {
     max_num_seqs: Option<usize>,
     max_num_batched_tokens: Option<usize>,
     kv_cache_memory: Option<String>,
+    kv_cache_dtype: Option<String>,
     block_size: Option<usize>,
     prefix_cache: Option<bool>,
     // `sluice` and `openai`
@@ -576,6 +577,7 @@ impl Validator<'_> {
                 (b.max_num_seqs.is_some(), "max_num_seqs"),
                 (b.max_num_batched_tokens.is_some(), "max_num_batched_tokens"),
                 (b.kv_cache_memory.is_some(), "kv_cache_memory"),
+                (b.kv_cache_dtype.is_some(), "kv_cache_dtype"),
                 (b.block_size.is_some(), "block_size"),
                 (b.prefix_cache.is_some(), "prefix_cache"),
             ] {
@@ -670,11 +672,16 @@ impl Validator<'_> {
             Some(s) => parse_bytes(s).map_err(|e| self.err(at("kv_cache_memory"), e))?,
             None => d.kv_cache_bytes,
         };
+        let kv_cache_dtype = match &b.kv_cache_dtype {
+            Some(s) => KvDtype::parse(s).map_err(|e| self.err(at("kv_cache_dtype"), e))?,
+            None => d.kv_cache_dtype,
+        };
         let engine = EngineConfig {
             max_waiting: positive(b.max_waiting, "max_waiting", d.max_waiting)?,
             max_num_batched_tokens: positive(b.max_num_batched_tokens, "max_num_batched_tokens", d.max_num_batched_tokens)?,
             max_num_seqs: positive(b.max_num_seqs, "max_num_seqs", d.max_num_seqs)?,
             kv_cache_bytes,
+            kv_cache_dtype,
             block_size: positive(b.block_size, "block_size", d.block_size)?,
             prefix_caching: b.prefix_cache.unwrap_or(d.prefix_caching),
         };
@@ -875,6 +882,8 @@ mod tests {
         assert!(e.starts_with("t.toml: models.chat.targets[0]: no backend named \"locl\""), "{e}");
         let e = error_of(&GOOD.replace("total_ms = 30000", "total_ms = 0"));
         assert_eq!(e, "t.toml: backends.hosted.timeouts.total_ms: must be greater than 0");
+        let e = error_of(&GOOD.replace("kv_cache_memory = \"256MiB\"", "kv_cache_memory = \"256MiB\"\nkv_cache_dtype = \"int4\""));
+        assert!(e.contains("backends.local.kv_cache_dtype: unknown KV cache type \"int4\" (expected f32 or f16)"), "{e}");
         let e = error_of(&GOOD.replace("kind = \"openai\"", "kind = \"vllm\""));
         assert!(e.contains("backends.hosted.kind: unknown kind \"vllm\""), "{e}");
         let e = error_of(&GOOD.replace("[models.chat]", "[models.chat]\npolicy = \"fastest\""));

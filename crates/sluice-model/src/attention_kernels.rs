@@ -1,80 +1,106 @@
 //! Per-head attention arithmetic, in the summation orders of our numerical reference (ggml's AVX2
-//! build): q·k over the head dimension as its 8-lane × 4-accumulator `vec_dot_f32`, and the
-//! softmax-weighted sum of values as it does it for the step's shape (see [`ValueOrder`]).
-//! Matching the orders keeps our attention outputs bit-identical to the reference's. AVX2 when
-//! available.
+//! build), over keys and values stored as f32 or half precision: q·k over the head dimension, a
+//! softmax, and the weighted sum of values over positions, each summed as the reference sums it
+//! for the token's kind (see [`SumOrder`]). Matching the orders keeps our attention outputs
+//! bit-identical to the reference's. AVX2 when available.
+//!
+//! Keys are rows of `head_dim` values; values are stored transposed per block (`PagedKv`), so
+//! both sums are dot products with their accumulators in registers.
+
+use half::f16;
 
 use crate::quant::Isa;
 use crate::vmath;
 
-/// Lanes of the reference's q·k accumulation: 4 accumulators × 8 floats.
+/// Lanes of the reference's `vec_dot`: 4 accumulators × 8 floats.
 const LANES: usize = 32;
-/// How the reference sums a query's weighted values: one way within a prompt, another for a
-/// token decoded on its own.
+
+/// How the reference sums one of attention's dot products (q·k over dimensions with a
+/// half-precision cache; weights·values over positions always). It depends on the token: the
+/// reference multiplies a prompt as a matrix and a generated token as vectors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ValueOrder {
-    /// A generated token (the reference decodes it alone): `vec_dot_f32`, position `p` feeding
-    /// lane `p mod 32`.
+pub enum SumOrder {
+    /// A generated token: `vec_dot_f32` / `vec_dot_f16`, element `i` feeding lane `i mod 32`.
     Dot,
-    /// A prompt token (the reference runs the prompt as one batch): its tiled f32 matrix
-    /// product, one 8-lane accumulator per output, position `p` feeding lane `p mod 8`.
+    /// A prompt token: the tiled matrix product, one 8-lane accumulator per output, element
+    /// `i` feeding lane `i mod 8`.
     Tiled,
 }
 
-impl ValueOrder {
+impl SumOrder {
     fn lanes(self) -> usize {
         match self {
-            ValueOrder::Dot => LANES,
-            ValueOrder::Tiled => 8,
+            SumOrder::Dot => LANES,
+            SumOrder::Tiled => 8,
+        }
+    }
+
+    /// Reduces the lane sums in the reference's tree order.
+    fn reduce(self, acc: &[f32; LANES]) -> f32 {
+        match self {
+            SumOrder::Dot => {
+                let mut v = [0f32; 8];
+                for (l, x) in v.iter_mut().enumerate() {
+                    *x = (acc[l] + acc[16 + l]) + (acc[8 + l] + acc[24 + l]);
+                }
+                let t = [v[0] + v[4], v[1] + v[5], v[2] + v[6], v[3] + v[7]];
+                (t[0] + t[1]) + (t[2] + t[3])
+            }
+            // The tiled product's horizontal sum: halves added lane by lane, then (0+2)+(1+3).
+            SumOrder::Tiled => {
+                let a = |l: usize| acc[l] + acc[l + 4];
+                (a(0) + a(2)) + (a(1) + a(3))
+            }
         }
     }
 }
 
-/// Reduces 32 lane sums in the reference's tree order.
-#[inline]
-fn reduce_lanes(acc: &[f32; LANES]) -> f32 {
-    let mut v = [0f32; 8];
-    for (l, x) in v.iter_mut().enumerate() {
-        *x = (acc[l] + acc[16 + l]) + (acc[8 + l] + acc[24 + l]);
-    }
-    let t = [v[0] + v[4], v[1] + v[5], v[2] + v[6], v[3] + v[7]];
-    (t[0] + t[1]) + (t[2] + t[3])
-}
-
-/// `Σ a[i]·b[i]`, lane-ordered (missing elements count as zero).
-#[inline]
-pub fn dot(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if isa.has_avx2() && a.len() == b.len() && a.len().is_multiple_of(LANES) {
-        // SAFETY: AVX2/FMA were detected (Isa::Avx2) and the lengths are checked.
-        return unsafe { avx2::dot(a, b) };
-    }
-    let _ = isa;
-    let mut acc = [0f32; LANES];
-    for (ca, cb) in a.chunks(LANES).zip(b.chunks(LANES)) {
-        for (i, (x, y)) in ca.iter().zip(cb).enumerate() {
-            acc[i] = x.mul_add(*y, acc[i]);
-        }
-    }
-    reduce_lanes(&acc)
-}
-
-/// `out[i] = dot(q, rows[i]) * scale` for every row (bit-equal to calling [`dot`] per row; the
-/// AVX2 path reduces eight rows' lanes together instead of one row at a time).
+/// Element `i` of a cache run at `p` (f32, or half precision when `half`).
 ///
 /// # Safety
-/// Every pointer in `rows` must point at `q.len()` readable floats.
-pub unsafe fn scores(isa: Isa, q: &[f32], rows: &[*const f32], scale: f32, out: &mut [f32]) {
+/// `p` addresses at least `i + 1` elements.
+#[inline]
+unsafe fn load1(p: *const u8, i: usize, half: bool) -> f32 {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if half {
+            f16::from_bits(std::ptr::read_unaligned((p as *const u16).add(i))).to_f32()
+        } else {
+            std::ptr::read_unaligned((p as *const f32).add(i))
+        }
+    }
+}
+
+/// `out[i] = (q · row_i) · scale` for every key row, summed over dimensions in `order` (the
+/// reference uses `Dot` for every token with an f32 cache). With a half-precision cache (`half`)
+/// the caller passes `q` already rounded to half precision, as the reference rounds it.
+///
+/// # Safety
+/// Every pointer in `rows` addresses `q.len()` readable cache elements.
+pub unsafe fn scores(isa: Isa, q: &[f32], rows: &[*const u8], half: bool, order: SumOrder, scale: f32, out: &mut [f32]) {
     debug_assert_eq!(rows.len(), out.len());
     #[cfg(target_arch = "x86_64")]
     if isa.has_avx2() && q.len().is_multiple_of(LANES) {
-        // SAFETY: AVX2/FMA detected; the rows are the caller's contract.
-        unsafe { avx2::scores(q, rows, scale, out) };
+        // SAFETY: AVX2/FMA/F16C detected; the rows are the caller's contract.
+        unsafe {
+            match (order, half) {
+                (SumOrder::Dot, false) => avx2::scores_dot::<false>(q, rows, scale, out),
+                (SumOrder::Dot, true) => avx2::scores_dot::<true>(q, rows, scale, out),
+                (SumOrder::Tiled, false) => avx2::scores_tiled::<false>(q, rows, scale, out),
+                (SumOrder::Tiled, true) => avx2::scores_tiled::<true>(q, rows, scale, out),
+            }
+        }
         return;
     }
+    let _ = isa;
+    let lanes = order.lanes();
     for (o, &r) in out.iter_mut().zip(rows) {
-        // SAFETY: the caller's contract.
-        *o = dot(isa, q, unsafe { std::slice::from_raw_parts(r, q.len()) }) * scale;
+        let mut acc = [0f32; LANES];
+        for (i, x) in q.iter().enumerate() {
+            // SAFETY: the caller's contract.
+            acc[i % lanes] = x.mul_add(unsafe { load1(r, i, half) }, acc[i % lanes]);
+        }
+        *o = order.reduce(&acc) * scale;
     }
 }
 
@@ -110,104 +136,139 @@ fn group_sum(g: &[f32; 8]) -> f64 {
 }
 
 /// `out[d] = Σ_p w[p] · V(p)[d]` over values stored transposed per block: dimension `d` of the
-/// block holding positions `i·bs..(i+1)·bs` is the run of `bs` floats at `blocks[i] + d·bs`,
-/// so each output is a dot product over positions, summed in the reference's `order` (lanes by
-/// absolute position) with its accumulators in registers. Positions below `first` have weight
-/// zero and are skipped where a whole group of eight is (their zero products change nothing).
-///
-/// `groups` is scratch space for the AVX2 path.
+/// block holding positions `i·bs..(i+1)·bs` is the run of `bs` elements at `blocks[i] + d·bs`,
+/// so each output is a dot product over positions, summed in `order` (lanes by absolute
+/// position) with its accumulators in registers. With a half-precision cache the caller passes
+/// `w` already rounded to half precision, as the reference rounds it. Positions below `first`
+/// have weight zero and are skipped where a whole group of eight is (their zero products
+/// change nothing). `groups` is scratch space for the AVX2 path.
 ///
 /// # Safety
-/// `blocks` holds `w.len().div_ceil(bs)` pointers, each to `out.len() × bs` readable floats.
+/// `blocks` holds `w.len().div_ceil(bs)` pointers, each to `out.len() × bs` readable elements.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn weighted_sum(
     isa: Isa,
-    order: ValueOrder,
+    order: SumOrder,
     first: usize,
     w: &[f32],
-    blocks: &[*const f32],
+    blocks: &[*const u8],
+    half: bool,
     bs: usize,
     out: &mut [f32],
-    groups: &mut Vec<*const f32>,
+    groups: &mut Vec<*const u8>,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if isa.has_avx2() && bs.is_multiple_of(8) && out.len().is_multiple_of(4) {
+    if isa.has_avx2() && bs.is_multiple_of(8) && out.len().is_multiple_of(8) {
+        let esize = if half { 2 } else { 4 };
         // Where each group of eight positions starts (dimension 0; dimension d is d·bs further).
         groups.clear();
-        groups.extend((0..w.len().div_ceil(8)).map(|c| blocks[8 * c / bs].wrapping_add(8 * c % bs)));
-        // SAFETY: AVX2/FMA detected; the rest is the caller's contract.
-        unsafe { avx2::weighted_sum(order, first, w, groups, bs, out) };
+        groups.extend((0..w.len().div_ceil(8)).map(|c| blocks[8 * c / bs].wrapping_add(8 * c % bs * esize)));
+        // SAFETY: AVX2/FMA/F16C detected; the rest is the caller's contract.
+        unsafe {
+            if half {
+                avx2::weighted_sum::<true>(order, first, w, groups, bs, out);
+            } else {
+                avx2::weighted_sum::<false>(order, first, w, groups, bs, out);
+            }
+        }
         return;
     }
-    let _ = groups;
-    let _ = isa;
+    let _ = (isa, groups);
     let lanes = order.lanes();
     for (d, o) in out.iter_mut().enumerate() {
         let mut acc = [0f32; LANES];
         for (p, &wp) in w.iter().enumerate().skip(first) {
             // SAFETY: the caller's contract.
-            let v = unsafe { *blocks[p / bs].add(d * bs + p % bs) };
+            let v = unsafe { load1(blocks[p / bs], d * bs + p % bs, half) };
             acc[p % lanes] = wp.mul_add(v, acc[p % lanes]);
         }
-        *o = match order {
-            ValueOrder::Dot => reduce_lanes(&acc),
-            // The tiled product's horizontal sum: halves added lane by lane, then (0+2)+(1+3).
-            ValueOrder::Tiled => {
-                let a = |l: usize| acc[l] + acc[l + 4];
-                (a(0) + a(2)) + (a(1) + a(3))
-            }
-        };
+        *o = order.reduce(&acc);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::ValueOrder;
+    use super::SumOrder;
     use std::arch::x86_64::*;
 
+    /// Eight cache elements from element `i` of the run at `p`, as floats.
+    ///
     /// # Safety
-    /// AVX2 and FMA required; `a.len() == b.len()`, a multiple of 32.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let mut s = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        while i < a.len() {
-            for (k, acc) in s.iter_mut().enumerate() {
-                // SAFETY: i + 8k + 8 <= len (len is a multiple of 32).
-                let (x, y) = unsafe { (_mm256_loadu_ps(pa.add(i + 8 * k)), _mm256_loadu_ps(pb.add(i + 8 * k))) };
-                *acc = _mm256_fmadd_ps(x, y, *acc);
+    /// AVX2/F16C required; `p` addresses `i + 8` elements.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8<const HALF: bool>(p: *const u8, i: usize) -> __m256 {
+        // SAFETY: the caller's contract.
+        unsafe {
+            if HALF {
+                _mm256_cvtph_ps(_mm_loadu_si128((p as *const u16).add(i) as *const __m128i))
+            } else {
+                _mm256_loadu_ps((p as *const f32).add(i))
             }
-            i += 32;
         }
-        let v = _mm256_add_ps(_mm256_add_ps(s[0], s[2]), _mm256_add_ps(s[1], s[3]));
-        let t = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let h = _mm_hadd_ps(t, t);
-        _mm_cvtss_f32(_mm_hadd_ps(h, h))
     }
 
+    /// The first `n < 8` elements from element `i` at `p`, zeros after them.
+    ///
     /// # Safety
-    /// AVX2 and FMA required; `q.len()` a multiple of 32; every row holds `q.len()` floats.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn scores(q: &[f32], rows: &[*const f32], scale: f32, out: &mut [f32]) {
+    /// AVX2/F16C required; `p` addresses `i + n` elements.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load_tail<const HALF: bool>(p: *const u8, i: usize, n: usize) -> __m256 {
+        let esize = if HALF { 2 } else { 4 };
+        let mut t = [0u8; 32];
+        // SAFETY: the n elements from element i are readable (caller contract); `t` holds 8.
+        unsafe {
+            std::ptr::copy_nonoverlapping(p.add(i * esize), t.as_mut_ptr(), n * esize);
+            load8::<HALF>(t.as_ptr(), 0)
+        }
+    }
+
+    /// `vec_dot`'s horizontal sum of one row's four accumulators: (s0+s2) + (s1+s3), then the
+    /// lane tree.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn reduce_dot(s: &[__m256; 4]) -> f32 {
+        let x = _mm256_add_ps(_mm256_add_ps(s[0], s[2]), _mm256_add_ps(s[1], s[3]));
+        let t = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+        let t = _mm_hadd_ps(t, t);
+        _mm_cvtss_f32(_mm_hadd_ps(t, t))
+    }
+
+    /// The tiled product's horizontal sum of one accumulator.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn reduce_tiled(a: __m256) -> f32 {
+        let t = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+        let t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+        _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)))
+    }
+
+    /// [`super::scores`] in `Dot` order. A 64- or 128-wide query stays in registers; eight rows'
+    /// lane trees are reduced together.
+    ///
+    /// # Safety
+    /// AVX2/FMA/F16C required; `q.len()` a multiple of 32; every row holds `q.len()` elements.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn scores_dot<const HALF: bool>(q: &[f32], rows: &[*const u8], scale: f32, out: &mut [f32]) {
         // SAFETY: the caller's contract, passed on.
         unsafe {
             match q.len() {
-                64 => scores_with::<2>(q, rows, scale, out),
-                128 => scores_with::<4>(q, rows, scale, out),
-                _ => scores_with::<0>(q, rows, scale, out),
+                64 => scores_with::<2, HALF>(q, rows, scale, out),
+                128 => scores_with::<4, HALF>(q, rows, scale, out),
+                _ => scores_with::<0, HALF>(q, rows, scale, out),
             }
         }
     }
 
-    /// [`scores`] with the query held in registers when it is `32·S` wide (`S > 0`), read from
-    /// memory for every row otherwise.
+    /// [`scores_dot`] with the query held in registers when it is `32·S` wide (`S > 0`), read
+    /// from memory for every row otherwise.
     ///
     /// # Safety
-    /// As [`scores`].
+    /// As [`scores_dot`].
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn scores_with<const S: usize>(q: &[f32], rows: &[*const f32], scale: f32, out: &mut [f32]) {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scores_with<const S: usize, const HALF: bool>(q: &[f32], rows: &[*const u8], scale: f32, out: &mut [f32]) {
         let qp = q.as_ptr();
         let sc = _mm256_set1_ps(scale);
         let mut qr = [[_mm256_setzero_ps(); 4]; S];
@@ -225,8 +286,8 @@ mod avx2 {
                 if S > 0 {
                     for (i, c) in qr.iter().enumerate() {
                         for (k, acc) in s.iter_mut().enumerate() {
-                            // SAFETY: the row holds 32·S floats (caller contract).
-                            let y = unsafe { _mm256_loadu_ps(r.add(32 * i + 8 * k)) };
+                            // SAFETY: the row holds 32·S elements (caller contract).
+                            let y = unsafe { load8::<HALF>(r, 32 * i + 8 * k) };
                             *acc = _mm256_fmadd_ps(c[k], y, *acc);
                         }
                     }
@@ -234,7 +295,7 @@ mod avx2 {
                     for i in (0..q.len()).step_by(32) {
                         for (k, acc) in s.iter_mut().enumerate() {
                             // SAFETY: i + 8k + 8 <= len for the query and the row (caller contract).
-                            let (x, y) = unsafe { (_mm256_loadu_ps(qp.add(i + 8 * k)), _mm256_loadu_ps(r.add(i + 8 * k))) };
+                            let (x, y) = unsafe { (_mm256_loadu_ps(qp.add(i + 8 * k)), load8::<HALF>(r, i + 8 * k)) };
                             *acc = _mm256_fmadd_ps(x, y, *acc);
                         }
                     }
@@ -257,9 +318,33 @@ mod avx2 {
         }
     }
 
+    /// [`super::scores`] in `Tiled` order: one accumulator per row, eight rows at a time (their
+    /// chains of fused multiply-adds interleave instead of waiting on each other).
+    ///
+    /// # Safety
+    /// As [`scores_dot`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn scores_tiled<const HALF: bool>(q: &[f32], rows: &[*const u8], scale: f32, out: &mut [f32]) {
+        let qp = q.as_ptr();
+        for (chunk, o) in rows.chunks(8).zip(out.chunks_mut(8)) {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for i in (0..q.len()).step_by(8) {
+                // SAFETY: i + 8 <= q.len().
+                let x = unsafe { _mm256_loadu_ps(qp.add(i)) };
+                for (a, &r) in acc.iter_mut().zip(chunk) {
+                    // SAFETY: every row holds q.len() elements (caller contract).
+                    *a = _mm256_fmadd_ps(x, unsafe { load8::<HALF>(r, i) }, *a);
+                }
+            }
+            for (o, a) in o.iter_mut().zip(acc) {
+                *o = reduce_tiled(a) * scale;
+            }
+        }
+    }
+
     /// # Safety
     /// AVX2 and FMA required.
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn softmax(x: &mut [f32]) {
         let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
         let mut chunks = x.chunks_exact(8);
@@ -304,45 +389,36 @@ mod avx2 {
         chunks.into_remainder().iter_mut().for_each(|v| *v *= inv);
     }
 
-    /// See [`super::weighted_sum`] (`bs` a multiple of 8, `out.len()` of 4).
+    /// See [`super::weighted_sum`] (`bs` and `out.len()` multiples of 8).
     ///
     /// # Safety
-    /// AVX2 and FMA required; the pointer contract of [`super::weighted_sum`].
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn weighted_sum(
-        order: ValueOrder,
+    /// AVX2/FMA/F16C required; the pointer contract of [`super::weighted_sum`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn weighted_sum<const HALF: bool>(
+        order: SumOrder,
         first: usize,
         w: &[f32],
-        groups: &[*const f32],
+        groups: &[*const u8],
         bs: usize,
         out: &mut [f32],
     ) {
-        let n = w.len();
-        let tail = n % 8;
-        // Lanes holding positions below `n` in the last (partial) group of eight.
-        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(tail as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-        let g = Groups { w, ptrs: groups, bs, first: first / 8, partial: tail != 0, mask };
+        let g = Groups { w, ptrs: groups, bs, first: first / 8, tail: w.len() % 8 };
         match order {
-            ValueOrder::Dot => {
+            SumOrder::Dot => {
                 for d0 in (0..out.len()).step_by(2) {
                     // SAFETY: the caller's contract.
-                    let acc = unsafe { g.sums::<2, 4>(d0) };
+                    let acc = unsafe { g.sums::<2, 4, HALF>(d0) };
                     for (k, a) in acc.iter().enumerate() {
-                        let x = _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[1], a[3]));
-                        let t = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
-                        let t = _mm_hadd_ps(t, t);
-                        out[d0 + k] = _mm_cvtss_f32(_mm_hadd_ps(t, t));
+                        out[d0 + k] = reduce_dot(a);
                     }
                 }
             }
-            ValueOrder::Tiled => {
-                for d0 in (0..out.len()).step_by(4) {
+            SumOrder::Tiled => {
+                for d0 in (0..out.len()).step_by(8) {
                     // SAFETY: the caller's contract.
-                    let acc = unsafe { g.sums::<4, 1>(d0) };
+                    let acc = unsafe { g.sums::<8, 1, HALF>(d0) };
                     for (k, a) in acc.iter().enumerate() {
-                        let t = _mm_add_ps(_mm256_castps256_ps128(a[0]), _mm256_extractf128_ps(a[0], 1));
-                        let t = _mm_add_ps(t, _mm_movehl_ps(t, t));
-                        out[d0 + k] = _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
+                        out[d0 + k] = reduce_tiled(a[0]);
                     }
                 }
             }
@@ -352,14 +428,13 @@ mod avx2 {
     /// The positions of one weighted sum, in groups of eight.
     struct Groups<'a> {
         w: &'a [f32],
-        /// Dimension 0 of each group (dimension d is d·bs further).
-        ptrs: &'a [*const f32],
+        /// Dimension 0 of each group (dimension d is d·bs elements further).
+        ptrs: &'a [*const u8],
         bs: usize,
         /// First group with a non-zero weight.
         first: usize,
-        /// Whether the last group is partial (masked).
-        partial: bool,
-        mask: __m256i,
+        /// Positions in the last group when it is partial (0 when it is whole).
+        tail: usize,
     }
 
     impl Groups<'_> {
@@ -367,10 +442,10 @@ mod avx2 {
         /// (unrolled by `A`, so every accumulator stays in a register).
         ///
         /// # Safety
-        /// AVX2 and FMA required; the pointer contract of [`super::weighted_sum`].
+        /// AVX2/FMA/F16C required; the pointer contract of [`super::weighted_sum`].
         #[inline]
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn sums<const D: usize, const A: usize>(&self, d0: usize) -> [[__m256; A]; D] {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn sums<const D: usize, const A: usize, const HALF: bool>(&self, d0: usize) -> [[__m256; A]; D] {
             let mut acc = [[_mm256_setzero_ps(); A]; D];
             let n = self.ptrs.len();
             let last = n - 1;
@@ -380,21 +455,22 @@ mod avx2 {
                     if c < self.first || c > last {
                         continue;
                     }
-                    // SAFETY: group c's positions are below w.len() but for the masked lanes of
-                    // a partial last group; its dimensions d0..d0+D are in its block.
+                    // SAFETY: group c's positions are below w.len() but in a partial last group,
+                    // which reads only its `tail` positions; its dimensions d0..d0+D are in its
+                    // block.
                     unsafe {
-                        let vp = self.ptrs[c].add(d0 * self.bs);
+                        let vp = self.ptrs[c];
                         let wp = self.w.as_ptr().add(8 * c);
-                        if self.partial && c == last {
-                            let wv = _mm256_maskload_ps(wp, self.mask);
+                        if self.tail != 0 && c == last {
+                            let wv = load_tail::<false>(wp as *const u8, 0, self.tail);
                             for (k, a) in acc.iter_mut().enumerate() {
-                                let v = _mm256_maskload_ps(vp.add(k * self.bs), self.mask);
+                                let v = load_tail::<HALF>(vp, (d0 + k) * self.bs, self.tail);
                                 a[j] = _mm256_fmadd_ps(wv, v, a[j]);
                             }
                         } else {
                             let wv = _mm256_loadu_ps(wp);
                             for (k, a) in acc.iter_mut().enumerate() {
-                                let v = _mm256_loadu_ps(vp.add(k * self.bs));
+                                let v = load8::<HALF>(vp, (d0 + k) * self.bs);
                                 a[j] = _mm256_fmadd_ps(wv, v, a[j]);
                             }
                         }
@@ -404,59 +480,98 @@ mod avx2 {
             acc
         }
     }
+
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn bits(o: &[f32]) -> Vec<u32> {
+        o.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// Cache elements as stored: f32 bytes, or half-precision bits.
+    fn store(x: &[f32], half: bool) -> Vec<u8> {
+        if half {
+            x.iter().flat_map(|v| f16::from_f32(*v).to_bits().to_le_bytes()).collect()
+        } else {
+            x.iter().flat_map(|v| v.to_le_bytes()).collect()
+        }
+    }
+
     #[test]
     fn simd_and_scalar_agree_bit_for_bit() {
-        let a: Vec<f32> = (0..64).map(|i| ((i * 37 % 17) as f32 - 8.0) * 0.013).collect();
-        let b: Vec<f32> = (0..64).map(|i| ((i * 11 % 23) as f32 - 11.0) * 0.07).collect();
         let isa = crate::quant::detect_isa();
-        assert_eq!(dot(isa, &a, &b).to_bits(), dot(Isa::Scalar, &a, &b).to_bits());
-        let naive: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64) * (*y as f64)).sum();
-        assert!((dot(isa, &a, &b) as f64 - naive).abs() < 1e-5);
-        // 45 positions of 16-wide values in blocks of 16 positions, stored transposed per block.
-        let value = |p: usize, d: usize| ((p * 16 + d) % 7) as f32 * 0.37 - 1.1;
-        let data: Vec<f32> = (0..3 * 16 * 16).map(|i| value(i / 256 * 16 + i % 16, i % 256 / 16)).collect();
-        let blocks: Vec<*const f32> = (0..3).map(|b| data[b * 256..].as_ptr()).collect();
-        let (mut o1, mut o2) = (vec![0f32; 16], vec![0f32; 16]);
-        for first in [0, 13] {
-            let w: Vec<f32> = (0..45).map(|i| if i < first { 0.0 } else { 1.0 / (i as f32 + 1.0) }).collect();
-            for order in [ValueOrder::Dot, ValueOrder::Tiled] {
-                // SAFETY: three blocks of 16 × 16 floats.
-                unsafe {
-                    weighted_sum(isa, order, first, &w, &blocks, 16, &mut o1, &mut Vec::new());
-                    weighted_sum(Isa::Scalar, order, first, &w, &blocks, 16, &mut o2, &mut Vec::new());
+        for half in [false, true] {
+            let esize = if half { 2 } else { 4 };
+            for hd in [64usize, 160] {
+                let q: Vec<f32> = (0..hd).map(|i| ((i * 29 % 13) as f32 - 6.0) * 0.05).collect();
+                for n in [1usize, 7, 8, 45, 130] {
+                    let keys = store(&(0..n * hd).map(|i| ((i * 11 % 23) as f32 - 11.0) * 0.07).collect::<Vec<_>>(), half);
+                    let ptrs: Vec<*const u8> = (0..n).map(|p| keys[p * hd * esize..].as_ptr()).collect();
+                    for order in [SumOrder::Dot, SumOrder::Tiled] {
+                        let (mut s1, mut s2) = (vec![0f32; n], vec![0f32; n]);
+                        // SAFETY: every pointer has hd elements behind it.
+                        unsafe {
+                            scores(isa, &q, &ptrs, half, order, 0.125, &mut s1);
+                            scores(Isa::Scalar, &q, &ptrs, half, order, 0.125, &mut s2);
+                        }
+                        assert_eq!(bits(&s1), bits(&s2), "scores of {n} rows, {hd} wide, {order:?}, half {half}");
+                        for (p, s) in s1.iter().enumerate() {
+                            // SAFETY: row p holds hd elements.
+                            let naive: f32 = (0..hd).map(|i| q[i] * unsafe { load1(ptrs[p], i, half) }).sum::<f32>() * 0.125;
+                            assert!((s - naive).abs() < 1e-4, "{s} vs {naive}");
+                        }
+                    }
                 }
-                assert_eq!(o1, o2, "{order:?}, first {first}");
-                for (d, o) in o1.iter().enumerate() {
-                    let naive: f32 = (0..45).map(|p| w[p] * value(p, d)).sum();
-                    assert!((o - naive).abs() < 1e-4, "{order:?} {d}: {o} vs {naive}");
+            }
+            // 45 positions of 16-wide values in blocks of 16 positions, stored transposed per block.
+            let value = |p: usize, d: usize| ((p * 16 + d) % 7) as f32 * 0.37 - 1.1;
+            let data = store(&(0..3 * 16 * 16).map(|i| value(i / 256 * 16 + i % 16, i % 256 / 16)).collect::<Vec<_>>(), half);
+            let blocks: Vec<*const u8> = (0..3).map(|b| data[b * 256 * esize..].as_ptr()).collect();
+            let (mut o1, mut o2) = (vec![0f32; 16], vec![0f32; 16]);
+            for first in [0, 13] {
+                let w: Vec<f32> = (0..45).map(|i| if i < first { 0.0 } else { 1.0 / (i as f32 + 1.0) }).collect();
+                for order in [SumOrder::Dot, SumOrder::Tiled] {
+                    // SAFETY: three blocks of 16 × 16 elements.
+                    unsafe {
+                        weighted_sum(isa, order, first, &w, &blocks, half, 16, &mut o1, &mut Vec::new());
+                        weighted_sum(Isa::Scalar, order, first, &w, &blocks, half, 16, &mut o2, &mut Vec::new());
+                    }
+                    assert_eq!(bits(&o1), bits(&o2), "{order:?}, first {first}, half {half}");
+                    for (d, o) in o1.iter().enumerate() {
+                        let naive: f32 = (0..45).map(|p| w[p] * value(p, d)).sum();
+                        assert!((o - naive).abs() < 3e-3, "{order:?} {d}: {o} vs {naive}");
+                    }
                 }
             }
         }
-        let bits = |o: &[f32]| o.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         for n in [1usize, 7, 8, 45, 130] {
-            let q: Vec<f32> = (0..64).map(|i| ((i * 29 % 13) as f32 - 6.0) * 0.05).collect();
-            let keys: Vec<f32> = (0..n * 64).map(|i| ((i * 11 % 23) as f32 - 11.0) * 0.07).collect();
-            let ptrs: Vec<*const f32> = (0..n).map(|p| keys[p * 64..].as_ptr()).collect();
-            let (mut s1, mut s2) = (vec![0f32; n], vec![0f32; n]);
-            // SAFETY: every pointer has 64 floats behind it.
-            unsafe {
-                scores(isa, &q, &ptrs, 0.125, &mut s1);
-                scores(Isa::Scalar, &q, &ptrs, 0.125, &mut s2);
-            }
-            assert_eq!(bits(&s1), bits(&s2), "scores of {n} rows");
-            let one_by_one: Vec<f32> = (0..n).map(|p| dot(isa, &q, &keys[p * 64..(p + 1) * 64]) * 0.125).collect();
-            assert_eq!(bits(&s1), bits(&one_by_one), "scores of {n} rows vs dot");
-            let (mut p1, mut p2) = (s1.clone(), s1.clone());
+            let x: Vec<f32> = (0..n).map(|i| ((i * 11 % 23) as f32 - 11.0) * 0.3).collect();
+            let (mut p1, mut p2) = (x.clone(), x.clone());
             softmax(isa, &mut p1);
             softmax(Isa::Scalar, &mut p2);
             assert_eq!(bits(&p1), bits(&p2), "softmax of {n}");
             assert!((p1.iter().map(|v| *v as f64).sum::<f64>() - 1.0).abs() < 1e-5);
         }
+    }
+
+    #[test]
+    fn the_two_orders_associate_as_the_reference_does() {
+        // 1e8 absorbs a 1.0 added to it in f32, so the association shows in the result.
+        let mut acc = [0f32; LANES];
+        acc[0] = 1e8;
+        acc[1] = 1.0;
+        acc[2] = -1e8;
+        // The tiled sum adds lanes 0 and 2 first; vec_dot's tree adds lanes 0 and 1 first.
+        assert_eq!(SumOrder::Tiled.reduce(&acc), 1.0);
+        assert_eq!(SumOrder::Dot.reduce(&acc), 0.0);
+        let mut acc = [0f32; LANES];
+        acc[0] = 1e8;
+        acc[16] = 1.0;
+        acc[4] = -1e8;
+        // vec_dot adds its accumulators 0 and 2 (lanes 0 and 16) before lanes 0 and 4.
+        assert_eq!(SumOrder::Dot.reduce(&acc), 0.0);
     }
 }

@@ -12,31 +12,131 @@
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 
+/// How keys and values are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvDtype {
+    /// 32-bit floats: the activations as computed.
+    #[default]
+    F32,
+    /// IEEE half precision (rounded to nearest even): half the memory and bandwidth. Queries and
+    /// attention weights are rounded to half precision too before they meet the cache, as in
+    /// our reference (llama.cpp's default cache type).
+    F16,
+}
+
+impl KvDtype {
+    /// Bytes per stored value.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 => 2,
+        }
+    }
+
+    /// `f32` or `f16`.
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(KvDtype::F32),
+            "f16" => Ok(KvDtype::F16),
+            other => Err(format!("unknown KV cache type {other:?} (expected f32 or f16)")),
+        }
+    }
+}
+
+/// One layer's keys or values.
+#[derive(Debug)]
+pub(crate) enum KvData {
+    F32(Vec<f32>),
+    /// Half-precision bit patterns.
+    F16(Vec<u16>),
+}
+
+impl KvData {
+    fn zeroed(dtype: KvDtype, n: usize) -> Self {
+        match dtype {
+            KvDtype::F32 => KvData::F32(vec![0f32; n]),
+            KvDtype::F16 => KvData::F16(vec![0u16; n]),
+        }
+    }
+
+    /// Stores `x[i]` at `at + i·stride`.
+    pub(crate) fn store(&mut self, at: usize, stride: usize, x: &[f32]) {
+        match self {
+            KvData::F32(d) => x.iter().enumerate().for_each(|(i, &v)| d[at + i * stride] = v),
+            KvData::F16(d) => x.iter().enumerate().for_each(|(i, &v)| d[at + i * stride] = half::f16::from_f32(v).to_bits()),
+        }
+    }
+
+    /// The whole layer as a read-only view.
+    pub(crate) fn view(&self) -> KvView<'_> {
+        match self {
+            KvData::F32(d) => KvView::F32(d),
+            KvData::F16(d) => KvView::F16(d),
+        }
+    }
+}
+
+/// One layer's keys or values, read-only.
+#[derive(Debug, Clone, Copy)]
+pub enum KvView<'a> {
+    /// 32-bit floats.
+    F32(&'a [f32]),
+    /// Half-precision bit patterns.
+    F16(&'a [u16]),
+}
+
+impl KvView<'_> {
+    /// Whether values are half precision.
+    pub fn is_f16(&self) -> bool {
+        matches!(self, KvView::F16(_))
+    }
+
+    /// Address of value `i` (not dereferenced here; callers stay in bounds).
+    pub fn ptr(&self, i: usize) -> *const u8 {
+        match self {
+            KvView::F32(d) => d.as_ptr().wrapping_add(i) as *const u8,
+            KvView::F16(d) => d.as_ptr().wrapping_add(i) as *const u8,
+        }
+    }
+}
+
 /// Keys and values of every block of one engine.
 #[derive(Debug)]
 pub struct PagedKv {
-    pub(crate) k: Vec<Vec<f32>>,
-    pub(crate) v: Vec<Vec<f32>>,
+    pub(crate) k: Vec<KvData>,
+    pub(crate) v: Vec<KvData>,
     pub(crate) block_size: usize,
     num_blocks: usize,
+    dtype: KvDtype,
 }
 
 impl PagedKv {
-    /// Memory for `num_blocks` blocks of `block_size` positions.
+    /// Memory for `num_blocks` blocks of `block_size` positions, stored as f32.
     pub fn new(cfg: &ModelConfig, num_blocks: usize, block_size: usize) -> Self {
+        Self::with_dtype(cfg, num_blocks, block_size, KvDtype::F32)
+    }
+
+    /// Memory for `num_blocks` blocks of `block_size` positions, stored as `dtype`.
+    pub fn with_dtype(cfg: &ModelConfig, num_blocks: usize, block_size: usize, dtype: KvDtype) -> Self {
         let rows = num_blocks * block_size.max(1);
         let kv_dim = cfg.kv_dim();
         Self {
-            k: (0..cfg.n_layers).map(|_| vec![0f32; rows * kv_dim]).collect(),
-            v: (0..cfg.n_layers).map(|_| vec![0f32; rows * kv_dim]).collect(),
+            k: (0..cfg.n_layers).map(|_| KvData::zeroed(dtype, rows * kv_dim)).collect(),
+            v: (0..cfg.n_layers).map(|_| KvData::zeroed(dtype, rows * kv_dim)).collect(),
             block_size: block_size.max(1),
             num_blocks,
+            dtype,
         }
     }
 
     /// Bytes one block occupies (keys and values of every layer).
-    pub fn bytes_per_block(cfg: &ModelConfig, block_size: usize) -> usize {
-        2 * cfg.n_layers * block_size * cfg.kv_dim() * std::mem::size_of::<f32>()
+    pub fn bytes_per_block(cfg: &ModelConfig, block_size: usize, dtype: KvDtype) -> usize {
+        2 * cfg.n_layers * block_size * cfg.kv_dim() * dtype.bytes()
+    }
+
+    /// How values are stored.
+    pub fn dtype(&self) -> KvDtype {
+        self.dtype
     }
 
     /// Blocks available.
@@ -62,10 +162,16 @@ pub struct KvCache {
 const SINGLE_BLOCK: usize = 16;
 
 impl KvCache {
-    /// A cache for up to `capacity` positions.
+    /// A cache for up to `capacity` positions, stored as f32.
     pub fn new(cfg: &ModelConfig, capacity: usize) -> Self {
+        Self::with_dtype(cfg, capacity, KvDtype::F32)
+    }
+
+    /// A cache for up to `capacity` positions, stored as `dtype`.
+    pub fn with_dtype(cfg: &ModelConfig, capacity: usize, dtype: KvDtype) -> Self {
         let blocks = capacity.div_ceil(SINGLE_BLOCK).max(1);
-        Self { paged: PagedKv::new(cfg, blocks, SINGLE_BLOCK), table: (0..blocks as u32).collect(), len: 0, capacity }
+        let paged = PagedKv::with_dtype(cfg, blocks, SINGLE_BLOCK, dtype);
+        Self { paged, table: (0..blocks as u32).collect(), len: 0, capacity }
     }
 
     /// Positions filled so far.

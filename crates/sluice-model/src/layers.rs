@@ -7,7 +7,8 @@ use half::f16;
 use rayon::prelude::*;
 
 use crate::attention_kernels as attn;
-pub use crate::attention_kernels::ValueOrder;
+pub use crate::attention_kernels::SumOrder;
+use crate::cache::KvView;
 use crate::config::{Activation, RopeStyle};
 use crate::quant::Isa;
 
@@ -153,8 +154,8 @@ pub struct AttnToken {
     pub pos: usize,
     /// Index into `AttentionInput::tables`.
     pub seq: usize,
-    /// How its weighted values are summed (prompt token or generated token).
-    pub order: ValueOrder,
+    /// How its attention sums are ordered (prompt token or generated token).
+    pub order: SumOrder,
 }
 
 /// What one attention call reads: the step's queries and one layer's paged keys/values.
@@ -162,10 +163,10 @@ pub struct AttentionInput<'a> {
     /// Queries, `n_tok × (n_heads × head_dim)`, already rotated and scaled as the model wants.
     pub q: &'a [f32],
     /// The layer's key rows (`rows × kv_dim`), this step's keys already written.
-    pub k_cache: &'a [f32],
+    pub k_cache: KvView<'a>,
     /// The layer's values, block by block, each block transposed: dimension `d` of position
     /// `block·bs + i` at `(block·kv_dim + d)·bs + i` (see `PagedKv`).
-    pub v_cache: &'a [f32],
+    pub v_cache: KvView<'a>,
     /// One entry per query token.
     pub tokens: &'a [AttnToken],
     /// Block table of each sequence in the step.
@@ -180,6 +181,10 @@ pub struct AttentionInput<'a> {
     pub head_dim: usize,
     /// Multiplier for q·k.
     pub scale: f32,
+    /// Whether the reference multiplies the query by `scale` before q·k (Gemma) rather than
+    /// the scores after it (the rest): the roundings differ unless the scale is a power of two,
+    /// and with a half-precision cache also then (the query is rounded after scaling).
+    pub scale_query: bool,
     /// Only keys within this many positions back are visible (sliding window), if set.
     pub window: Option<usize>,
 }
@@ -193,16 +198,17 @@ pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
     let q_dim = inp.n_heads * hd;
     let kv_dim = inp.n_kv_heads * hd;
     let group = inp.n_heads / inp.n_kv_heads;
+    let half = inp.k_cache.is_f16();
     out.par_chunks_mut(hd).enumerate().for_each_init(
-        || (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()),
-        |(scores, weights, keys, values, groups), (idx, o)| {
+        || (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+        |(scores, weights, keys, values, groups, q_buf), (idx, o)| {
             let (t, h) = (idx / inp.n_heads, idx % inp.n_heads);
             let AttnToken { pos, seq, order } = inp.tokens[t];
             let first = match inp.window {
                 Some(w) => (pos + 1).saturating_sub(w),
                 None => 0,
             };
-            let q = &inp.q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
+            let mut q = &inp.q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
             let kvh = h / group;
             let bs = inp.block_size;
             // Key rows of positions first..=pos and the head's value block of every block up to
@@ -212,21 +218,39 @@ pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
             for (bi, &b) in inp.tables[seq].iter().enumerate().take(pos / bs + 1) {
                 let base = b as usize * bs;
                 let (lo, hi) = ((bi * bs).max(first), (pos + 1).min((bi + 1) * bs));
-                keys.extend((lo..hi).map(|p| inp.k_cache.as_ptr().wrapping_add((base + p - bi * bs) * kv_dim + kvh * hd)));
-                values.push(inp.v_cache.as_ptr().wrapping_add(base * kv_dim + kvh * hd * bs));
+                keys.extend((lo..hi).map(|p| inp.k_cache.ptr((base + p - bi * bs) * kv_dim + kvh * hd)));
+                values.push(inp.v_cache.ptr(base * kv_dim + kvh * hd * bs));
             }
+            // A half-precision cache meets the query (scaled first where the model does) and
+            // the weights rounded to half precision, and the reference then sums q·k in the
+            // token's order (with f32, always as `Dot`).
+            let mut scale = inp.scale;
+            if half || inp.scale_query {
+                let s = if inp.scale_query { inp.scale } else { 1.0 };
+                q_buf.clear();
+                q_buf.extend(q.iter().map(|&x| x * s));
+                if half {
+                    crate::vmath::round_to_half(isa, q_buf);
+                }
+                q = q_buf;
+                scale /= s;
+            }
+            let qk_order = if half { order } else { SumOrder::Dot };
             scores.clear();
             scores.resize(keys.len(), 0.0);
-            // SAFETY: each pointer addresses the hd floats of a written key row (above).
-            unsafe { attn::scores(isa, q, keys, inp.scale, scores) };
+            // SAFETY: each pointer addresses the hd elements of a written key row (above).
+            unsafe { attn::scores(isa, q, keys, half, qk_order, scale, scores) };
             attn::softmax(isa, scores);
             // Positions before the window have zero weight; lanes still follow absolute positions.
             weights.clear();
             weights.resize(first, 0.0);
             weights.extend_from_slice(scores);
-            // SAFETY: each value block holds kv_dim × bs floats, the head's hd × bs from the
+            if half {
+                crate::vmath::round_to_half(isa, &mut weights[first..]);
+            }
+            // SAFETY: each value block holds kv_dim × bs elements, the head's hd × bs from the
             // pointer on, written for every position <= pos.
-            unsafe { attn::weighted_sum(isa, order, first, weights, values, bs, o, groups) };
+            unsafe { attn::weighted_sum(isa, order, first, weights, values, half, bs, o, groups) };
         },
     );
 }
@@ -275,15 +299,16 @@ mod tests {
         let mut out = [0.0; 4];
         let inp = AttentionInput {
             q: &q,
-            k_cache: &k,
-            v_cache: &v,
-            tokens: &[AttnToken { pos: 0, seq: 0, order: ValueOrder::Tiled }],
+            k_cache: KvView::F32(&k),
+            v_cache: KvView::F32(&v),
+            tokens: &[AttnToken { pos: 0, seq: 0, order: SumOrder::Tiled }],
             tables: &[&[0]],
             block_size: 1,
             n_heads: 2,
             n_kv_heads: 1,
             head_dim: 2,
             scale: 1.0,
+            scale_query: false,
             window: None,
         };
         attention(Isa::Scalar, &inp, &mut out);

@@ -20,7 +20,7 @@ mod vmath;
 pub mod weights;
 
 pub use bert::BertEncoder;
-pub use cache::{KvCache, PagedKv};
+pub use cache::{KvCache, KvDtype, KvView, PagedKv};
 pub use chat::{ChatMessage, ChatTemplate};
 pub use config::{Arch, ModelConfig};
 pub use embedder::EmbeddingModel;

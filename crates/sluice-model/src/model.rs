@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::cache::{KvCache, PagedKv};
 use crate::config::{Arch, ModelConfig};
 use crate::error::{ModelError, Result};
-use crate::layers::{self, AttentionInput, AttnToken, Rope, ValueOrder};
+use crate::layers::{self, AttentionInput, AttnToken, Rope, SumOrder};
 use crate::quant::{self, Isa};
 use crate::weights::{QMatrix, matmul};
 
@@ -54,7 +54,7 @@ pub struct BatchSeq<'a> {
     pub block_table: &'a [u32],
     /// Length of the sequence's prompt: positions below it hold prompt tokens, the rest
     /// generated ones. Our reference sums attention values in one order for a prompt and in
-    /// another for a token decoded alone ([`crate::layers::ValueOrder`]); choosing by position
+    /// another for a token decoded alone ([`crate::layers::SumOrder`]); choosing by position
     /// rather than by the step's shape keeps results independent of chunking, batching and
     /// recomputation after preemption.
     pub prompt_len: usize,
@@ -240,7 +240,7 @@ impl Model {
             .flat_map(|(i, s)| {
                 (0..s.tokens.len()).map(move |j| {
                     let pos = s.start_pos + j;
-                    let order = if pos < s.prompt_len { ValueOrder::Tiled } else { ValueOrder::Dot };
+                    let order = if pos < s.prompt_len { SumOrder::Tiled } else { SumOrder::Dot };
                     AttnToken { pos, seq: i, order }
                 })
             })
@@ -284,18 +284,16 @@ impl Model {
                 rope.apply(&mut q[t * q_dim..(t + 1) * q_dim], tok.pos);
                 rope.apply(&mut k[t * kv_dim..(t + 1) * kv_dim], tok.pos);
                 let r = row_of(tok);
-                kv.k[il][r * kv_dim..(r + 1) * kv_dim].copy_from_slice(&k[t * kv_dim..(t + 1) * kv_dim]);
-                let (vb, vi) = ((r / bs) * bs * kv_dim, r % bs);
-                for (d, &x) in v[t * kv_dim..(t + 1) * kv_dim].iter().enumerate() {
-                    kv.v[il][vb + d * bs + vi] = x;
-                }
+                kv.k[il].store(r * kv_dim, 1, &k[t * kv_dim..(t + 1) * kv_dim]);
+                // Values transposed within the block (see `PagedKv`).
+                kv.v[il].store((r / bs) * bs * kv_dim + r % bs, bs, &v[t * kv_dim..(t + 1) * kv_dim]);
             }
             layers::attention(
                 self.isa,
                 &AttentionInput {
                     q: &q,
-                    k_cache: &kv.k[il],
-                    v_cache: &kv.v[il],
+                    k_cache: kv.k[il].view(),
+                    v_cache: kv.v[il].view(),
                     tokens: &tokens,
                     tables: &tables,
                     block_size: bs,
@@ -303,6 +301,7 @@ impl Model {
                     n_kv_heads: c.n_kv_heads,
                     head_dim: c.head_dim,
                     scale: c.attn_scale,
+                    scale_query: c.arch == Arch::Gemma3,
                     window: if sliding { c.sliding_window } else { None },
                 },
                 &mut attn,

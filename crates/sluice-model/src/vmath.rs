@@ -74,6 +74,21 @@ pub fn silu_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// Rounds every value to the nearest half-precision value (ties to even), in place.
+pub fn round_to_half(isa: Isa, x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    let done = if isa.has_avx2() {
+        // SAFETY: AVX2/F16C were detected.
+        unsafe { avx2::round_to_half(x) }
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
+    let _ = isa;
+    x[done..].iter_mut().for_each(|v| *v = half::f16::from_f32(*v).to_f32());
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
     use super::*;
@@ -125,6 +140,24 @@ pub(crate) mod avx2 {
         )
     }
 
+    /// [`super::round_to_half`] over whole groups of eight; returns how many elements it did.
+    ///
+    /// # Safety
+    /// AVX2 and F16C required.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn round_to_half(x: &mut [f32]) -> usize {
+        let n = x.len() / 8 * 8;
+        for i in (0..n).step_by(8) {
+            // SAFETY: `i + 8 <= n <= x.len()`.
+            unsafe {
+                let p = x.as_mut_ptr().add(i);
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(p));
+                _mm256_storeu_ps(p, _mm256_cvtph_ps(h));
+            }
+        }
+        n
+    }
+
     /// SiLU times `up` over whole groups of eight; returns how many elements it did.
     ///
     /// # Safety
@@ -162,6 +195,17 @@ mod tests {
         assert_eq!(expf(f32::NEG_INFINITY), 0.0);
         assert_eq!(expf(0.0), 1.0);
         assert_eq!(expf(100.0), f32::INFINITY);
+    }
+
+    #[test]
+    fn rounding_to_half_precision_matches_the_scalar_conversion() {
+        let isa = crate::quant::detect_isa();
+        let xs: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 1.37e-3 + (i % 7) as f32 * 3.1e-6).chain([1e-7, 7e4, -7e4, 6.1e-5]).collect();
+        let mut v = xs.clone();
+        round_to_half(isa, &mut v);
+        for (x, r) in xs.iter().zip(&v) {
+            assert_eq!(r.to_bits(), half::f16::from_f32(*x).to_f32().to_bits(), "{x}");
+        }
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub struct BenchModelArgs {
     /// Also measure batched decode: this many sequences, one token each per step.
     #[arg(long, default_value_t = 0)]
     batch: usize,
+    /// How the KV cache stores keys and values (f16 or f32), as `serve --kv-cache-dtype`.
+    #[arg(long, default_value = "f16", value_parser = sluice_model::KvDtype::parse)]
+    kv_cache_dtype: sluice_model::KvDtype,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -47,16 +50,16 @@ pub fn run(args: BenchModelArgs) -> anyhow::Result<()> {
         .map(|i| ((i.wrapping_mul(2_654_435_761) >> 7) % vocab as u64) as u32)
         .collect();
     // Warm-up: page in the weights.
-    let mut cache = KvCache::new(&model.cfg, 8);
+    let mut cache = KvCache::with_dtype(&model.cfg, 8, args.kv_cache_dtype);
     model.forward(&tokens[..4], &mut cache, Logits::Last)?;
     let mut pp = Vec::new();
     let mut tg = Vec::new();
     for _ in 0..args.reps.max(1) {
-        let mut cache = KvCache::new(&model.cfg, args.prompt + 1);
+        let mut cache = KvCache::with_dtype(&model.cfg, args.prompt + 1, args.kv_cache_dtype);
         let t = Instant::now();
         model.forward(&tokens[..args.prompt], &mut cache, Logits::Last)?;
         pp.push(args.prompt as f64 / t.elapsed().as_secs_f64());
-        let mut cache = KvCache::new(&model.cfg, args.generate + 1);
+        let mut cache = KvCache::with_dtype(&model.cfg, args.generate + 1, args.kv_cache_dtype);
         let t = Instant::now();
         for &tok in &tokens[..args.generate] {
             model.forward(&[tok], &mut cache, Logits::Last)?;
@@ -89,7 +92,7 @@ fn batched_decode(model: &sluice_model::Model, tokens: &[u32], args: &BenchModel
     let steps = args.generate;
     let block = 16;
     let per_seq = (ctx + steps).div_ceil(block);
-    let mut kv = sluice_model::PagedKv::new(&model.cfg, per_seq * args.batch, block);
+    let mut kv = sluice_model::PagedKv::with_dtype(&model.cfg, per_seq * args.batch, block, args.kv_cache_dtype);
     let tables: Vec<Vec<u32>> = (0..args.batch).map(|s| ((s * per_seq) as u32..((s + 1) * per_seq) as u32).collect()).collect();
     let prompts: Vec<&[u32]> = (0..args.batch).map(|s| &tokens[s % 8..s % 8 + ctx]).collect();
     for s in 0..args.batch {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use sluice_engine::{EngineConfig, EngineHandle};
+use sluice_engine::{EngineConfig, EngineHandle, KvDtype};
 use sluice_gateway::config::{self, Endpoint, GatewayConfig};
 use sluice_gateway::mock::{MockBehaviour, MockUpstream};
 use sluice_gateway::{Backend, Gateway, InProcessBackend};
@@ -67,6 +67,10 @@ pub struct ServeArgs {
     /// Positions per KV block.
     #[arg(long, default_value_t = 16)]
     block_size: usize,
+    /// How the KV cache stores keys and values: f16 (half the memory; llama.cpp's default) or
+    /// f32.
+    #[arg(long, default_value = "f16", value_parser = KvDtype::parse)]
+    kv_cache_dtype: KvDtype,
     /// Do not reuse cached prompt prefixes.
     #[arg(long)]
     no_prefix_cache: bool,
@@ -163,6 +167,7 @@ async fn start_engine(path: PathBuf, threads: Option<usize>, name: String, cfg: 
     tracing::info!(
         model = %name,
         kv_cache = format_bytes(cfg.kv_cache_bytes),
+        kv_cache_dtype = ?cfg.kv_cache_dtype,
         kv_tokens = engine.kv_capacity_tokens(),
         max_num_seqs = cfg.max_num_seqs,
         max_num_batched_tokens = cfg.max_num_batched_tokens,
@@ -254,6 +259,7 @@ fn single_model(args: &ServeArgs, model: PathBuf) -> GatewayConfig {
         max_num_batched_tokens: args.max_num_batched_tokens,
         max_num_seqs: args.max_num_seqs,
         kv_cache_bytes: args.kv_cache_memory,
+        kv_cache_dtype: args.kv_cache_dtype,
         block_size: args.block_size,
         prefix_caching: !args.no_prefix_cache,
     };

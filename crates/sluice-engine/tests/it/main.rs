@@ -129,7 +129,7 @@ async fn a_tiny_pool_preempts_and_still_matches() {
     let cases: Vec<(String, usize)> = prompts().into_iter().take(8).collect();
     let want = alone(&m, &cases).await;
     // 48 blocks x 4 positions = 192 positions for 8 requests of up to ~45 positions each.
-    let per_block = sluice_model::PagedKv::bytes_per_block(&m.model.cfg, 4);
+    let per_block = sluice_model::PagedKv::bytes_per_block(&m.model.cfg, 4, EngineConfig::default().kv_cache_dtype);
     let cfg = EngineConfig { block_size: 4, kv_cache_bytes: 12 * per_block, ..Default::default() };
     let engine = EngineHandle::start(m.clone(), cfg).unwrap();
     let got = concurrent(&engine, &m, &cases).await;

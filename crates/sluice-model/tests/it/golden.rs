@@ -2,7 +2,7 @@
 //! (golden files made by scripts/golden/make_golden.py).
 
 use serde_json::Value;
-use sluice_model::{KvCache, LoadedModel, Logits};
+use sluice_model::{KvCache, KvDtype, LoadedModel, Logits};
 
 use crate::common::*;
 
@@ -45,7 +45,7 @@ const MAX_DELTA: f32 = 1e-3;
 
 /// Compares logits and greedy continuations (teacher-forced: we always feed the reference's
 /// token, so one near-tie does not hide the rest); returns the max |Δlogit| over the top-50.
-fn check_logits(m: &LoadedModel, file: &str) -> f32 {
+fn check_logits(m: &LoadedModel, file: &str, kv: KvDtype) -> f32 {
     let g = golden(file);
     let mut max_delta = 0f32;
     let mut report = Vec::new();
@@ -56,7 +56,7 @@ fn check_logits(m: &LoadedModel, file: &str) -> f32 {
         assert_eq!(m.tokenizer.encode_prompt(prompt, true), prompt_ids, "prompt tokens of {prompt:?}");
         let want = ids(&c["greedy"]);
         let gaps: Vec<f64> = c["top2_gap"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-        let mut cache = KvCache::new(&m.model.cfg, prompt_ids.len() + want.len() + 1);
+        let mut cache = KvCache::with_dtype(&m.model.cfg, prompt_ids.len() + want.len() + 1, kv);
         let mut logits = m.model.forward(&prompt_ids, &mut cache, Logits::Last).unwrap();
         for (id, l) in ids(&c["top_ids"]).iter().zip(c["top_logits"].as_array().unwrap()) {
             let d = (logits[*id as usize] - l.as_f64().unwrap() as f32).abs();
@@ -100,15 +100,15 @@ fn gemma3_tokenizer_matches_llama_cpp() {
 
 #[test]
 fn smollm2_logits_and_greedy_match_llama_cpp() {
-    let d = check_logits(smollm2(), "smollm2.json");
+    let d = check_logits(smollm2(), "smollm2.json", KvDtype::F32);
     assert!(d < MAX_DELTA, "max |Δlogit| {d}");
 }
 
-fn check_exact(m: &LoadedModel, file: &str) {
+fn check_exact(m: &LoadedModel, file: &str, kv: KvDtype) {
     let g = golden(file);
     for c in g["exact_cases"].as_array().unwrap() {
         let prompt = ids(&c["prompt_ids"]);
-        let mut cache = KvCache::new(&m.model.cfg, prompt.len());
+        let mut cache = KvCache::with_dtype(&m.model.cfg, prompt.len(), kv);
         let logits = m.model.forward(&prompt, &mut cache, Logits::Last).unwrap();
         for (id, l) in ids(&c["top_ids"]).iter().zip(c["top_logits"].as_array().unwrap()) {
             let (ours, theirs) = (logits[*id as usize], l.as_f64().unwrap() as f32);
@@ -119,12 +119,26 @@ fn check_exact(m: &LoadedModel, file: &str) {
 
 #[test]
 fn short_prompts_match_llama_cpp_bit_for_bit() {
-    check_exact(smollm2(), "smollm2.json");
-    check_exact(gemma3(), "gemma3.json");
+    check_exact(smollm2(), "smollm2.json", KvDtype::F32);
+    check_exact(gemma3(), "gemma3.json", KvDtype::F32);
+    check_exact(smollm2(), "smollm2_f16kv.json", KvDtype::F16);
+    check_exact(gemma3(), "gemma3_f16kv.json", KvDtype::F16);
 }
 
 #[test]
 fn gemma3_logits_and_greedy_match_llama_cpp() {
-    let d = check_logits(gemma3(), "gemma3.json");
+    let d = check_logits(gemma3(), "gemma3.json", KvDtype::F32);
+    assert!(d < MAX_DELTA, "max |Δlogit| {d}");
+}
+
+#[test]
+fn smollm2_with_a_half_precision_kv_cache_matches_llama_cpp() {
+    let d = check_logits(smollm2(), "smollm2_f16kv.json", KvDtype::F16);
+    assert!(d < MAX_DELTA, "max |Δlogit| {d}");
+}
+
+#[test]
+fn gemma3_with_a_half_precision_kv_cache_matches_llama_cpp() {
+    let d = check_logits(gemma3(), "gemma3_f16kv.json", KvDtype::F16);
     assert!(d < MAX_DELTA, "max |Δlogit| {d}");
 }

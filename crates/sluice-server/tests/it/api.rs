@@ -30,7 +30,7 @@ async fn completion_stream_matches_non_stream_and_reports_usage() {
     let base = json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 10, "temperature": 0});
     let whole = post(&s, "/v1/completions", base.clone()).await;
     assert_eq!(whole.status, 200, "{}", whole.text);
-    assert_eq!(completion_text(&whole), " Paris.\n\nThe answer is: 2");
+    assert_eq!(completion_text(&whole), " Paris.\n\nThe United States has a population");
     assert_eq!(whole.json()["choices"][0]["finish_reason"], "length");
     let mut body = base;
     body["stream"] = json!(true);
@@ -53,13 +53,13 @@ async fn completion_stream_matches_non_stream_and_reports_usage() {
 #[tokio::test]
 async fn stop_sequences_are_never_emitted_streamed_or_not() {
     let s = state();
-    // Greedy text is " Paris.\n\nThe answer is: 2": stop strings inside one token and across several.
-    for stop in [json!("answer"), json!(["zzz", "\n\n"]), json!("s: 2")] {
+    // Greedy text is " Paris.\n\nThe United States has a population": stop on a string split across tokens.
+    for stop in [json!("United"), json!(["zzz", "\n\n"]), json!(" Sta")] {
         let body = json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 10, "temperature": 0, "stop": stop});
         let r = post(&s, "/v1/completions", body.clone()).await.json();
         let text = r["choices"][0]["text"].as_str().unwrap().to_string();
         assert_eq!(r["choices"][0]["finish_reason"], "stop", "{stop}: {text:?}");
-        let full = " Paris.\n\nThe answer is: 2";
+        let full = " Paris.\n\nThe United States has a population";
         let stops: Vec<String> = match &stop {
             Value::String(s) => vec![s.clone()],
             v => v.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect(),

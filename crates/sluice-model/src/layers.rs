@@ -160,7 +160,7 @@ pub struct AttnToken {
 
 /// What one attention call reads: the step's queries and one layer's paged keys/values.
 pub struct AttentionInput<'a> {
-    /// Queries, `n_tok × (n_heads × head_dim)`, already rotated and scaled as the model wants.
+    /// Queries, `n_tok × (n_heads × head_dim)`, already rotated (`scale` is applied here).
     pub q: &'a [f32],
     /// The layer's key rows (`rows × kv_dim`), this step's keys already written.
     pub k_cache: KvView<'a>,

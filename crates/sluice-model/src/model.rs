@@ -191,7 +191,9 @@ impl Model {
     }
 
     /// Runs `tokens` (the next positions of the sequence in `cache`) and returns logits,
-    /// `vocab_size` per requested position.
+    /// `vocab_size` per requested position. A call with several tokens counts as prompt, a call
+    /// with one as a generated token (see [`BatchSeq::prompt_len`]); callers who know better use
+    /// [`Model::forward_batch`].
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>> {
         cache.check_room(tokens.len())?;
         // As the reference treats a call: several tokens are a prompt, one token a decode step.

@@ -185,6 +185,23 @@ impl Model {
         self.isa
     }
 
+    /// Runs with another kernel family than the best one detected (tests and benchmarks: every
+    /// family gives bit-identical results, at different speeds). A family the CPU lacks is
+    /// refused.
+    pub fn set_isa(&mut self, isa: Isa) -> Result<()> {
+        let best = quant::detect_isa();
+        let supported = match isa {
+            Isa::Scalar => true,
+            Isa::Avx2 => best.has_avx2(),
+            Isa::Avx512Vnni => best == Isa::Avx512Vnni,
+        };
+        if !supported {
+            return Err(ModelError::InvalidInput(format!("this CPU cannot run {isa:?} kernels")));
+        }
+        self.isa = isa;
+        Ok(())
+    }
+
     /// Threads in the compute pool.
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()

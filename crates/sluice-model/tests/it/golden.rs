@@ -46,11 +46,16 @@ const MAX_DELTA: f32 = 1e-3;
 /// Compares logits and greedy continuations (teacher-forced: we always feed the reference's
 /// token, so one near-tie does not hide the rest); returns the max |Δlogit| over the top-50.
 fn check_logits(m: &LoadedModel, file: &str, kv: KvDtype) -> f32 {
+    check_logits_of(m, file, kv, usize::MAX, usize::MAX)
+}
+
+/// [`check_logits`] over the first `cases` cases and `steps` greedy steps of each.
+fn check_logits_of(m: &LoadedModel, file: &str, kv: KvDtype, cases: usize, steps: usize) -> f32 {
     let g = golden(file);
     let mut max_delta = 0f32;
     let mut report = Vec::new();
     let mut failures = Vec::new();
-    for c in g["cases"].as_array().unwrap() {
+    for c in g["cases"].as_array().unwrap().iter().take(cases) {
         let prompt = c["prompt"].as_str().unwrap();
         let prompt_ids = ids(&c["prompt_ids"]);
         assert_eq!(m.tokenizer.encode_prompt(prompt, true), prompt_ids, "prompt tokens of {prompt:?}");
@@ -62,7 +67,7 @@ fn check_logits(m: &LoadedModel, file: &str, kv: KvDtype) -> f32 {
             let d = (logits[*id as usize] - l.as_f64().unwrap() as f32).abs();
             max_delta = max_delta.max(d);
         }
-        for (step, &w) in want.iter().enumerate() {
+        for (step, &w) in want.iter().enumerate().take(steps) {
             let got = argmax(&logits);
             if got != w {
                 if gaps[step] < NEAR_TIE {
@@ -141,4 +146,22 @@ fn smollm2_with_a_half_precision_kv_cache_matches_llama_cpp() {
 fn gemma3_with_a_half_precision_kv_cache_matches_llama_cpp() {
     let d = check_logits(gemma3(), "gemma3_f16kv.json", KvDtype::F16);
     assert!(d < MAX_DELTA, "max |Δlogit| {d}");
+}
+
+/// Every kernel family (scalar, AVX2, and AVX-512 VNNI with repacked weights where the CPU has
+/// it) gives the reference's logits bit for bit, with either cache type. Two prompts and eight
+/// greedy steps each: the scalar kernels are slow.
+#[test]
+fn every_kernel_family_matches_llama_cpp_bit_for_bit() {
+    use sluice_model::quant::{Isa, detect_isa};
+    let mut m = sluice_model::load(&model_path("SmolLM2-135M-Instruct.Q4_1.gguf"), 2).unwrap();
+    let isas = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni];
+    let best = detect_isa();
+    for isa in isas.into_iter().filter(|&i| i == Isa::Scalar || (i == Isa::Avx2 && best.has_avx2()) || i == best) {
+        m.model.set_isa(isa).unwrap();
+        for (file, kv) in [("smollm2.json", KvDtype::F32), ("smollm2_f16kv.json", KvDtype::F16)] {
+            let d = check_logits_of(&m, file, kv, 2, 8);
+            assert_eq!(d, 0.0, "{isa:?} kernels, {file}: max |Δlogit| {d}");
+        }
+    }
 }

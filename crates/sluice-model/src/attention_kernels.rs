@@ -448,31 +448,43 @@ mod avx2 {
         unsafe fn sums<const D: usize, const A: usize, const HALF: bool>(&self, d0: usize) -> [[__m256; A]; D] {
             let mut acc = [[_mm256_setzero_ps(); A]; D];
             let n = self.ptrs.len();
-            let last = n - 1;
-            for q in self.first / A..n.div_ceil(A) {
+            // Groups read whole (all but a partial last one), in runs of A from a multiple of A.
+            let whole = if self.tail != 0 { n - 1 } else { n };
+            let mut q = self.first / A;
+            // SAFETY (every block below): group c < n has its dimensions d0..d0+D in its block
+            // and its positions below w.len(), but for the `tail` of a partial last group.
+            while (q + 1) * A <= whole {
                 for j in 0..A {
                     let c = q * A + j;
-                    if c < self.first || c > last {
-                        continue;
+                    if c >= self.first {
+                        unsafe {
+                            let vp = *self.ptrs.get_unchecked(c);
+                            let wv = _mm256_loadu_ps(self.w.as_ptr().add(8 * c));
+                            for (k, a) in acc.iter_mut().enumerate() {
+                                a[j] = _mm256_fmadd_ps(wv, load8::<HALF>(vp, (d0 + k) * self.bs), a[j]);
+                            }
+                        }
                     }
-                    // SAFETY: group c's positions are below w.len() but in a partial last group,
-                    // which reads only its `tail` positions; its dimensions d0..d0+D are in its
-                    // block.
-                    unsafe {
-                        let vp = self.ptrs[c];
-                        let wp = self.w.as_ptr().add(8 * c);
-                        if self.tail != 0 && c == last {
-                            let wv = load_tail::<false>(wp as *const u8, 0, self.tail);
-                            for (k, a) in acc.iter_mut().enumerate() {
-                                let v = load_tail::<HALF>(vp, (d0 + k) * self.bs, self.tail);
-                                a[j] = _mm256_fmadd_ps(wv, v, a[j]);
-                            }
-                        } else {
-                            let wv = _mm256_loadu_ps(wp);
-                            for (k, a) in acc.iter_mut().enumerate() {
-                                let v = load8::<HALF>(vp, (d0 + k) * self.bs);
-                                a[j] = _mm256_fmadd_ps(wv, v, a[j]);
-                            }
+                }
+                q += 1;
+            }
+            for j in 0..A {
+                let c = q * A + j;
+                if c < self.first || c >= n {
+                    continue;
+                }
+                unsafe {
+                    let vp = *self.ptrs.get_unchecked(c);
+                    let wp = self.w.as_ptr().add(8 * c);
+                    if c >= whole {
+                        let wv = load_tail::<false>(wp as *const u8, 0, self.tail);
+                        for (k, a) in acc.iter_mut().enumerate() {
+                            a[j] = _mm256_fmadd_ps(wv, load_tail::<HALF>(vp, (d0 + k) * self.bs, self.tail), a[j]);
+                        }
+                    } else {
+                        let wv = _mm256_loadu_ps(wp);
+                        for (k, a) in acc.iter_mut().enumerate() {
+                            a[j] = _mm256_fmadd_ps(wv, load8::<HALF>(vp, (d0 + k) * self.bs), a[j]);
                         }
                     }
                 }

@@ -1,11 +1,12 @@
 //! Paged key/value memory: per layer, `num_blocks × block_size` rows of `n_kv_heads × head_dim`
-//! floats for keys and as many for values. Keys are stored row by row (a query's scores are dot
-//! products over a key's dimensions); values are stored transposed within each block (dimension
-//! `d` of a block's positions is one run of `block_size` floats), so each output of the weighted
-//! sum is a dot product over positions with its accumulators in registers. Which block holds which positions of which sequence
-//! is the caller's business (a block table per sequence, from `sluice-kv`); the model only
-//! reads and writes rows through those tables. Memory is reserved zeroed, so untouched blocks
-//! cost address space, not resident memory.
+//! values for keys and as many for values, stored as f32 or half precision ([`KvDtype`]). Keys
+//! are stored row by row (a query's scores are dot products over a key's dimensions); values are
+//! stored transposed within each block (dimension `d` of a block's positions is one run of
+//! `block_size` values), so each output of the weighted sum is a dot product over positions with
+//! its accumulators in registers. Which block holds which positions of which sequence is the
+//! caller's business (a block table per sequence, from `sluice-kv`); the model only reads and
+//! writes through those tables. Memory is reserved zeroed, so untouched blocks cost address
+//! space, not resident memory.
 //!
 //! `KvCache` is the single-sequence convenience on top: its own blocks, in order.
 

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
+use sluice_model::quant::Numerics;
 use sluice_model::{KvDtype, LoadedModel, PagedKv};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
@@ -31,6 +32,9 @@ pub struct EngineConfig {
     pub block_size: usize,
     /// How keys and values are stored (half precision by default, as in llama.cpp).
     pub kv_cache_dtype: KvDtype,
+    /// How the model's matrix products round; whoever loads the model applies it
+    /// (`Model::set_numerics`) before starting the engine.
+    pub numerics: Numerics,
     /// Reuse cached prompt prefixes across requests of the same namespace.
     pub prefix_caching: bool,
 }
@@ -44,6 +48,7 @@ impl Default for EngineConfig {
             kv_cache_bytes: 1 << 30,
             block_size: 16,
             kv_cache_dtype: KvDtype::F16,
+            numerics: Numerics::Reference,
             prefix_caching: true,
         }
     }

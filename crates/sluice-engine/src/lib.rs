@@ -14,3 +14,4 @@ pub use engine::{EngineConfig, EngineHandle, EngineStats, Event, FinishReason, G
 pub use error::EngineError;
 pub use sampling::{Logprobs, SamplingParams};
 pub use sluice_model::KvDtype;
+pub use sluice_model::quant::Numerics;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use sluice_engine::{EngineConfig, KvDtype};
+use sluice_engine::{EngineConfig, KvDtype, Numerics};
 
 use crate::policy::PolicyKind;
 
@@ -111,6 +111,7 @@ struct RawBackend {
     max_num_batched_tokens: Option<usize>,
     kv_cache_memory: Option<String>,
     kv_cache_dtype: Option<String>,
+    numerics: Option<String>,
     block_size: Option<usize>,
     prefix_cache: Option<bool>,
     // `sluice` and `openai`
@@ -578,6 +579,7 @@ impl Validator<'_> {
                 (b.max_num_batched_tokens.is_some(), "max_num_batched_tokens"),
                 (b.kv_cache_memory.is_some(), "kv_cache_memory"),
                 (b.kv_cache_dtype.is_some(), "kv_cache_dtype"),
+                (b.numerics.is_some(), "numerics"),
                 (b.block_size.is_some(), "block_size"),
                 (b.prefix_cache.is_some(), "prefix_cache"),
             ] {
@@ -676,12 +678,17 @@ impl Validator<'_> {
             Some(s) => KvDtype::parse(s).map_err(|e| self.err(at("kv_cache_dtype"), e))?,
             None => d.kv_cache_dtype,
         };
+        let numerics = match &b.numerics {
+            Some(s) => Numerics::parse(s).map_err(|e| self.err(at("numerics"), e))?,
+            None => d.numerics,
+        };
         let engine = EngineConfig {
             max_waiting: positive(b.max_waiting, "max_waiting", d.max_waiting)?,
             max_num_batched_tokens: positive(b.max_num_batched_tokens, "max_num_batched_tokens", d.max_num_batched_tokens)?,
             max_num_seqs: positive(b.max_num_seqs, "max_num_seqs", d.max_num_seqs)?,
             kv_cache_bytes,
             kv_cache_dtype,
+            numerics,
             block_size: positive(b.block_size, "block_size", d.block_size)?,
             prefix_caching: b.prefix_cache.unwrap_or(d.prefix_caching),
         };
@@ -861,7 +868,15 @@ mod tests {
         }
         let local = c.backends.iter().find(|b| b.name == "local").unwrap();
         match &local.endpoint {
-            Endpoint::Engine { engine, .. } => assert_eq!(engine.kv_cache_bytes, 256 << 20),
+            Endpoint::Engine { engine, .. } => {
+                assert_eq!(engine.kv_cache_bytes, 256 << 20);
+                assert_eq!(engine.numerics, Numerics::Reference, "the default");
+            }
+            e => panic!("{e:?}"),
+        }
+        let fast = check(&GOOD.replace("hourly_cost = 0.5", "hourly_cost = 0.5\nnumerics = \"fast\"")).unwrap();
+        match &fast.backends.iter().find(|b| b.name == "local").unwrap().endpoint {
+            Endpoint::Engine { engine, .. } => assert_eq!(engine.numerics, Numerics::Fast),
             e => panic!("{e:?}"),
         }
         assert_eq!(c.routes[0].policy, PolicyKind::RoundRobin);
@@ -884,6 +899,8 @@ mod tests {
         assert_eq!(e, "t.toml: backends.hosted.timeouts.total_ms: must be greater than 0");
         let e = error_of(&GOOD.replace("kv_cache_memory = \"256MiB\"", "kv_cache_memory = \"256MiB\"\nkv_cache_dtype = \"int4\""));
         assert!(e.contains("backends.local.kv_cache_dtype: unknown KV cache type \"int4\" (expected f32 or f16)"), "{e}");
+        let e = error_of(&GOOD.replace("kv_cache_memory = \"256MiB\"", "kv_cache_memory = \"256MiB\"\nnumerics = \"exact\""));
+        assert!(e.contains("backends.local.numerics: unknown numerics \"exact\" (expected fast or reference)"), "{e}");
         let e = error_of(&GOOD.replace("kind = \"openai\"", "kind = \"vllm\""));
         assert!(e.contains("backends.hosted.kind: unknown kind \"vllm\""), "{e}");
         let e = error_of(&GOOD.replace("[models.chat]", "[models.chat]\npolicy = \"fastest\""));

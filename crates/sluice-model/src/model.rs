@@ -12,7 +12,7 @@ use crate::cache::{KvCache, PagedKv};
 use crate::config::{Arch, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::layers::{self, AttentionInput, AttnToken, Rope, SumOrder};
-use crate::quant::{self, Isa};
+use crate::quant::{self, Isa, Numerics};
 use crate::weights::{QMatrix, matmul};
 
 /// Where a loader finds tensors; names are GGUF's (`blk.N.attn_q.weight`), sources translate.
@@ -76,6 +76,7 @@ pub struct Model {
     /// Hyper-parameters.
     pub cfg: ModelConfig,
     isa: Isa,
+    numerics: Numerics,
     pool: Arc<rayon::ThreadPool>,
     tok_embd: QMatrix,
     output: QMatrix,
@@ -148,6 +149,7 @@ impl Model {
             output_norm: src.vector("output_norm.weight", d)?,
             cfg,
             isa: quant::detect_isa(),
+            numerics: Numerics::default(),
             pool: Arc::new(pool),
             tok_embd,
             output,
@@ -200,6 +202,17 @@ impl Model {
         }
         self.isa = isa;
         Ok(())
+    }
+
+    /// How the matrix products round.
+    pub fn numerics(&self) -> Numerics {
+        self.numerics
+    }
+
+    /// Chooses the matrix products' rounding: [`Numerics::Reference`] (the default) reproduces
+    /// llama.cpp's CPU arithmetic bit for bit, [`Numerics::Fast`] is faster on batches.
+    pub fn set_numerics(&mut self, numerics: Numerics) {
+        self.numerics = numerics;
     }
 
     /// Threads in the compute pool.
@@ -285,9 +298,9 @@ impl Model {
         for (il, l) in self.layers.iter().enumerate() {
             h.copy_from_slice(&x);
             layers::rms_norm(&mut h, &l.attn_norm, c.rms_eps);
-            matmul(self.isa, &l.wq, &h, &mut q);
-            matmul(self.isa, &l.wk, &h, &mut k);
-            matmul(self.isa, &l.wv, &h, &mut v);
+            matmul(self.isa, self.numerics, &l.wq, &h, &mut q);
+            matmul(self.isa, self.numerics, &l.wk, &h, &mut k);
+            matmul(self.isa, self.numerics, &l.wv, &h, &mut v);
             if let Some([bq, bk, bv]) = &l.qkv_bias {
                 add_bias(&mut q, bq);
                 add_bias(&mut k, bk);
@@ -325,17 +338,17 @@ impl Model {
                 },
                 &mut attn,
             );
-            matmul(self.isa, &l.wo, &attn, &mut h);
+            matmul(self.isa, self.numerics, &l.wo, &attn, &mut h);
             if let Some(w) = &l.post_attn_norm {
                 layers::rms_norm(&mut h, w, c.rms_eps);
             }
             x.iter_mut().zip(&h).for_each(|(a, b)| *a += b);
             h.copy_from_slice(&x);
             layers::rms_norm(&mut h, &l.ffn_norm, c.rms_eps);
-            matmul(self.isa, &l.gate, &h, &mut gate);
-            matmul(self.isa, &l.up, &h, &mut up);
+            matmul(self.isa, self.numerics, &l.gate, &h, &mut gate);
+            matmul(self.isa, self.numerics, &l.up, &h, &mut up);
             layers::gated_activation(self.isa, c.activation, &mut gate, &up);
-            matmul(self.isa, &l.down, &gate, &mut h);
+            matmul(self.isa, self.numerics, &l.down, &gate, &mut h);
             if let Some(w) = &l.post_ffn_norm {
                 layers::rms_norm(&mut h, w, c.rms_eps);
             }
@@ -359,7 +372,7 @@ impl Model {
         let mut logits = vec![0f32; rows.len() / d * c.vocab_size];
         if !rows.is_empty() {
             layers::rms_norm(&mut rows, &self.output_norm, c.rms_eps);
-            matmul(self.isa, &self.output, &rows, &mut logits);
+            matmul(self.isa, self.numerics, &self.output, &rows, &mut logits);
             if let Some(cap) = c.final_logit_softcap {
                 logits.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
             }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use crate::error::{ModelError, Result};
-use crate::quant::{self, GgmlType, Isa, packed};
+use crate::quant::{self, GgmlType, Isa, Numerics, intsum, packed};
 
 /// Shared, immutable bytes (a memory map or an owned buffer).
 pub type Bytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
@@ -131,8 +131,8 @@ fn band_rows(rows: usize) -> usize {
 }
 
 /// `out[t][r] = Σ_c w[r][c] * x[t][c]` for `n_tok` activation rows `x` (`n_tok × cols`, row-major),
-/// `out` is `n_tok × w.rows`.
-pub fn matmul(isa: Isa, w: &QMatrix, x: &[f32], out: &mut [f32]) {
+/// `out` is `n_tok × w.rows`, rounded as `numerics` says.
+pub fn matmul(isa: Isa, numerics: Numerics, w: &QMatrix, x: &[f32], out: &mut [f32]) {
     let n_tok = x.len() / w.cols;
     debug_assert_eq!(x.len(), n_tok * w.cols);
     debug_assert_eq!(out.len(), n_tok * w.rows);
@@ -150,7 +150,10 @@ pub fn matmul(isa: Isa, w: &QMatrix, x: &[f32], out: &mut [f32]) {
     let scale_len = 2 * (w.cols / 32);
     let mut scales = Vec::new();
     if let Some(p) = w.packed.as_deref().map(Vec::as_slice).filter(|_| isa == Isa::Avx512Vnni) {
-        return matmul_packed(isa, w, p, &xq, out);
+        return match numerics {
+            Numerics::Fast => matmul_intsum(isa, w, p, &xq, out),
+            Numerics::Reference => matmul_packed(isa, w, p, &xq, out),
+        };
     }
     if w.ty == GgmlType::Q4_1 && n_tok >= 4 {
         scales = vec![0f32; n_tok * scale_len];
@@ -205,36 +208,58 @@ pub fn matmul(isa: Isa, w: &QMatrix, x: &[f32], out: &mut [f32]) {
     });
 }
 
+/// What the packed kernels take per activation row besides its bytes, computed once per product:
+/// the block scales as floats (Q4_1: d and s per block; the others: d) and, for the types
+/// without mins, `off_len` offsets per row from `offsets`.
+struct RowExtras {
+    scales: Vec<f32>,
+    scale_len: usize,
+    offsets: Vec<i32>,
+    off_len: usize,
+}
+
+impl RowExtras {
+    fn new(ty: GgmlType, xq: &[u8], arb: usize, off_len: usize, offsets: fn(&[u8], i32, &mut [i32])) -> Self {
+        let (n_tok, nb) = (xq.len() / arb, arb / ty.dot_type().block_bytes());
+        let mins = ty == GgmlType::Q4_1;
+        let (scale_len, off_len) = if mins { (2 * nb, 0) } else { (nb, off_len) };
+        let mut e = Self { scales: vec![0f32; n_tok * scale_len], scale_len, offsets: vec![0i32; n_tok * off_len], off_len };
+        for (t, a) in xq.chunks_exact(arb).enumerate() {
+            let sc = &mut e.scales[t * scale_len..(t + 1) * scale_len];
+            if mins {
+                quant::q8_1_scales(a, sc);
+            } else {
+                packed::q8_0_scales(a, sc);
+                offsets(a, packed::bias(ty), &mut e.offsets[t * off_len..(t + 1) * off_len]);
+            }
+        }
+        e
+    }
+
+    fn scales(&self, t: usize) -> &[f32] {
+        &self.scales[t * self.scale_len..(t + 1) * self.scale_len]
+    }
+
+    fn offsets(&self, t: usize) -> &[i32] {
+        &self.offsets[t * self.off_len..(t + 1) * self.off_len]
+    }
+}
+
 /// [`matmul`] over a packed matrix: each task takes a band of row groups and runs every group
 /// against the activation rows two at a time (the group's bytes stay in L1 meanwhile).
 fn matmul_packed(isa: Isa, w: &QMatrix, p: &[u8], xq: &[u8], out: &mut [f32]) {
     let (rows, cols, nb) = (w.rows, w.cols, w.cols / 32);
     let arb = w.ty.dot_type().row_bytes(cols);
     let n_tok = xq.len() / arb;
-    // What the kernels take per activation row besides its bytes, computed once here: the block
-    // scales as floats (Q4_1: d and s per block; Q8_0: d) and, for Q8_0, the chunk offsets.
     let (q4_1, nibbles) = (w.ty == GgmlType::Q4_1, w.ty == GgmlType::Q4_0);
-    let scale_len = if q4_1 { 2 * nb } else { nb };
-    let off_len = if q4_1 { 0 } else { 8 * nb };
-    let mut scales = vec![0f32; n_tok * scale_len];
-    let mut offsets = vec![0i32; n_tok * off_len];
-    for t in 0..n_tok {
-        let a = &xq[t * arb..(t + 1) * arb];
-        let sc = &mut scales[t * scale_len..(t + 1) * scale_len];
-        if q4_1 {
-            quant::q8_1_scales(a, sc);
-        } else {
-            packed::q8_0_scales(a, sc);
-            packed::q8_0_offsets(a, packed::bias(w.ty), &mut offsets[t * off_len..(t + 1) * off_len]);
-        }
-    }
+    // Q8_0-style types: the offsets of each 4-value chunk (eight per block).
+    let extras = RowExtras::new(w.ty, xq, arb, 8 * nb, packed::q8_0_offsets);
     let groups = rows / packed::PACK_ROWS;
     let band = band_rows(rows).div_ceil(packed::PACK_ROWS);
     let ptr = OutPtr(out.as_mut_ptr());
     (0..groups.div_ceil(band)).into_par_iter().for_each(|b| {
         let act = |t: usize| &xq[t * arb..(t + 1) * arb];
-        let sc = |t: usize| &scales[t * scale_len..(t + 1) * scale_len];
-        let off = |t: usize| &offsets[t * off_len..(t + 1) * off_len];
+        let (sc, off) = (|t| extras.scales(t), |t| extras.offsets(t));
         let store = |g: usize, t: usize, v: [f32; packed::PACK_ROWS]| {
             for (l, v) in v.into_iter().enumerate() {
                 // SAFETY: index t*rows + g*8+l is in bounds (debug-asserted sizes) and only
@@ -268,6 +293,64 @@ fn matmul_packed(isa: Isa, w: &QMatrix, p: &[u8], xq: &[u8], out: &mut [f32]) {
                 if let Some([v]) = v {
                     store(g, t, v);
                 }
+            }
+        }
+    });
+}
+
+/// [`matmul`] over a packed matrix with the fast numerics (`quant::intsum`): each task takes a
+/// band of row-group pairs and runs each pair against the activation rows four at a time
+/// (leftover rows and an odd last group one at a time, bit-equal).
+fn matmul_intsum(isa: Isa, w: &QMatrix, p: &[u8], xq: &[u8], out: &mut [f32]) {
+    const PR: usize = packed::PACK_ROWS;
+    let (rows, cols, nb) = (w.rows, w.cols, w.cols / 32);
+    let arb = w.ty.dot_type().row_bytes(cols);
+    let n_tok = xq.len() / arb;
+    // Types without mins: one offset per block.
+    let extras = RowExtras::new(w.ty, xq, arb, nb, intsum::block_offsets);
+    let groups = rows / PR;
+    let band = band_rows(rows).div_ceil(PR).next_multiple_of(2);
+    let ptr = OutPtr(out.as_mut_ptr());
+    (0..groups.div_ceil(band)).into_par_iter().for_each(|b| {
+        let act = |t: usize| &xq[t * arb..(t + 1) * arb];
+        let (sc, off) = (|t| extras.scales(t), |t| extras.offsets(t));
+        let store = |row0: usize, t: usize, v: &[f32]| {
+            for (l, &v) in v.iter().enumerate() {
+                // SAFETY: index t*rows + row0+l is in bounds (debug-asserted sizes) and only
+                // this band writes the columns of its groups.
+                unsafe { *ptr.at(t * rows + row0 + l) = v };
+            }
+        };
+        let one = |g: usize, t: usize| {
+            let v = intsum::group::<1>(isa, w.ty, cols, packed::group(p, w.ty, cols, g), [act(t)], [sc(t)], [off(t)]);
+            debug_assert!(v.is_some(), "intsum kernel refused its inputs");
+            if let Some([v]) = v {
+                store(g * PR, t, &v);
+            }
+        };
+        let (first, end) = (b * band, ((b + 1) * band).min(groups));
+        let mut g = first;
+        while g + 2 <= end {
+            let pair = [packed::group(p, w.ty, cols, g), packed::group(p, w.ty, cols, g + 1)];
+            let mut t = 0;
+            while t + intsum::TOKENS <= n_tok {
+                let ts: [usize; intsum::TOKENS] = std::array::from_fn(|k| t + k);
+                let v = intsum::group_pair(isa, w.ty, cols, pair, ts.map(act), ts.map(sc), ts.map(off));
+                debug_assert!(v.is_some(), "intsum kernel refused its inputs");
+                for (k, v) in v.into_iter().flatten().enumerate() {
+                    store(g * PR, t + k, &v);
+                }
+                t += intsum::TOKENS;
+            }
+            for t in t..n_tok {
+                one(g, t);
+                one(g + 1, t);
+            }
+            g += 2;
+        }
+        for g in g..end {
+            for t in 0..n_tok {
+                one(g, t);
             }
         }
     });
@@ -314,7 +397,7 @@ mod tests {
             assert_eq!(w.packed.is_some(), isa == Isa::Avx512Vnni, "packed exactly where the kernel runs");
             let x: Vec<f32> = (0..n_tok * cols).map(|i| ((i * 7919 % 1013) as f32 / 506.0 - 1.0) * 2.3).collect();
             let mut fast = vec![0f32; n_tok * rows];
-            matmul(isa, &w, &x, &mut fast);
+            matmul(isa, Numerics::Reference, &w, &x, &mut fast);
             let dt = ty.dot_type();
             let mut xq = vec![0u8; dt.row_bytes(cols)];
             for t in 0..n_tok {
@@ -323,6 +406,37 @@ mod tests {
                     let want = quant::scalar::vec_dot(ty, cols, w.row(r), &xq);
                     let got = fast[t * rows + r];
                     assert_eq!(got.to_bits(), want.to_bits(), "{ty:?} n_tok {n_tok}, token {t}, row {r}: {got} vs {want}");
+                }
+            }
+        }
+    }
+
+    /// The fast numerics: every path (paired groups four tokens at a time, leftover tokens, an
+    /// odd last group) gives `intsum::dot` bit for bit, whatever the batch size, and stays within
+    /// float rounding of the reference arithmetic.
+    #[test]
+    fn fast_matmul_is_bit_equal_to_its_definition_at_every_batch_size() {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0] {
+            // Five row groups: two pairs and an odd one, in bands of one pair (or more).
+            let (rows, cols) = (40, 160);
+            let w = matrix(ty, rows, cols);
+            let isa = quant::detect_isa();
+            for n_tok in 1..=9 {
+                let x: Vec<f32> = (0..n_tok * cols).map(|i| ((i * 7919 % 1013) as f32 / 506.0 - 1.0) * 2.3).collect();
+                let (mut fast, mut reference) = (vec![0f32; n_tok * rows], vec![0f32; n_tok * rows]);
+                matmul(isa, Numerics::Fast, &w, &x, &mut fast);
+                matmul(isa, Numerics::Reference, &w, &x, &mut reference);
+                let dt = ty.dot_type();
+                let mut xq = vec![0u8; dt.row_bytes(cols)];
+                for t in 0..n_tok {
+                    quant::quantize_activation(dt, &x[t * cols..(t + 1) * cols], &mut xq);
+                    for r in 0..rows {
+                        let i = t * rows + r;
+                        let want = if isa == Isa::Avx512Vnni { intsum::dot(ty, cols, w.row(r), &xq) } else { reference[i] };
+                        assert_eq!(fast[i].to_bits(), want.to_bits(), "{ty:?} n_tok {n_tok}, token {t}, row {r}: {} vs {want}", fast[i]);
+                        let tol = 1e-5 * (1.0 + reference[i].abs());
+                        assert!((fast[i] - reference[i]).abs() <= tol, "{ty:?} row {r}: fast {} vs reference {}", fast[i], reference[i]);
+                    }
                 }
             }
         }

@@ -33,6 +33,9 @@ pub struct BenchModelArgs {
     /// How the KV cache stores keys and values (f16 or f32), as `serve --kv-cache-dtype`.
     #[arg(long, default_value = "f16", value_parser = sluice_model::KvDtype::parse)]
     kv_cache_dtype: sluice_model::KvDtype,
+    /// How matrix products round (fast or reference), as `serve --numerics`.
+    #[arg(long, default_value = "reference", value_parser = sluice_model::quant::Numerics::parse)]
+    numerics: sluice_model::quant::Numerics,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -42,7 +45,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Runs the benchmark.
 pub fn run(args: BenchModelArgs) -> anyhow::Result<()> {
-    let m = sluice_model::load(&args.model, args.threads).with_context(|| format!("cannot load {}", args.model.display()))?;
+    let mut m = sluice_model::load(&args.model, args.threads).with_context(|| format!("cannot load {}", args.model.display()))?;
+    m.model.set_numerics(args.numerics);
     let model = &m.model;
     let vocab = model.cfg.vocab_size as u32;
     // Deterministic pseudo-random tokens, as llama-bench uses random tokens.
@@ -72,7 +76,7 @@ pub fn run(args: BenchModelArgs) -> anyhow::Result<()> {
         "engine": "sluice", "model": m.name, "threads": args.threads,
         "pp_tokens": args.prompt, "pp_tok_s": pp, "tg_tokens": args.generate, "tg_tok_s": tg,
         "batch": args.batch, "batched_tg_tok_s": batched,
-        "kernels": format!("{:?}", model.isa()),
+        "kernels": format!("{:?}", model.isa()), "numerics": format!("{:?}", model.numerics()),
     });
     #[expect(clippy::print_stdout, reason = "the benchmark's machine-readable output")]
     {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use sluice_engine::{EngineConfig, EngineHandle, KvDtype};
+use sluice_engine::{EngineConfig, EngineHandle, KvDtype, Numerics};
 use sluice_gateway::config::{self, Endpoint, GatewayConfig};
 use sluice_gateway::mock::{MockBehaviour, MockUpstream};
 use sluice_gateway::{Backend, Gateway, InProcessBackend};
@@ -71,6 +71,11 @@ pub struct ServeArgs {
     /// f32.
     #[arg(long, default_value = "f16", value_parser = KvDtype::parse)]
     kv_cache_dtype: KvDtype,
+    /// How matrix products round: reference (llama.cpp's CPU arithmetic bit for bit, so greedy
+    /// outputs match it token for token) or fast (about 1.3x the prompt and 1.15x the batched
+    /// decode throughput with AVX-512 VNNI; logits within ~1 of the reference's).
+    #[arg(long, default_value = "reference", value_parser = Numerics::parse)]
+    numerics: Numerics,
     /// Do not reuse cached prompt prefixes.
     #[arg(long)]
     no_prefix_cache: bool,
@@ -149,6 +154,7 @@ async fn start_engine(path: PathBuf, threads: Option<usize>, name: String, cfg: 
         .await
         .context("model loading task failed")?
         .with_context(|| format!("cannot load {}", path.display()))?;
+    loaded.model.set_numerics(cfg.numerics);
     let m = &loaded.model;
     tracing::info!(
         architecture = m.cfg.arch.name(),
@@ -157,6 +163,7 @@ async fn start_engine(path: PathBuf, threads: Option<usize>, name: String, cfg: 
         context = m.cfg.context_length,
         weights = format_bytes(m.weight_bytes()),
         kernels = ?m.isa(),
+        numerics = ?m.numerics(),
         threads = m.threads(),
         chat_template = loaded.chat_template.is_some(),
         load_ms = started.elapsed().as_millis() as u64,
@@ -260,6 +267,7 @@ fn single_model(args: &ServeArgs, model: PathBuf) -> GatewayConfig {
         max_num_seqs: args.max_num_seqs,
         kv_cache_bytes: args.kv_cache_memory,
         kv_cache_dtype: args.kv_cache_dtype,
+        numerics: args.numerics,
         block_size: args.block_size,
         prefix_caching: !args.no_prefix_cache,
     };

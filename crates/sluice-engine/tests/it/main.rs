@@ -9,17 +9,18 @@ use std::sync::{Arc, OnceLock};
 use sluice_engine::{EngineConfig, EngineHandle, Event, FinishReason, GenerateRequest, SamplingParams};
 use sluice_model::LoadedModel;
 
+fn load() -> LoadedModel {
+    let dir = std::env::var_os("SLUICE_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"));
+    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(p.exists(), "{} missing: run scripts/fetch-models.sh", p.display());
+    sluice_model::load(&p, 2).unwrap()
+}
+
 fn model() -> Arc<LoadedModel> {
     static M: OnceLock<Arc<LoadedModel>> = OnceLock::new();
-    M.get_or_init(|| {
-        let dir = std::env::var_os("SLUICE_MODELS_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"));
-        let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-        assert!(p.exists(), "{} missing: run scripts/fetch-models.sh", p.display());
-        Arc::new(sluice_model::load(&p, 2).unwrap())
-    })
-    .clone()
+    M.get_or_init(|| Arc::new(load())).clone()
 }
 
 fn request(m: &LoadedModel, prompt: &str, max_tokens: usize, salt: &[u8]) -> GenerateRequest {
@@ -107,9 +108,8 @@ async fn concurrent(engine: &EngineHandle, m: &Arc<LoadedModel>, cases: &[(Strin
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sixteen_concurrent_requests_match_their_solo_runs() {
-    let m = model();
+/// Sixteen requests of mixed lengths at once give each request's solo tokens, and free every block.
+async fn concurrent_runs_match_solo_runs(m: Arc<LoadedModel>) {
     let cases = prompts();
     let want = alone(&m, &cases).await;
     // Small token budget: prompts are split into chunks and mixed with decodes.
@@ -121,6 +121,20 @@ async fn sixteen_concurrent_requests_match_their_solo_runs() {
     assert!(engine.stats.steps.load(Ordering::Acquire) < want.iter().map(|w| w.len() as u64).sum::<u64>(), "not batched");
     settle(&engine, cases.len() as u64).await;
     assert_eq!(engine.stats.kv_blocks_used.load(Ordering::Acquire), 0, "blocks leaked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_concurrent_requests_match_their_solo_runs() {
+    concurrent_runs_match_solo_runs(model()).await;
+}
+
+/// The fast numerics compute a batch with other kernels than a lone decode step (16 rows and
+/// four tokens per instruction against eight rows and one), yet round every product the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fast_numerics_concurrent_requests_still_match_their_solo_runs() {
+    let mut m = load();
+    m.model.set_numerics(sluice_engine::Numerics::Fast);
+    concurrent_runs_match_solo_runs(Arc::new(m)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -241,7 +241,7 @@ pub(super) mod avx512 {
     /// `p` points at 128 readable bytes; the CPU features as the kernels'.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn nibbles(p: *const u8) -> [__m256i; 8] {
+    pub(in crate::quant) unsafe fn nibbles(p: *const u8) -> [__m256i; 8] {
         let low = _mm256_set1_epi8(0x0F);
         let mut wq = [_mm256_setzero_si256(); 8];
         for c in 0..4 {

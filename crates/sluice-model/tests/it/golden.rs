@@ -51,10 +51,26 @@ fn check_logits(m: &LoadedModel, file: &str, kv: KvDtype) -> f32 {
 
 /// [`check_logits`] over the first `cases` cases and `steps` greedy steps of each.
 fn check_logits_of(m: &LoadedModel, file: &str, kv: KvDtype, cases: usize, steps: usize) -> f32 {
+    let c = compare(m, file, kv, cases, steps);
+    assert!(c.divergences.is_empty(), "{}", c.divergences.join("\n"));
+    c.max_delta
+}
+
+/// How our logits and teacher-forced greedy choices compare with a golden file's.
+struct Comparison {
+    /// Max |Δlogit| over the top-50 at the end of each prompt.
+    max_delta: f32,
+    /// Greedy steps compared.
+    steps: usize,
+    /// Steps where we chose another token at a near-tie (named on stderr).
+    near_ties: usize,
+    /// Steps where we chose another token elsewhere.
+    divergences: Vec<String>,
+}
+
+fn compare(m: &LoadedModel, file: &str, kv: KvDtype, cases: usize, steps: usize) -> Comparison {
     let g = golden(file);
-    let mut max_delta = 0f32;
-    let mut report = Vec::new();
-    let mut failures = Vec::new();
+    let mut out = Comparison { max_delta: 0.0, steps: 0, near_ties: 0, divergences: Vec::new() };
     for c in g["cases"].as_array().unwrap().iter().take(cases) {
         let prompt = c["prompt"].as_str().unwrap();
         let prompt_ids = ids(&c["prompt_ids"]);
@@ -65,18 +81,20 @@ fn check_logits_of(m: &LoadedModel, file: &str, kv: KvDtype, cases: usize, steps
         let mut logits = m.model.forward(&prompt_ids, &mut cache, Logits::Last).unwrap();
         for (id, l) in ids(&c["top_ids"]).iter().zip(c["top_logits"].as_array().unwrap()) {
             let d = (logits[*id as usize] - l.as_f64().unwrap() as f32).abs();
-            max_delta = max_delta.max(d);
+            out.max_delta = out.max_delta.max(d);
         }
         for (step, &w) in want.iter().enumerate().take(steps) {
+            out.steps += 1;
             let got = argmax(&logits);
             if got != w {
                 if gaps[step] < NEAR_TIE {
-                    report.push(format!(
-                        "near-tie in {prompt:?} at step {step}: reference top-2 gap {:.4}, we chose {got}, reference {w}",
+                    out.near_ties += 1;
+                    eprintln!(
+                        "{file}: near-tie in {prompt:?} at step {step}: reference top-2 gap {:.4}, we chose {got}, reference {w}",
                         gaps[step]
-                    ));
+                    );
                 } else {
-                    failures.push(format!(
+                    out.divergences.push(format!(
                         "{prompt:?} diverges at step {step}: we chose {got}, reference {w} (reference gap {:.4})",
                         gaps[step]
                     ));
@@ -85,12 +103,8 @@ fn check_logits_of(m: &LoadedModel, file: &str, kv: KvDtype, cases: usize, steps
             logits = m.model.forward(&[w], &mut cache, Logits::Last).unwrap();
         }
     }
-    for r in &report {
-        eprintln!("{file}: {r}");
-    }
-    eprintln!("{file}: max |Δlogit| over top-50 = {max_delta:.4}");
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
-    max_delta
+    eprintln!("{file}: max |Δlogit| over top-50 = {:.4}", out.max_delta);
+    out
 }
 
 #[test]
@@ -162,6 +176,35 @@ fn every_kernel_family_matches_llama_cpp_bit_for_bit() {
         for (file, kv) in [("smollm2.json", KvDtype::F32), ("smollm2_f16kv.json", KvDtype::F16)] {
             let d = check_logits_of(&m, file, kv, 2, 8);
             assert_eq!(d, 0.0, "{isa:?} kernels, {file}: max |Δlogit| {d}");
+        }
+    }
+}
+
+/// The fast numerics (`--numerics fast`) round differently from the reference, and the 8-bit
+/// activation encoding amplifies that (see `Numerics::Fast`), so they cannot meet the token-for-
+/// token criterion. What they must meet, on every golden case of both models and cache types,
+/// teacher-forced: the reference's greedy token chosen at >= 90% of steps (95.7-98.2% measured),
+/// and |Δlogit| < 1.5 (0.67-0.83 measured). A gross kernel error (a dropped term) fails it
+/// outright; the arithmetic itself is checked to the bit in the weights module's tests.
+#[test]
+fn fast_numerics_stay_close_to_llama_cpp() {
+    use sluice_model::quant::Numerics;
+    let fast = |file: &str| {
+        let mut m = sluice_model::load(&model_path(file), 2).unwrap();
+        m.model.set_numerics(Numerics::Fast);
+        m
+    };
+    for (model, files) in [
+        ("SmolLM2-135M-Instruct.Q4_1.gguf", ["smollm2.json", "smollm2_f16kv.json"]),
+        ("gemma-3-270m-q4_k_m.gguf", ["gemma3.json", "gemma3_f16kv.json"]),
+    ] {
+        let m = fast(model);
+        for (file, kv) in files.into_iter().zip([KvDtype::F32, KvDtype::F16]) {
+            let c = compare(&m, file, kv, usize::MAX, usize::MAX);
+            let agree = 1.0 - (c.near_ties + c.divergences.len()) as f64 / c.steps as f64;
+            eprintln!("{file} (fast numerics): reference token at {:.1}% of {} steps; {}", 100.0 * agree, c.steps, c.divergences.join("; "));
+            assert!(agree >= 0.9, "{file}: the reference's token at only {:.1}% of steps", 100.0 * agree);
+            assert!(c.max_delta < 1.5, "{file}: max |Δlogit| {}", c.max_delta);
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::config::{Arch, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::layers::{self, AttentionInput, AttnToken, Rope, SumOrder};
 use crate::quant::{self, Isa, Numerics};
-use crate::weights::{QMatrix, matmul};
+use crate::weights::{QMatrix, matmul, matmul_many};
 
 /// Where a loader finds tensors; names are GGUF's (`blk.N.attn_q.weight`), sources translate.
 pub trait TensorSource {
@@ -298,9 +298,7 @@ impl Model {
         for (il, l) in self.layers.iter().enumerate() {
             h.copy_from_slice(&x);
             layers::rms_norm(&mut h, &l.attn_norm, c.rms_eps);
-            matmul(self.isa, self.numerics, &l.wq, &h, &mut q);
-            matmul(self.isa, self.numerics, &l.wk, &h, &mut k);
-            matmul(self.isa, self.numerics, &l.wv, &h, &mut v);
+            matmul_many(self.isa, self.numerics, &[&l.wq, &l.wk, &l.wv], &h, &mut [&mut q, &mut k, &mut v]);
             if let Some([bq, bk, bv]) = &l.qkv_bias {
                 add_bias(&mut q, bq);
                 add_bias(&mut k, bk);
@@ -345,8 +343,7 @@ impl Model {
             x.iter_mut().zip(&h).for_each(|(a, b)| *a += b);
             h.copy_from_slice(&x);
             layers::rms_norm(&mut h, &l.ffn_norm, c.rms_eps);
-            matmul(self.isa, self.numerics, &l.gate, &h, &mut gate);
-            matmul(self.isa, self.numerics, &l.up, &h, &mut up);
+            matmul_many(self.isa, self.numerics, &[&l.gate, &l.up], &h, &mut [&mut gate, &mut up]);
             layers::gated_activation(self.isa, c.activation, &mut gate, &up);
             matmul(self.isa, self.numerics, &l.down, &gate, &mut h);
             if let Some(w) = &l.post_ffn_norm {

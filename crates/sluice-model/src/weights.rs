@@ -133,28 +133,72 @@ fn band_rows(rows: usize) -> usize {
 /// `out[t][r] = Σ_c w[r][c] * x[t][c]` for `n_tok` activation rows `x` (`n_tok × cols`, row-major),
 /// `out` is `n_tok × w.rows`, rounded as `numerics` says.
 pub fn matmul(isa: Isa, numerics: Numerics, w: &QMatrix, x: &[f32], out: &mut [f32]) {
-    let n_tok = x.len() / w.cols;
-    debug_assert_eq!(x.len(), n_tok * w.cols);
-    debug_assert_eq!(out.len(), n_tok * w.rows);
-    let dt = w.ty.dot_type();
-    let arb = dt.row_bytes(w.cols);
+    matmul_many(isa, numerics, &[w], x, &mut [out]);
+}
+
+/// [`matmul`] of several matrices over the same input (`ws[i]` into `outs[i]`, e.g. a layer's
+/// query, key and value projections): where they share a column count and an activation
+/// encoding, the input is encoded once and one parallel pass covers every matrix's rows (one
+/// wait for the threads instead of one per matrix).
+pub fn matmul_many(isa: Isa, numerics: Numerics, ws: &[&QMatrix], x: &[f32], outs: &mut [&mut [f32]]) {
+    debug_assert_eq!(ws.len(), outs.len());
+    let Some(w0) = ws.first() else { return };
+    if ws.iter().any(|w| w.cols != w0.cols || w.ty.dot_type() != w0.ty.dot_type()) {
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            matmul_many(isa, numerics, &[w], x, &mut [&mut **out]);
+        }
+        return;
+    }
+    let n_tok = x.len() / w0.cols;
+    debug_assert_eq!(x.len(), n_tok * w0.cols);
+    let dt = w0.ty.dot_type();
+    let arb = dt.row_bytes(w0.cols);
     let mut xq = vec![0u8; n_tok * arb];
-    if n_tok > 1 {
+    // Encoding a few rows costs less than waking the threads.
+    if x.len() >= 1 << 16 {
         xq.par_chunks_mut(arb)
-            .zip(x.par_chunks(w.cols))
+            .zip(x.par_chunks(w0.cols))
             .for_each(|(q, xr)| quant::quantize_activation(dt, xr, q));
     } else {
-        quant::quantize_activation(dt, x, &mut xq);
+        for (q, xr) in xq.chunks_exact_mut(arb).zip(x.chunks_exact(w0.cols)) {
+            quant::quantize_activation(dt, xr, q);
+        }
     }
+    let plans: Vec<Bands<'_>> = ws
+        .iter()
+        .zip(outs.iter_mut())
+        .map(|(w, out)| {
+            debug_assert_eq!(out.len(), n_tok * w.rows);
+            let ptr = OutPtr(out.as_mut_ptr());
+            match w.packed.as_deref().map(Vec::as_slice).filter(|_| isa == Isa::Avx512Vnni) {
+                Some(p) if numerics == Numerics::Fast => plan_intsum(isa, w, p, &xq, ptr),
+                Some(p) => plan_packed(isa, w, p, &xq, ptr),
+                None => plan_rows(isa, w, &xq, ptr),
+            }
+        })
+        .collect();
+    let starts: Vec<usize> = plans.iter().scan(0, |acc, p| Some(std::mem::replace(acc, *acc + p.count))).collect();
+    let total: usize = plans.iter().map(|p| p.count).sum();
+    (0..total).into_par_iter().for_each(|j| {
+        let i = starts.partition_point(|&s| s <= j) - 1;
+        (plans[i].run)(j - starts[i]);
+    });
+}
+
+/// One matrix product's parallel work: `count` tasks, each writing its own band of output
+/// columns through the shared output pointer.
+struct Bands<'a> {
+    count: usize,
+    run: Box<dyn Fn(usize) + Sync + 'a>,
+}
+
+/// The row kernels' work (weights in file layout): bands of rows, four tokens at a time.
+fn plan_rows<'a>(isa: Isa, w: &'a QMatrix, xq: &'a [u8], ptr: OutPtr) -> Bands<'a> {
+    let arb = w.ty.dot_type().row_bytes(w.cols);
+    let n_tok = xq.len() / arb;
     // Q4_1: the activations' block scales as floats, once here rather than per weight-row pair.
     let scale_len = 2 * (w.cols / 32);
     let mut scales = Vec::new();
-    if let Some(p) = w.packed.as_deref().map(Vec::as_slice).filter(|_| isa == Isa::Avx512Vnni) {
-        return match numerics {
-            Numerics::Fast => matmul_intsum(isa, w, p, &xq, out),
-            Numerics::Reference => matmul_packed(isa, w, p, &xq, out),
-        };
-    }
     if w.ty == GgmlType::Q4_1 && n_tok >= 4 {
         scales = vec![0f32; n_tok * scale_len];
         for (t, sc) in scales.chunks_exact_mut(scale_len).enumerate() {
@@ -162,9 +206,8 @@ pub fn matmul(isa: Isa, numerics: Numerics, w: &QMatrix, x: &[f32], out: &mut [f
         }
     }
     let rows = w.rows;
-    let ptr = OutPtr(out.as_mut_ptr());
     let band = band_rows(rows);
-    (0..rows.div_ceil(band)).into_par_iter().for_each(|b| {
+    let run = move |b: usize| {
         let (r0, r1) = (b * band, ((b + 1) * band).min(rows));
         let act = |t: usize| &xq[t * arb..(t + 1) * arb];
         let mut t = 0;
@@ -205,7 +248,8 @@ pub fn matmul(isa: Isa, numerics: Numerics, w: &QMatrix, x: &[f32], out: &mut [f
                 unsafe { *ptr.at(t * rows + r) = v };
             }
         }
-    });
+    };
+    Bands { count: rows.div_ceil(band), run: Box::new(run) }
 }
 
 /// What the packed kernels take per activation row besides its bytes, computed once per product:
@@ -245,9 +289,9 @@ impl RowExtras {
     }
 }
 
-/// [`matmul`] over a packed matrix: each task takes a band of row groups and runs every group
+/// The work over a packed matrix: each task takes a band of row groups and runs every group
 /// against the activation rows two at a time (the group's bytes stay in L1 meanwhile).
-fn matmul_packed(isa: Isa, w: &QMatrix, p: &[u8], xq: &[u8], out: &mut [f32]) {
+fn plan_packed<'a>(isa: Isa, w: &'a QMatrix, p: &'a [u8], xq: &'a [u8], ptr: OutPtr) -> Bands<'a> {
     let (rows, cols, nb) = (w.rows, w.cols, w.cols / 32);
     let arb = w.ty.dot_type().row_bytes(cols);
     let n_tok = xq.len() / arb;
@@ -256,8 +300,7 @@ fn matmul_packed(isa: Isa, w: &QMatrix, p: &[u8], xq: &[u8], out: &mut [f32]) {
     let extras = RowExtras::new(w.ty, xq, arb, 8 * nb, packed::q8_0_offsets);
     let groups = rows / packed::PACK_ROWS;
     let band = band_rows(rows).div_ceil(packed::PACK_ROWS);
-    let ptr = OutPtr(out.as_mut_ptr());
-    (0..groups.div_ceil(band)).into_par_iter().for_each(|b| {
+    let run = move |b: usize| {
         let act = |t: usize| &xq[t * arb..(t + 1) * arb];
         let (sc, off) = (|t| extras.scales(t), |t| extras.offsets(t));
         let store = |g: usize, t: usize, v: [f32; packed::PACK_ROWS]| {
@@ -295,13 +338,14 @@ fn matmul_packed(isa: Isa, w: &QMatrix, p: &[u8], xq: &[u8], out: &mut [f32]) {
                 }
             }
         }
-    });
+    };
+    Bands { count: groups.div_ceil(band), run: Box::new(run) }
 }
 
-/// [`matmul`] over a packed matrix with the fast numerics (`quant::intsum`): each task takes a
+/// The work over a packed matrix with the fast numerics (`quant::intsum`): each task takes a
 /// band of row-group pairs and runs each pair against the activation rows four at a time
 /// (leftover rows and an odd last group one at a time, bit-equal).
-fn matmul_intsum(isa: Isa, w: &QMatrix, p: &[u8], xq: &[u8], out: &mut [f32]) {
+fn plan_intsum<'a>(isa: Isa, w: &'a QMatrix, p: &'a [u8], xq: &'a [u8], ptr: OutPtr) -> Bands<'a> {
     const PR: usize = packed::PACK_ROWS;
     let (rows, cols, nb) = (w.rows, w.cols, w.cols / 32);
     let arb = w.ty.dot_type().row_bytes(cols);
@@ -310,8 +354,7 @@ fn matmul_intsum(isa: Isa, w: &QMatrix, p: &[u8], xq: &[u8], out: &mut [f32]) {
     let extras = RowExtras::new(w.ty, xq, arb, nb, intsum::block_offsets);
     let groups = rows / PR;
     let band = band_rows(rows).div_ceil(PR).next_multiple_of(2);
-    let ptr = OutPtr(out.as_mut_ptr());
-    (0..groups.div_ceil(band)).into_par_iter().for_each(|b| {
+    let run = move |b: usize| {
         let act = |t: usize| &xq[t * arb..(t + 1) * arb];
         let (sc, off) = (|t| extras.scales(t), |t| extras.offsets(t));
         let store = |row0: usize, t: usize, v: &[f32]| {
@@ -353,7 +396,8 @@ fn matmul_intsum(isa: Isa, w: &QMatrix, p: &[u8], xq: &[u8], out: &mut [f32]) {
                 one(g, t);
             }
         }
-    });
+    };
+    Bands { count: groups.div_ceil(band), run: Box::new(run) }
 }
 
 #[cfg(test)]
@@ -406,6 +450,36 @@ mod tests {
                     let want = quant::scalar::vec_dot(ty, cols, w.row(r), &xq);
                     let got = fast[t * rows + r];
                     assert_eq!(got.to_bits(), want.to_bits(), "{ty:?} n_tok {n_tok}, token {t}, row {r}: {got} vs {want}");
+                }
+            }
+        }
+    }
+
+    /// Several products in one pass (shared encoding, one band list) give what separate
+    /// products give, also when the matrices differ in type or width (then run one by one).
+    #[test]
+    fn fused_products_equal_separate_ones() {
+        let isa = quant::detect_isa();
+        let same = [matrix(GgmlType::Q4_1, 40, 160), matrix(GgmlType::Q4_1, 24, 160), matrix(GgmlType::Q4_1, 8, 160)];
+        let mixed = [matrix(GgmlType::Q4_1, 40, 160), matrix(GgmlType::Q8_0, 16, 160), matrix(GgmlType::Q4_0, 24, 96)];
+        for ws in [&same, &mixed] {
+            for numerics in [Numerics::Reference, Numerics::Fast] {
+                for n_tok in [1, 5, 8] {
+                    let x = |cols: usize| -> Vec<f32> { (0..n_tok * cols).map(|i| ((i * 7919 % 1013) as f32 / 506.0 - 1.0) * 1.7).collect() };
+                    let mut want: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; n_tok * w.rows]).collect();
+                    for (w, o) in ws.iter().zip(&mut want) {
+                        matmul(isa, numerics, w, &x(w.cols), o);
+                    }
+                    // The fused call takes one input: give every matrix the first one's width.
+                    let cols = ws[0].cols;
+                    let fusable: Vec<&QMatrix> = ws.iter().filter(|w| w.cols == cols).collect();
+                    let mut got: Vec<Vec<f32>> = fusable.iter().map(|w| vec![f32::NAN; n_tok * w.rows]).collect();
+                    let mut outs: Vec<&mut [f32]> = got.iter_mut().map(|o| o.as_mut_slice()).collect();
+                    matmul_many(isa, numerics, &fusable, &x(cols), &mut outs);
+                    for (i, g) in got.iter().enumerate() {
+                        let w = &want[ws.iter().position(|m| std::ptr::eq(m, fusable[i])).unwrap()];
+                        assert_eq!(g.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), w.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{numerics:?} n_tok {n_tok} matrix {i}");
+                    }
                 }
             }
         }

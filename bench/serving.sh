@@ -2,11 +2,11 @@
 # Serving benchmark, side by side in one run: `sluice bench` against `sluice serve` and against
 # llama.cpp's llama-server (same GGUF, 2 threads, continuous batching), then the shared-prefix
 # workload against Sluice with and without prefix caching. Results land in bench/results/.
-#   bench/serving.sh [MODEL.gguf]     CONC=1,16 N=32 PROMPT=96 OUT=128
+#   bench/serving.sh [MODEL.gguf]     CONC=1,16 N=32 PROMPT=96 OUT=128 NUMERICS=reference
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 MODEL=${1:-$ROOT/models/SmolLM2-135M-Instruct.Q4_1.gguf}
-CONC=${CONC:-1,16}; N=${N:-32}; PROMPT=${PROMPT:-96}; OUT=${OUT:-128}
+CONC=${CONC:-1,16}; N=${N:-32}; PROMPT=${PROMPT:-96}; OUT=${OUT:-128}; NUMERICS=${NUMERICS:-reference}
 LLAMA=$("$ROOT/scripts/build-llama-cpp.sh" | tail -n1)/bin
 cargo build -q --release -p sluice --manifest-path "$ROOT/Cargo.toml"
 SLUICE=$ROOT/target/release/sluice
@@ -17,7 +17,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 wait_ready() { for _ in $(seq 1 120); do curl -sf "$1" >/dev/null && return 0; sleep 0.5; done; echo "not ready: $1" >&2; exit 1; }
 
-"$SLUICE" serve --model "$MODEL" --served-model-name m --port 18080 --threads 2 >"$RES/sluice.log" 2>&1 & pids+=($!)
+"$SLUICE" serve --model "$MODEL" --served-model-name m --port 18080 --threads 2 --numerics "$NUMERICS" >"$RES/sluice.log" 2>&1 & pids+=($!)
 wait_ready http://127.0.0.1:18080/ready
 echo "== sluice" >&2
 "$SLUICE" bench --url http://127.0.0.1:18080 --model m --concurrency "$CONC" --num-requests "$N" \
@@ -34,7 +34,7 @@ kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 
 for mode in cache nocache; do
   flag=""; [ "$mode" = nocache ] && flag="--no-prefix-cache"
-  "$SLUICE" serve --model "$MODEL" --served-model-name m --port 18082 --threads 2 $flag >"$RES/prefix-$mode.log" 2>&1 & pids+=($!)
+  "$SLUICE" serve --model "$MODEL" --served-model-name m --port 18082 --threads 2 --numerics "$NUMERICS" $flag >"$RES/prefix-$mode.log" 2>&1 & pids+=($!)
   wait_ready http://127.0.0.1:18082/ready
   echo "== shared prefix, $mode" >&2
   "$SLUICE" bench --url http://127.0.0.1:18082 --model m --concurrency 16 --num-requests 64 \

@@ -123,6 +123,15 @@ impl OutPtr {
         // SAFETY: callers stay inside the buffer the pointer came from.
         unsafe { self.0.add(i) }
     }
+
+    /// Writes `v` to elements `i..i + v.len()` (one block copy, not element by element).
+    ///
+    /// # Safety
+    /// The elements are in the buffer and no other task writes them.
+    pub(crate) unsafe fn write(self, i: usize, v: &[f32]) {
+        // SAFETY: the caller's contract; `v` is a distinct, live slice.
+        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), self.at(i), v.len()) };
+    }
 }
 
 /// Output rows per task: small enough to spread over the threads, large enough to amortize.
@@ -303,12 +312,10 @@ fn plan_packed<'a>(isa: Isa, w: &'a QMatrix, p: &'a [u8], xq: &'a [u8], ptr: Out
     let run = move |b: usize| {
         let act = |t: usize| &xq[t * arb..(t + 1) * arb];
         let (sc, off) = (|t| extras.scales(t), |t| extras.offsets(t));
-        let store = |g: usize, t: usize, v: [f32; packed::PACK_ROWS]| {
-            for (l, v) in v.into_iter().enumerate() {
-                // SAFETY: index t*rows + g*8+l is in bounds (debug-asserted sizes) and only
-                // this band writes the columns of its groups.
-                unsafe { *ptr.at(t * rows + g * packed::PACK_ROWS + l) = v };
-            }
+        let store = |g: usize, t: usize, v: &[f32; packed::PACK_ROWS]| {
+            // SAFETY: indices t*rows + g*8.. +8 are in bounds (debug-asserted sizes) and only
+            // this band writes the columns of its groups.
+            unsafe { ptr.write(t * rows + g * packed::PACK_ROWS, v) };
         };
         for g in b * band..((b + 1) * band).min(groups) {
             let grp = packed::group(p, w.ty, cols, g);
@@ -321,7 +328,7 @@ fn plan_packed<'a>(isa: Isa, w: &'a QMatrix, p: &'a [u8], xq: &'a [u8], ptr: Out
                     packed::dot_group_q8_0::<2>(nibbles, isa, cols, grp, a, s, [off(t), off(t + 1)])
                 };
                 debug_assert!(v.is_some(), "packed kernel refused its inputs");
-                for (k, v) in v.into_iter().flatten().enumerate() {
+                for (k, v) in v.iter().flatten().enumerate() {
                     store(g, t + k, v);
                 }
                 t += 2;
@@ -333,7 +340,7 @@ fn plan_packed<'a>(isa: Isa, w: &'a QMatrix, p: &'a [u8], xq: &'a [u8], ptr: Out
                     packed::dot_group_q8_0::<1>(nibbles, isa, cols, grp, [act(t)], [sc(t)], [off(t)])
                 };
                 debug_assert!(v.is_some(), "packed kernel refused its inputs");
-                if let Some([v]) = v {
+                if let Some([v]) = &v {
                     store(g, t, v);
                 }
             }
@@ -358,17 +365,15 @@ fn plan_intsum<'a>(isa: Isa, w: &'a QMatrix, p: &'a [u8], xq: &'a [u8], ptr: Out
         let act = |t: usize| &xq[t * arb..(t + 1) * arb];
         let (sc, off) = (|t| extras.scales(t), |t| extras.offsets(t));
         let store = |row0: usize, t: usize, v: &[f32]| {
-            for (l, &v) in v.iter().enumerate() {
-                // SAFETY: index t*rows + row0+l is in bounds (debug-asserted sizes) and only
-                // this band writes the columns of its groups.
-                unsafe { *ptr.at(t * rows + row0 + l) = v };
-            }
+            // SAFETY: indices t*rows + row0.. + v.len() are in bounds (debug-asserted sizes)
+            // and only this band writes the columns of its groups.
+            unsafe { ptr.write(t * rows + row0, v) };
         };
         let one = |g: usize, t: usize| {
             let v = intsum::group::<1>(isa, w.ty, cols, packed::group(p, w.ty, cols, g), [act(t)], [sc(t)], [off(t)]);
             debug_assert!(v.is_some(), "intsum kernel refused its inputs");
-            if let Some([v]) = v {
-                store(g * PR, t, &v);
+            if let Some([v]) = &v {
+                store(g * PR, t, v);
             }
         };
         let (first, end) = (b * band, ((b + 1) * band).min(groups));
@@ -380,8 +385,8 @@ fn plan_intsum<'a>(isa: Isa, w: &'a QMatrix, p: &'a [u8], xq: &'a [u8], ptr: Out
                 let ts: [usize; intsum::TOKENS] = std::array::from_fn(|k| t + k);
                 let v = intsum::group_pair(isa, w.ty, cols, pair, ts.map(act), ts.map(sc), ts.map(off));
                 debug_assert!(v.is_some(), "intsum kernel refused its inputs");
-                for (k, v) in v.into_iter().flatten().enumerate() {
-                    store(g * PR, t + k, &v);
+                for (k, v) in v.iter().flatten().enumerate() {
+                    store(g * PR, t + k, v);
                 }
                 t += intsum::TOKENS;
             }

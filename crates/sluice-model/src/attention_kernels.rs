@@ -143,13 +143,19 @@ fn group_sum(g: &[f32; 8]) -> f64 {
 /// have weight zero and are skipped where a whole group of eight is (their zero products
 /// change nothing). `groups` is scratch space for the AVX2 path.
 ///
+/// `heads` query heads that share the values (grouped-query attention) go in one call: `w`
+/// holds their weights one after another (`heads × n`), `out` their outputs (`heads × dim`).
+/// Each value is then read and converted once for all of them; every head's result is bit-equal
+/// to a call of its own.
+///
 /// # Safety
-/// `blocks` holds `w.len().div_ceil(bs)` pointers, each to `out.len() × bs` readable elements.
+/// `blocks` holds `n.div_ceil(bs)` pointers, each to `dim × bs` readable elements.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn weighted_sum(
     isa: Isa,
     order: SumOrder,
     first: usize,
+    heads: usize,
     w: &[f32],
     blocks: &[*const u8],
     half: bool,
@@ -157,32 +163,48 @@ pub unsafe fn weighted_sum(
     out: &mut [f32],
     groups: &mut Vec<*const u8>,
 ) {
+    let (n, dim) = (w.len() / heads.max(1), out.len() / heads.max(1));
+    debug_assert_eq!((w.len(), out.len()), (heads * n, heads * dim));
     #[cfg(target_arch = "x86_64")]
-    if isa.has_avx2() && bs.is_multiple_of(8) && out.len().is_multiple_of(8) {
+    if isa.has_avx2() && bs.is_multiple_of(8) && dim.is_multiple_of(8) {
         let esize = if half { 2 } else { 4 };
         // Where each group of eight positions starts (dimension 0; dimension d is d·bs further).
         groups.clear();
-        groups.extend((0..w.len().div_ceil(8)).map(|c| blocks[8 * c / bs].wrapping_add(8 * c % bs * esize)));
-        // SAFETY: AVX2/FMA/F16C detected; the rest is the caller's contract.
-        unsafe {
-            if half {
-                avx2::weighted_sum::<true>(order, first, w, groups, bs, out);
-            } else {
-                avx2::weighted_sum::<false>(order, first, w, groups, bs, out);
+        groups.extend((0..n.div_ceil(8)).map(|c| blocks[8 * c / bs].wrapping_add(8 * c % bs * esize)));
+        // Up to three heads per pass (their accumulators fill the sixteen registers); four
+        // as two pairs.
+        let (mut h, mut w, mut out) = (heads, w, out);
+        while h > 0 {
+            let take = if h == 4 { 2 } else { h.min(3) };
+            let (wt, wr) = w.split_at(take * n);
+            let (ot, or) = out.split_at_mut(take * dim);
+            // SAFETY: AVX2/FMA/F16C detected; the rest is the caller's contract.
+            unsafe {
+                match (take, half) {
+                    (1, false) => avx2::weighted_sum::<1, false>(order, first, wt, groups, bs, ot),
+                    (1, true) => avx2::weighted_sum::<1, true>(order, first, wt, groups, bs, ot),
+                    (2, false) => avx2::weighted_sum::<2, false>(order, first, wt, groups, bs, ot),
+                    (2, true) => avx2::weighted_sum::<2, true>(order, first, wt, groups, bs, ot),
+                    (_, false) => avx2::weighted_sum::<3, false>(order, first, wt, groups, bs, ot),
+                    (_, true) => avx2::weighted_sum::<3, true>(order, first, wt, groups, bs, ot),
+                }
             }
+            (h, w, out) = (h - take, wr, or);
         }
         return;
     }
     let _ = (isa, groups);
     let lanes = order.lanes();
-    for (d, o) in out.iter_mut().enumerate() {
-        let mut acc = [0f32; LANES];
-        for (p, &wp) in w.iter().enumerate().skip(first) {
-            // SAFETY: the caller's contract.
-            let v = unsafe { load1(blocks[p / bs], d * bs + p % bs, half) };
-            acc[p % lanes] = wp.mul_add(v, acc[p % lanes]);
+    for (wh, oh) in w.chunks_exact(n.max(1)).zip(out.chunks_exact_mut(dim.max(1))) {
+        for (d, o) in oh.iter_mut().enumerate() {
+            let mut acc = [0f32; LANES];
+            for (p, &wp) in wh.iter().enumerate().skip(first) {
+                // SAFETY: the caller's contract.
+                let v = unsafe { load1(blocks[p / bs], d * bs + p % bs, half) };
+                acc[p % lanes] = wp.mul_add(v, acc[p % lanes]);
+            }
+            *o = order.reduce(&acc);
         }
-        *o = order.reduce(&acc);
     }
 }
 
@@ -389,12 +411,15 @@ mod avx2 {
         chunks.into_remainder().iter_mut().for_each(|v| *v *= inv);
     }
 
-    /// See [`super::weighted_sum`] (`bs` and `out.len()` multiples of 8).
+    /// [`super::weighted_sum`] for `H` heads (`w`: `H × n` weights, `out`: `H × dim`), `D`
+    /// dimensions at a time for all of them.
     ///
     /// # Safety
-    /// AVX2/FMA/F16C required; the pointer contract of [`super::weighted_sum`].
+    /// AVX2/FMA/F16C required; `groups` holds the first element of each group of eight
+    /// positions, every group having `dim` dimensions `bs` elements apart; `dim` a multiple
+    /// of 8.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn weighted_sum<const HALF: bool>(
+    pub unsafe fn weighted_sum<const H: usize, const HALF: bool>(
         order: SumOrder,
         first: usize,
         w: &[f32],
@@ -402,32 +427,25 @@ mod avx2 {
         bs: usize,
         out: &mut [f32],
     ) {
-        let g = Groups { w, ptrs: groups, bs, first: first / 8, tail: w.len() % 8 };
-        match order {
-            SumOrder::Dot => {
-                for d0 in (0..out.len()).step_by(2) {
-                    // SAFETY: the caller's contract.
-                    let acc = unsafe { g.sums::<2, 4, HALF>(d0) };
-                    for (k, a) in acc.iter().enumerate() {
-                        out[d0 + k] = reduce_dot(a);
-                    }
-                }
-            }
-            SumOrder::Tiled => {
-                for d0 in (0..out.len()).step_by(8) {
-                    // SAFETY: the caller's contract.
-                    let acc = unsafe { g.sums::<8, 1, HALF>(d0) };
-                    for (k, a) in acc.iter().enumerate() {
-                        out[d0 + k] = reduce_tiled(a[0]);
-                    }
-                }
+        let (n, dim) = (w.len() / H, out.len() / H);
+        let g = Groups::<H> { w: std::array::from_fn(|h| &w[h * n..(h + 1) * n]), ptrs: groups, bs, first: first / 8, tail: n % 8 };
+        // SAFETY (both arms): the caller's contract.
+        unsafe {
+            match order {
+                // Four accumulators per dimension and head (vec_dot's lanes): two dimensions
+                // for one head, one for two or three.
+                SumOrder::Dot if H == 1 => g.each::<2, 4, HALF>(dim, out, |a| reduce_dot(a)),
+                SumOrder::Dot => g.each::<1, 4, HALF>(dim, out, |a| reduce_dot(a)),
+                SumOrder::Tiled if H == 1 => g.each::<8, 1, HALF>(dim, out, |a| reduce_tiled(a[0])),
+                SumOrder::Tiled if H == 2 => g.each::<4, 1, HALF>(dim, out, |a| reduce_tiled(a[0])),
+                SumOrder::Tiled => g.each::<2, 1, HALF>(dim, out, |a| reduce_tiled(a[0])),
             }
         }
     }
 
-    /// The positions of one weighted sum, in groups of eight.
-    struct Groups<'a> {
-        w: &'a [f32],
+    /// The positions of one weighted sum per head, in groups of eight.
+    struct Groups<'a, const H: usize> {
+        w: [&'a [f32]; H],
         /// Dimension 0 of each group (dimension d is d·bs elements further).
         ptrs: &'a [*const u8],
         bs: usize,
@@ -437,31 +455,56 @@ mod avx2 {
         tail: usize,
     }
 
-    impl Groups<'_> {
-        /// Accumulators of `D` dimensions from `d0`: group `c` feeds accumulator `c mod A`
-        /// (unrolled by `A`, so every accumulator stays in a register).
+    impl<const H: usize> Groups<'_, H> {
+        /// Every output, `D` dimensions at a time: head `h`'s dimension `d` into
+        /// `out[h·dim + d]`, reduced by `reduce`.
+        ///
+        /// # Safety
+        /// As [`Self::sums`].
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn each<const D: usize, const A: usize, const HALF: bool>(&self, dim: usize, out: &mut [f32], reduce: impl Fn(&[__m256; A]) -> f32) {
+            for d0 in (0..dim).step_by(D) {
+                // SAFETY: the caller's contract.
+                let acc = unsafe { self.sums::<D, A, HALF>(d0) };
+                for (h, acc) in acc.iter().enumerate() {
+                    for (k, a) in acc.iter().enumerate() {
+                        out[h * dim + d0 + k] = reduce(a);
+                    }
+                }
+            }
+        }
+
+        /// Accumulators of `D` dimensions from `d0` for every head: group `c` feeds accumulator
+        /// `c mod A` (unrolled by `A`, so every accumulator stays in a register). Each value
+        /// vector is loaded once for all heads.
         ///
         /// # Safety
         /// AVX2/FMA/F16C required; the pointer contract of [`super::weighted_sum`].
         #[inline]
         #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn sums<const D: usize, const A: usize, const HALF: bool>(&self, d0: usize) -> [[__m256; A]; D] {
-            let mut acc = [[_mm256_setzero_ps(); A]; D];
+        #[allow(clippy::needless_range_loop, reason = "accumulators indexed by head, dimension and lane together")]
+        unsafe fn sums<const D: usize, const A: usize, const HALF: bool>(&self, d0: usize) -> [[[__m256; A]; D]; H] {
+            let mut acc = [[[_mm256_setzero_ps(); A]; D]; H];
             let n = self.ptrs.len();
             // Groups read whole (all but a partial last one), in runs of A from a multiple of A.
             let whole = if self.tail != 0 { n - 1 } else { n };
             let mut q = self.first / A;
             // SAFETY (every block below): group c < n has its dimensions d0..d0+D in its block
-            // and its positions below w.len(), but for the `tail` of a partial last group.
+            // and its positions below each head's weight count, but for the `tail` of a partial
+            // last group.
             while (q + 1) * A <= whole {
                 for j in 0..A {
                     let c = q * A + j;
                     if c >= self.first {
                         unsafe {
                             let vp = *self.ptrs.get_unchecked(c);
-                            let wv = _mm256_loadu_ps(self.w.as_ptr().add(8 * c));
-                            for (k, a) in acc.iter_mut().enumerate() {
-                                a[j] = _mm256_fmadd_ps(wv, load8::<HALF>(vp, (d0 + k) * self.bs), a[j]);
+                            let wv: [__m256; H] = std::array::from_fn(|h| _mm256_loadu_ps(self.w[h].as_ptr().add(8 * c)));
+                            for k in 0..D {
+                                let v = load8::<HALF>(vp, (d0 + k) * self.bs);
+                                for h in 0..H {
+                                    acc[h][k][j] = _mm256_fmadd_ps(wv[h], v, acc[h][k][j]);
+                                }
                             }
                         }
                     }
@@ -475,16 +518,16 @@ mod avx2 {
                 }
                 unsafe {
                     let vp = *self.ptrs.get_unchecked(c);
-                    let wp = self.w.as_ptr().add(8 * c);
-                    if c >= whole {
-                        let wv = load_tail::<false>(wp as *const u8, 0, self.tail);
-                        for (k, a) in acc.iter_mut().enumerate() {
-                            a[j] = _mm256_fmadd_ps(wv, load_tail::<HALF>(vp, (d0 + k) * self.bs, self.tail), a[j]);
-                        }
-                    } else {
-                        let wv = _mm256_loadu_ps(wp);
-                        for (k, a) in acc.iter_mut().enumerate() {
-                            a[j] = _mm256_fmadd_ps(wv, load8::<HALF>(vp, (d0 + k) * self.bs), a[j]);
+                    let part = c >= whole;
+                    let wv: [__m256; H] = std::array::from_fn(|h| {
+                        let wp = self.w[h].as_ptr().add(8 * c);
+                        if part { load_tail::<false>(wp as *const u8, 0, self.tail) } else { _mm256_loadu_ps(wp) }
+                    });
+                    for k in 0..D {
+                        let at = (d0 + k) * self.bs;
+                        let v = if part { load_tail::<HALF>(vp, at, self.tail) } else { load8::<HALF>(vp, at) };
+                        for h in 0..H {
+                            acc[h][k][j] = _mm256_fmadd_ps(wv[h], v, acc[h][k][j]);
                         }
                     }
                 }
@@ -492,7 +535,6 @@ mod avx2 {
             acc
         }
     }
-
 }
 
 #[cfg(test)]
@@ -542,19 +584,31 @@ mod tests {
             let value = |p: usize, d: usize| ((p * 16 + d) % 7) as f32 * 0.37 - 1.1;
             let data = store(&(0..3 * 16 * 16).map(|i| value(i / 256 * 16 + i % 16, i % 256 / 16)).collect::<Vec<_>>(), half);
             let blocks: Vec<*const u8> = (0..3).map(|b| data[b * 256 * esize..].as_ptr()).collect();
-            let (mut o1, mut o2) = (vec![0f32; 16], vec![0f32; 16]);
-            for first in [0, 13] {
-                let w: Vec<f32> = (0..45).map(|i| if i < first { 0.0 } else { 1.0 / (i as f32 + 1.0) }).collect();
-                for order in [SumOrder::Dot, SumOrder::Tiled] {
-                    // SAFETY: three blocks of 16 × 16 elements.
-                    unsafe {
-                        weighted_sum(isa, order, first, &w, &blocks, half, 16, &mut o1, &mut Vec::new());
-                        weighted_sum(Isa::Scalar, order, first, &w, &blocks, half, 16, &mut o2, &mut Vec::new());
-                    }
-                    assert_eq!(bits(&o1), bits(&o2), "{order:?}, first {first}, half {half}");
-                    for (d, o) in o1.iter().enumerate() {
-                        let naive: f32 = (0..45).map(|p| w[p] * value(p, d)).sum();
-                        assert!((o - naive).abs() < 3e-3, "{order:?} {d}: {o} vs {naive}");
+            // One to five heads sharing the values (each pass takes up to three), each head with
+            // its own weights: every head bit-equal to the scalar sum and to a call of its own.
+            for heads in 1..=5 {
+                let (mut o1, mut o2, mut solo) = (vec![0f32; 16 * heads], vec![0f32; 16 * heads], vec![0f32; 16]);
+                for first in [0, 13] {
+                    let w: Vec<f32> = (0..45 * heads)
+                        .map(|i| if i % 45 < first { 0.0 } else { (1 + i / 45) as f32 / (i % 45 + 1) as f32 })
+                        .collect();
+                    for order in [SumOrder::Dot, SumOrder::Tiled] {
+                        // SAFETY: three blocks of 16 × 16 elements.
+                        unsafe {
+                            weighted_sum(isa, order, first, heads, &w, &blocks, half, 16, &mut o1, &mut Vec::new());
+                            weighted_sum(Isa::Scalar, order, first, heads, &w, &blocks, half, 16, &mut o2, &mut Vec::new());
+                        }
+                        assert_eq!(bits(&o1), bits(&o2), "{order:?}, {heads} heads, first {first}, half {half}");
+                        for h in 0..heads {
+                            let wh = &w[h * 45..(h + 1) * 45];
+                            // SAFETY: as above.
+                            unsafe { weighted_sum(isa, order, first, 1, wh, &blocks, half, 16, &mut solo, &mut Vec::new()) };
+                            assert_eq!(bits(&solo), bits(&o1[h * 16..(h + 1) * 16]), "{order:?} head {h} of {heads}, half {half}");
+                            for (d, o) in solo.iter().enumerate() {
+                                let naive: f32 = (0..45).map(|p| wh[p] * value(p, d)).sum();
+                                assert!((o - naive).abs() < 3e-3 * (1.0 + naive.abs()), "{order:?} {d}: {o} vs {naive}");
+                            }
+                        }
                     }
                 }
             }

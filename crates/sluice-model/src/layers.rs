@@ -192,27 +192,26 @@ pub struct AttentionInput<'a> {
 
 
 /// Causal attention: `out` (`n_tok × n_heads × head_dim`) for each query token over its own
-/// sequence's keys `[max(0, pos - window + 1), pos]`. Parallel over (token, head).
+/// sequence's keys `[max(0, pos - window + 1), pos]`. Parallel over (token, KV head): the query
+/// heads sharing a KV head gather its rows once and sum its values together.
 pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
     let hd = inp.head_dim;
     let q_dim = inp.n_heads * hd;
     let kv_dim = inp.n_kv_heads * hd;
     let group = inp.n_heads / inp.n_kv_heads;
     let half = inp.k_cache.is_f16();
-    out.par_chunks_mut(hd).enumerate().for_each_init(
+    out.par_chunks_mut(group * hd).enumerate().for_each_init(
         || (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()),
         |(scores, weights, keys, values, groups, q_buf), (idx, o)| {
-            let (t, h) = (idx / inp.n_heads, idx % inp.n_heads);
+            let (t, kvh) = (idx / inp.n_kv_heads, idx % inp.n_kv_heads);
             let AttnToken { pos, seq, order } = inp.tokens[t];
             let first = match inp.window {
                 Some(w) => (pos + 1).saturating_sub(w),
                 None => 0,
             };
-            let mut q = &inp.q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
-            let kvh = h / group;
             let bs = inp.block_size;
-            // Key rows of positions first..=pos and the head's value block of every block up to
-            // pos (in bounds: the model validates block tables before attention runs).
+            // Key rows of positions first..=pos and the KV head's value block of every block up
+            // to pos (in bounds: the model validates block tables before attention runs).
             keys.clear();
             values.clear();
             for (bi, &b) in inp.tables[seq].iter().enumerate().take(pos / bs + 1) {
@@ -221,36 +220,41 @@ pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
                 keys.extend((lo..hi).map(|p| inp.k_cache.ptr((base + p - bi * bs) * kv_dim + kvh * hd)));
                 values.push(inp.v_cache.ptr(base * kv_dim + kvh * hd * bs));
             }
-            // A half-precision cache meets the query (scaled first where the model does) and
-            // the weights rounded to half precision, and the reference then sums q·k in the
-            // token's order (with f32, always as `Dot`).
-            let mut scale = inp.scale;
-            if half || inp.scale_query {
-                let s = if inp.scale_query { inp.scale } else { 1.0 };
-                q_buf.clear();
-                q_buf.extend(q.iter().map(|&x| x * s));
-                if half {
-                    crate::vmath::round_to_half(isa, q_buf);
-                }
-                q = q_buf;
-                scale /= s;
-            }
-            let qk_order = if half { order } else { SumOrder::Dot };
-            scores.clear();
-            scores.resize(keys.len(), 0.0);
-            // SAFETY: each pointer addresses the hd elements of a written key row (above).
-            unsafe { attn::scores(isa, q, keys, half, qk_order, scale, scores) };
-            attn::softmax(isa, scores);
-            // Positions before the window have zero weight; lanes still follow absolute positions.
+            // Each head's weights over positions 0..=pos, one head after another. Positions
+            // before the window have zero weight; lanes still follow absolute positions.
             weights.clear();
-            weights.resize(first, 0.0);
-            weights.extend_from_slice(scores);
-            if half {
-                crate::vmath::round_to_half(isa, &mut weights[first..]);
+            for h in kvh * group..(kvh + 1) * group {
+                let mut q = &inp.q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
+                // A half-precision cache meets the query (scaled first where the model does)
+                // and the weights rounded to half precision, and the reference then sums q·k in
+                // the token's order (with f32, always as `Dot`).
+                let mut scale = inp.scale;
+                if half || inp.scale_query {
+                    let s = if inp.scale_query { inp.scale } else { 1.0 };
+                    q_buf.clear();
+                    q_buf.extend(q.iter().map(|&x| x * s));
+                    if half {
+                        crate::vmath::round_to_half(isa, q_buf);
+                    }
+                    q = q_buf;
+                    scale /= s;
+                }
+                let qk_order = if half { order } else { SumOrder::Dot };
+                scores.clear();
+                scores.resize(keys.len(), 0.0);
+                // SAFETY: each pointer addresses the hd elements of a written key row (above).
+                unsafe { attn::scores(isa, q, keys, half, qk_order, scale, scores) };
+                attn::softmax(isa, scores);
+                let at = weights.len();
+                weights.resize(at + first, 0.0);
+                weights.extend_from_slice(scores);
+                if half {
+                    crate::vmath::round_to_half(isa, &mut weights[at + first..]);
+                }
             }
-            // SAFETY: each value block holds kv_dim × bs elements, the head's hd × bs from the
-            // pointer on, written for every position <= pos.
-            unsafe { attn::weighted_sum(isa, order, first, weights, values, half, bs, o, groups) };
+            // SAFETY: each value block holds kv_dim × bs elements, the KV head's hd × bs from
+            // the pointer on, written for every position <= pos.
+            unsafe { attn::weighted_sum(isa, order, first, group, weights, values, half, bs, o, groups) };
         },
     );
 }

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Prompt processing (pp) and single-stream decode (tg) of Sluice and llama.cpp on the same GGUF
 # and thread count, run back to back, median of REPS runs each, with the ratios.
-#   bench/speed.sh [MODEL.gguf]    THREADS=2 PP=512 TG=128 REPS=3
+#   bench/speed.sh [MODEL.gguf]    THREADS=2 PP=512 TG=128 REPS=3 NUMERICS=reference
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 MODEL=${1:-$ROOT/models/SmolLM2-135M-Instruct.Q4_1.gguf}
-THREADS=${THREADS:-2}; PP=${PP:-512}; TG=${TG:-128}; REPS=${REPS:-3}
+THREADS=${THREADS:-2}; PP=${PP:-512}; TG=${TG:-128}; REPS=${REPS:-3}; NUMERICS=${NUMERICS:-reference}
 LLAMA=$("$ROOT/scripts/build-llama-cpp.sh" | tail -n1)/bin
 cargo build -q --release -p sluice --manifest-path "$ROOT/Cargo.toml"
 mkdir -p "$ROOT/bench/results"
 OUT=$ROOT/bench/results/speed-$(date +%Y%m%dT%H%M%S).json
 ours=$("$ROOT/target/release/sluice" bench-model --model "$MODEL" --threads "$THREADS" --prompt "$PP" \
-  --generate "$TG" --reps "$REPS" 2>/dev/null)
+  --generate "$TG" --reps "$REPS" --numerics "$NUMERICS" 2>/dev/null)
 peer=$("$LLAMA/llama-bench" -m "$MODEL" -t "$THREADS" -p "$PP" -n "$TG" -r "$REPS" -o json 2>/dev/null)
 python3 - "$ours" "$peer" "$OUT" <<'PY'
 import json, sys

@@ -55,6 +55,18 @@ impl SumOrder {
     }
 }
 
+/// How many heads each kernel pass takes: up to three (their accumulators fill the sixteen
+/// registers), four as two pairs.
+#[cfg(target_arch = "x86_64")]
+fn passes(heads: usize) -> impl Iterator<Item = usize> {
+    let mut left = heads;
+    std::iter::from_fn(move || {
+        let take = if left == 4 { 2 } else { left.min(3) };
+        left -= take;
+        (take > 0).then_some(take)
+    })
+}
+
 /// Element `i` of a cache run at `p` (f32, or half precision when `half`).
 ///
 /// # Safety
@@ -75,32 +87,55 @@ unsafe fn load1(p: *const u8, i: usize, half: bool) -> f32 {
 /// reference uses `Dot` for every token with an f32 cache). With a half-precision cache (`half`)
 /// the caller passes `q` already rounded to half precision, as the reference rounds it.
 ///
+/// `heads` query heads that share the keys (grouped-query attention) go in one call: `q` holds
+/// their queries one after another (`heads × dim`), `out` their scores (`heads × rows`). Each key
+/// element is then read and converted once for all of them; every head's scores are bit-equal
+/// to a call of its own.
+///
 /// # Safety
-/// Every pointer in `rows` addresses `q.len()` readable cache elements.
-pub unsafe fn scores(isa: Isa, q: &[f32], rows: &[*const u8], half: bool, order: SumOrder, scale: f32, out: &mut [f32]) {
-    debug_assert_eq!(rows.len(), out.len());
+/// Every pointer in `rows` addresses `dim` readable cache elements.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn scores(isa: Isa, heads: usize, q: &[f32], rows: &[*const u8], half: bool, order: SumOrder, scale: f32, out: &mut [f32]) {
+    let (dim, n) = (q.len() / heads.max(1), rows.len());
+    debug_assert_eq!((q.len(), out.len()), (heads * dim, heads * n));
     #[cfg(target_arch = "x86_64")]
-    if isa.has_avx2() && q.len().is_multiple_of(LANES) {
-        // SAFETY: AVX2/FMA/F16C detected; the rows are the caller's contract.
-        unsafe {
-            match (order, half) {
-                (SumOrder::Dot, false) => avx2::scores_dot::<false>(q, rows, scale, out),
-                (SumOrder::Dot, true) => avx2::scores_dot::<true>(q, rows, scale, out),
-                (SumOrder::Tiled, false) => avx2::scores_tiled::<false>(q, rows, scale, out),
-                (SumOrder::Tiled, true) => avx2::scores_tiled::<true>(q, rows, scale, out),
+    if isa.has_avx2() && dim.is_multiple_of(LANES) {
+        let (mut q, mut out) = (q, out);
+        for take in passes(heads) {
+            let (qt, qr) = q.split_at(take * dim);
+            let (ot, or) = std::mem::take(&mut out).split_at_mut(take * n);
+            // SAFETY: AVX2/FMA/F16C detected; the rows are the caller's contract.
+            unsafe {
+                match (order, half, take) {
+                    (SumOrder::Dot, false, 1) => avx2::scores_dot::<false>(qt, rows, scale, ot),
+                    (SumOrder::Dot, true, 1) => avx2::scores_dot::<true>(qt, rows, scale, ot),
+                    (SumOrder::Dot, false, 2) => avx2::scores_dot_heads::<2, false>(qt, rows, scale, ot),
+                    (SumOrder::Dot, true, 2) => avx2::scores_dot_heads::<2, true>(qt, rows, scale, ot),
+                    (SumOrder::Dot, false, _) => avx2::scores_dot_heads::<3, false>(qt, rows, scale, ot),
+                    (SumOrder::Dot, true, _) => avx2::scores_dot_heads::<3, true>(qt, rows, scale, ot),
+                    (SumOrder::Tiled, false, 1) => avx2::scores_tiled::<1, 8, false>(qt, rows, scale, ot),
+                    (SumOrder::Tiled, true, 1) => avx2::scores_tiled::<1, 8, true>(qt, rows, scale, ot),
+                    (SumOrder::Tiled, false, 2) => avx2::scores_tiled::<2, 4, false>(qt, rows, scale, ot),
+                    (SumOrder::Tiled, true, 2) => avx2::scores_tiled::<2, 4, true>(qt, rows, scale, ot),
+                    (SumOrder::Tiled, false, _) => avx2::scores_tiled::<3, 4, false>(qt, rows, scale, ot),
+                    (SumOrder::Tiled, true, _) => avx2::scores_tiled::<3, 4, true>(qt, rows, scale, ot),
+                }
             }
+            (q, out) = (qr, or);
         }
         return;
     }
     let _ = isa;
     let lanes = order.lanes();
-    for (o, &r) in out.iter_mut().zip(rows) {
-        let mut acc = [0f32; LANES];
-        for (i, x) in q.iter().enumerate() {
-            // SAFETY: the caller's contract.
-            acc[i % lanes] = x.mul_add(unsafe { load1(r, i, half) }, acc[i % lanes]);
+    for (qh, oh) in q.chunks_exact(dim.max(1)).zip(out.chunks_exact_mut(n.max(1))) {
+        for (o, &r) in oh.iter_mut().zip(rows) {
+            let mut acc = [0f32; LANES];
+            for (i, x) in qh.iter().enumerate() {
+                // SAFETY: the caller's contract.
+                acc[i % lanes] = x.mul_add(unsafe { load1(r, i, half) }, acc[i % lanes]);
+            }
+            *o = order.reduce(&acc) * scale;
         }
-        *o = order.reduce(&acc) * scale;
     }
 }
 
@@ -171,13 +206,10 @@ pub unsafe fn weighted_sum(
         // Where each group of eight positions starts (dimension 0; dimension d is d·bs further).
         groups.clear();
         groups.extend((0..n.div_ceil(8)).map(|c| blocks[8 * c / bs].wrapping_add(8 * c % bs * esize)));
-        // Up to three heads per pass (their accumulators fill the sixteen registers); four
-        // as two pairs.
-        let (mut h, mut w, mut out) = (heads, w, out);
-        while h > 0 {
-            let take = if h == 4 { 2 } else { h.min(3) };
+        let (mut w, mut out) = (w, out);
+        for take in passes(heads) {
             let (wt, wr) = w.split_at(take * n);
-            let (ot, or) = out.split_at_mut(take * dim);
+            let (ot, or) = std::mem::take(&mut out).split_at_mut(take * dim);
             // SAFETY: AVX2/FMA/F16C detected; the rest is the caller's contract.
             unsafe {
                 match (take, half) {
@@ -189,7 +221,7 @@ pub unsafe fn weighted_sum(
                     (_, true) => avx2::weighted_sum::<3, true>(order, first, wt, groups, bs, ot),
                 }
             }
-            (h, w, out) = (h - take, wr, or);
+            (w, out) = (wr, or);
         }
         return;
     }
@@ -324,42 +356,97 @@ mod avx2 {
                 }
                 *vr = _mm256_add_ps(_mm256_add_ps(s[0], s[2]), _mm256_add_ps(s[1], s[3]));
             }
-            // `dot`'s horizontal sum, ((v0+v4) + (v1+v5)) + ((v2+v6) + (v3+v7)), for eight rows
-            // at once: halves added pairwise, then three rounds of horizontal adds.
-            let t = [0, 2, 4, 6].map(|j| {
-                let (a, b) = (v[j], v[j + 1]);
-                _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31))
-            });
-            let h = _mm256_hadd_ps(_mm256_hadd_ps(t[0], t[1]), _mm256_hadd_ps(t[2], t[3]));
-            // Lanes hold rows 0, 2, 4, 6, 1, 3, 5, 7.
-            let sums = _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
             let mut res = [0f32; 8];
             // SAFETY: `res` holds eight floats.
-            unsafe { _mm256_storeu_ps(res.as_mut_ptr(), _mm256_mul_ps(sums, sc)) };
+            unsafe { _mm256_storeu_ps(res.as_mut_ptr(), _mm256_mul_ps(reduce8_dot(&v), sc)) };
             o.copy_from_slice(&res[..o.len()]);
         }
     }
 
-    /// [`super::scores`] in `Tiled` order: one accumulator per row, eight rows at a time (their
-    /// chains of fused multiply-adds interleave instead of waiting on each other).
+    /// `dot`'s horizontal sum, ((v0+v4) + (v1+v5)) + ((v2+v6) + (v3+v7)), of eight rows' lane
+    /// vectors at once (halves added pairwise, then three rounds of horizontal adds): row `r`'s
+    /// sum in lane `r`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn reduce8_dot(v: &[__m256; 8]) -> __m256 {
+        let t = [0, 2, 4, 6].map(|j| {
+            let (a, b) = (v[j], v[j + 1]);
+            _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31))
+        });
+        let h = _mm256_hadd_ps(_mm256_hadd_ps(t[0], t[1]), _mm256_hadd_ps(t[2], t[3]));
+        // Lanes hold rows 0, 2, 4, 6, 1, 3, 5, 7.
+        _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+    }
+
+    /// [`scores_dot`] for `H` heads (`q`: `H × dim`, `out`: `H × rows`): each key vector is
+    /// loaded once for all heads (whose queries are read from memory: they would not all fit in
+    /// registers).
     ///
     /// # Safety
-    /// As [`scores_dot`].
+    /// As [`scores_dot`], with `dim` the width of one head.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn scores_tiled<const HALF: bool>(q: &[f32], rows: &[*const u8], scale: f32, out: &mut [f32]) {
+    #[allow(clippy::needless_range_loop, reason = "accumulators indexed by head and lane together")]
+    pub unsafe fn scores_dot_heads<const H: usize, const HALF: bool>(q: &[f32], rows: &[*const u8], scale: f32, out: &mut [f32]) {
+        let (dim, n) = (q.len() / H, rows.len());
         let qp = q.as_ptr();
-        for (chunk, o) in rows.chunks(8).zip(out.chunks_mut(8)) {
-            let mut acc = [_mm256_setzero_ps(); 8];
-            for i in (0..q.len()).step_by(8) {
-                // SAFETY: i + 8 <= q.len().
-                let x = unsafe { _mm256_loadu_ps(qp.add(i)) };
-                for (a, &r) in acc.iter_mut().zip(chunk) {
-                    // SAFETY: every row holds q.len() elements (caller contract).
-                    *a = _mm256_fmadd_ps(x, unsafe { load8::<HALF>(r, i) }, *a);
+        let sc = _mm256_set1_ps(scale);
+        for (c, chunk) in rows.chunks(8).enumerate() {
+            let mut v = [[_mm256_setzero_ps(); 8]; H];
+            for (ri, &r) in chunk.iter().enumerate() {
+                let mut s = [[_mm256_setzero_ps(); 4]; H];
+                for i in (0..dim).step_by(32) {
+                    for k in 0..4 {
+                        // SAFETY: i + 8k + 8 <= dim for the row and every head's query (caller
+                        // contract).
+                        let y = unsafe { load8::<HALF>(r, i + 8 * k) };
+                        for h in 0..H {
+                            let x = unsafe { _mm256_loadu_ps(qp.add(h * dim + i + 8 * k)) };
+                            s[h][k] = _mm256_fmadd_ps(x, y, s[h][k]);
+                        }
+                    }
+                }
+                for h in 0..H {
+                    v[h][ri] = _mm256_add_ps(_mm256_add_ps(s[h][0], s[h][2]), _mm256_add_ps(s[h][1], s[h][3]));
                 }
             }
-            for (o, a) in o.iter_mut().zip(acc) {
-                *o = reduce_tiled(a) * scale;
+            for h in 0..H {
+                let mut res = [0f32; 8];
+                // SAFETY: `res` holds eight floats.
+                unsafe { _mm256_storeu_ps(res.as_mut_ptr(), _mm256_mul_ps(reduce8_dot(&v[h]), sc)) };
+                let o = &mut out[h * n + 8 * c..h * n + (8 * c + 8).min(n)];
+                o.copy_from_slice(&res[..o.len()]);
+            }
+        }
+    }
+
+    /// [`super::scores`] in `Tiled` order for `H` heads (`q`: `H × dim`, `out`: `H × rows`): one
+    /// accumulator per row and head, `R` rows at a time (their chains of fused multiply-adds
+    /// interleave instead of waiting on each other; each key vector is loaded once for all
+    /// heads).
+    ///
+    /// # Safety
+    /// As [`scores_dot`], with `dim` the width of one head.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn scores_tiled<const H: usize, const R: usize, const HALF: bool>(q: &[f32], rows: &[*const u8], scale: f32, out: &mut [f32]) {
+        let (dim, n) = (q.len() / H, rows.len());
+        let qp = q.as_ptr();
+        for (c, chunk) in rows.chunks(R).enumerate() {
+            let mut acc = [[_mm256_setzero_ps(); R]; H];
+            for i in (0..dim).step_by(8) {
+                // SAFETY: i + 8 <= dim for every head's query.
+                let x: [__m256; H] = std::array::from_fn(|h| unsafe { _mm256_loadu_ps(qp.add(h * dim + i)) });
+                for (j, &r) in chunk.iter().enumerate() {
+                    // SAFETY: every row holds dim elements (caller contract).
+                    let y = unsafe { load8::<HALF>(r, i) };
+                    for (a, x) in acc.iter_mut().zip(&x) {
+                        a[j] = _mm256_fmadd_ps(*x, y, a[j]);
+                    }
+                }
+            }
+            for (h, a) in acc.iter().enumerate() {
+                for (j, a) in a.iter().enumerate().take(chunk.len()) {
+                    out[h * n + c * R + j] = reduce_tiled(*a) * scale;
+                }
             }
         }
     }
@@ -568,10 +655,27 @@ mod tests {
                         let (mut s1, mut s2) = (vec![0f32; n], vec![0f32; n]);
                         // SAFETY: every pointer has hd elements behind it.
                         unsafe {
-                            scores(isa, &q, &ptrs, half, order, 0.125, &mut s1);
-                            scores(Isa::Scalar, &q, &ptrs, half, order, 0.125, &mut s2);
+                            scores(isa, 1, &q, &ptrs, half, order, 0.125, &mut s1);
+                            scores(Isa::Scalar, 1, &q, &ptrs, half, order, 0.125, &mut s2);
                         }
                         assert_eq!(bits(&s1), bits(&s2), "scores of {n} rows, {hd} wide, {order:?}, half {half}");
+                        // One to five heads sharing the keys, each its own query: every head
+                        // bit-equal to its solo scores.
+                        for heads in 2..=5 {
+                            let qs: Vec<f32> = (0..heads * hd).map(|i| q[i % hd] * (1.0 + (i / hd) as f32 * 0.3)).collect();
+                            let (mut m1, mut m2, mut solo) = (vec![0f32; heads * n], vec![0f32; heads * n], vec![0f32; n]);
+                            // SAFETY: as above.
+                            unsafe {
+                                scores(isa, heads, &qs, &ptrs, half, order, 0.125, &mut m1);
+                                scores(Isa::Scalar, heads, &qs, &ptrs, half, order, 0.125, &mut m2);
+                            }
+                            assert_eq!(bits(&m1), bits(&m2), "{heads} heads, {n} rows, {hd} wide, {order:?}, half {half}");
+                            for h in 0..heads {
+                                // SAFETY: as above.
+                                unsafe { scores(isa, 1, &qs[h * hd..(h + 1) * hd], &ptrs, half, order, 0.125, &mut solo) };
+                                assert_eq!(bits(&solo), bits(&m1[h * n..(h + 1) * n]), "head {h} of {heads}, {order:?}, half {half}");
+                            }
+                        }
                         for (p, s) in s1.iter().enumerate() {
                             // SAFETY: row p holds hd elements.
                             let naive: f32 = (0..hd).map(|i| q[i] * unsafe { load1(ptrs[p], i, half) }).sum::<f32>() * 0.125;

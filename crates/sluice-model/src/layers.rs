@@ -220,34 +220,35 @@ pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
                 keys.extend((lo..hi).map(|p| inp.k_cache.ptr((base + p - bi * bs) * kv_dim + kvh * hd)));
                 values.push(inp.v_cache.ptr(base * kv_dim + kvh * hd * bs));
             }
+            // The group's queries (back to back in `q`): a half-precision cache meets them
+            // (scaled first where the model does) rounded to half precision, and the reference
+            // then sums q·k in the token's order (with f32, always as `Dot`).
+            let heads = t * q_dim + kvh * group * hd..t * q_dim + (kvh + 1) * group * hd;
+            let mut q = &inp.q[heads];
+            let mut scale = inp.scale;
+            if half || inp.scale_query {
+                let s = if inp.scale_query { inp.scale } else { 1.0 };
+                q_buf.clear();
+                q_buf.extend(q.iter().map(|&x| x * s));
+                if half {
+                    crate::vmath::round_to_half(isa, q_buf);
+                }
+                q = q_buf;
+                scale /= s;
+            }
+            let qk_order = if half { order } else { SumOrder::Dot };
+            scores.clear();
+            scores.resize(group * keys.len(), 0.0);
+            // SAFETY: each pointer addresses the hd elements of a written key row (above).
+            unsafe { attn::scores(isa, group, q, keys, half, qk_order, scale, scores) };
             // Each head's weights over positions 0..=pos, one head after another. Positions
             // before the window have zero weight; lanes still follow absolute positions.
             weights.clear();
-            for h in kvh * group..(kvh + 1) * group {
-                let mut q = &inp.q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
-                // A half-precision cache meets the query (scaled first where the model does)
-                // and the weights rounded to half precision, and the reference then sums q·k in
-                // the token's order (with f32, always as `Dot`).
-                let mut scale = inp.scale;
-                if half || inp.scale_query {
-                    let s = if inp.scale_query { inp.scale } else { 1.0 };
-                    q_buf.clear();
-                    q_buf.extend(q.iter().map(|&x| x * s));
-                    if half {
-                        crate::vmath::round_to_half(isa, q_buf);
-                    }
-                    q = q_buf;
-                    scale /= s;
-                }
-                let qk_order = if half { order } else { SumOrder::Dot };
-                scores.clear();
-                scores.resize(keys.len(), 0.0);
-                // SAFETY: each pointer addresses the hd elements of a written key row (above).
-                unsafe { attn::scores(isa, q, keys, half, qk_order, scale, scores) };
-                attn::softmax(isa, scores);
+            for sh in scores.chunks_exact_mut(keys.len().max(1)) {
+                attn::softmax(isa, sh);
                 let at = weights.len();
                 weights.resize(at + first, 0.0);
-                weights.extend_from_slice(scores);
+                weights.extend_from_slice(sh);
                 if half {
                     crate::vmath::round_to_half(isa, &mut weights[at + first..]);
                 }

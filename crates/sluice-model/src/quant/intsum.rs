@@ -6,8 +6,9 @@
 //! per block and row, so every block costs eight conversions and eight multiply-adds per
 //! (row, activation) pair besides its byte dot products; batched matrix products are bound by
 //! that float work. Here a block costs one conversion and one multiply-add, and two row groups
-//! share each 512-bit instruction: about 1.7x the batched throughput. Results differ from the
-//! reference only in float rounding (the integer sums are exact either way).
+//! share each 512-bit instruction: about 1.6x the batched throughput. Results differ from the
+//! reference only in float rounding (the integer sums are exact either way), which the 8-bit
+//! activation encoding of later layers amplifies (see `Numerics::Fast`).
 //!
 //! Results do not depend on how many activation rows are computed together, nor on which kernel
 //! computes them: [`dot`] defines them, and every path here is bit-equal to it. So a sequence

@@ -17,18 +17,26 @@ trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 1 120); do curl -sf http://127.0.0.1:18090/ready >/dev/null && break; sleep 0.5; done
 rss() { awk '/VmRSS/ {print $2}' /proc/$SERVER/status; }
 echo "rss_kib_at_start $(rss)" | tee "$RES/rss.txt"
-# ~1.6 requests/s at c=16 with 128 output tokens on 2 cores: size the run to DURATION.
-N=$(( DURATION * 16 / 10 ))
-"$SLUICE" bench --url http://127.0.0.1:18090 --model m --concurrency 16 --num-requests "$N" \
-  --prompt-tokens 96 --prompt-spread 0.5 --output-tokens 128 --output-spread 0.5 --ignore-eos \
-  --json "$RES/bench.json" 2>"$RES/bench.txt" &
+# Back-to-back runs of 160 requests until DURATION seconds have passed (however fast the
+# server is), each run's table appended to bench.txt.
+end=$((SECONDS + DURATION))
+(
+  run=0
+  while [ "$SECONDS" -lt "$end" ]; do
+    run=$((run + 1))
+    "$SLUICE" bench --url http://127.0.0.1:18090 --model m --concurrency 16 --num-requests 160 \
+      --prompt-tokens 96 --prompt-spread 0.5 --output-tokens 128 --output-spread 0.5 --ignore-eos \
+      --json "$RES/bench-$run.json" 2>>"$RES/bench.txt" || exit 1
+  done
+) &
 BENCH=$!
 t=0
 while kill -0 $BENCH 2>/dev/null; do
   sleep 10; t=$((t + 10))
   echo "t=${t}s rss_kib $(rss)" | tee -a "$RES/rss.txt"
 done
-wait $BENCH || true
-tail -4 "$RES/bench.txt"
+wait $BENCH || echo "a bench run failed (see $RES/bench.txt)" >&2
+grep -E '^\| c=' "$RES/bench.txt" | awk -F'|' '{ok += $3; err += $4} END {print NR " runs, " ok " requests ok, " err " errors"}'
+grep -E '^\| c=' "$RES/bench.txt" | tail -1
 echo "rss_kib_at_end $(rss)" | tee -a "$RES/rss.txt"
 echo "results in $RES" >&2

@@ -156,6 +156,9 @@ async fn start_engine(path: PathBuf, threads: Option<usize>, name: String, cfg: 
         .with_context(|| format!("cannot load {}", path.display()))?;
     loaded.model.set_numerics(cfg.numerics);
     let m = &loaded.model;
+    if cfg.numerics == Numerics::Fast && m.isa() != sluice_model::quant::Isa::Avx512Vnni {
+        tracing::warn!(kernels = ?m.isa(), "the fast numerics need AVX-512 VNNI; this CPU runs the reference arithmetic");
+    }
     tracing::info!(
         architecture = m.cfg.arch.name(),
         parameters = format!("{:.1}M", m.n_params() as f64 / 1e6),

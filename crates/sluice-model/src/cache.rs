@@ -108,7 +108,6 @@ pub struct PagedKv {
     pub(crate) v: Vec<KvData>,
     pub(crate) block_size: usize,
     num_blocks: usize,
-    dtype: KvDtype,
 }
 
 impl PagedKv {
@@ -126,18 +125,12 @@ impl PagedKv {
             v: (0..cfg.n_layers).map(|_| KvData::zeroed(dtype, rows * kv_dim)).collect(),
             block_size: block_size.max(1),
             num_blocks,
-            dtype,
         }
     }
 
     /// Bytes one block occupies (keys and values of every layer).
     pub fn bytes_per_block(cfg: &ModelConfig, block_size: usize, dtype: KvDtype) -> usize {
         2 * cfg.n_layers * block_size * cfg.kv_dim() * dtype.bytes()
-    }
-
-    /// How values are stored.
-    pub fn dtype(&self) -> KvDtype {
-        self.dtype
     }
 
     /// Blocks available.

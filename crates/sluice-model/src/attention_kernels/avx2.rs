@@ -21,22 +21,6 @@ unsafe fn load8<const HALF: bool>(p: *const u8, i: usize) -> __m256 {
     }
 }
 
-/// The first `n < 8` elements from element `i` at `p`, zeros after them.
-///
-/// # Safety
-/// AVX2/F16C required; `p` addresses `i + n` elements.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn load_tail<const HALF: bool>(p: *const u8, i: usize, n: usize) -> __m256 {
-    let esize = if HALF { 2 } else { 4 };
-    let mut t = [0u8; 32];
-    // SAFETY: the n elements from element i are readable (caller contract); `t` holds 8.
-    unsafe {
-        std::ptr::copy_nonoverlapping(p.add(i * esize), t.as_mut_ptr(), n * esize);
-        load8::<HALF>(t.as_ptr(), 0)
-    }
-}
-
 /// `vec_dot`'s horizontal sum of one row's four accumulators: (s0+s2) + (s1+s3), then the
 /// lane tree.
 #[inline]
@@ -262,7 +246,8 @@ pub unsafe fn softmax(x: &mut [f32]) {
 ///
 /// # Safety
 /// AVX2/FMA/F16C required; `groups` holds the first element of each group of eight
-/// positions, every group having `dim` dimensions `bs` elements apart; `dim` a multiple
+/// positions, every group having `dim` dimensions `bs` elements apart, all eight positions
+/// readable (a partial last group's included: blocks hold whole groups); `dim` a multiple
 /// of 8.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn weighted_sum<const H: usize, const HALF: bool>(
@@ -274,7 +259,15 @@ pub unsafe fn weighted_sum<const H: usize, const HALF: bool>(
     out: &mut [f32],
 ) {
     let (n, dim) = (w.len() / H, out.len() / H);
-    let g = Groups::<H> { w: std::array::from_fn(|h| &w[h * n..(h + 1) * n]), ptrs: groups, bs, first: first / 8, tail: n % 8 };
+    let tail = n % 8;
+    // A partial last group's weights, zero-padded once (not re-read past each head's end per
+    // dimension).
+    let w_tail: [[f32; 8]; H] = std::array::from_fn(|h| {
+        let mut t = [0f32; 8];
+        t[..tail].copy_from_slice(&w[h * n + n - tail..(h + 1) * n]);
+        t
+    });
+    let g = Groups::<H> { w: std::array::from_fn(|h| &w[h * n..(h + 1) * n]), w_tail, ptrs: groups, bs, first: first / 8, tail };
     // SAFETY (both arms): the caller's contract.
     unsafe {
         match order {
@@ -292,6 +285,8 @@ pub unsafe fn weighted_sum<const H: usize, const HALF: bool>(
 /// The positions of one weighted sum per head, in groups of eight.
 struct Groups<'a, const H: usize> {
     w: [&'a [f32]; H],
+    /// The weights of a partial last group, zeros after them.
+    w_tail: [[f32; 8]; H],
     /// Dimension 0 of each group (dimension d is d·bs elements further).
     ptrs: &'a [*const u8],
     bs: usize,
@@ -366,12 +361,17 @@ impl<const H: usize> Groups<'_, H> {
                 let vp = *self.ptrs.get_unchecked(c);
                 let part = c >= whole;
                 let wv: [__m256; H] = std::array::from_fn(|h| {
-                    let wp = self.w[h].as_ptr().add(8 * c);
-                    if part { load_tail::<false>(wp as *const u8, 0, self.tail) } else { _mm256_loadu_ps(wp) }
+                    if part { _mm256_loadu_ps(self.w_tail[h].as_ptr()) } else { _mm256_loadu_ps(self.w[h].as_ptr().add(8 * c)) }
                 });
+                // A partial group's positions past the last are read (they lie in its block) and
+                // zeroed whatever they hold, so they add exact zeros, as if never read.
+                let keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+                    _mm256_set1_epi32(if part { self.tail as i32 } else { 8 }),
+                    _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                ));
                 for k in 0..D {
                     let at = (d0 + k) * self.bs;
-                    let v = if part { load_tail::<HALF>(vp, at, self.tail) } else { load8::<HALF>(vp, at) };
+                    let v = _mm256_and_ps(load8::<HALF>(vp, at), keep);
                     for h in 0..H {
                         acc[h][k][j] = _mm256_fmadd_ps(wv[h], v, acc[h][k][j]);
                     }

@@ -64,7 +64,20 @@ impl KvData {
     pub(crate) fn store(&mut self, at: usize, stride: usize, x: &[f32]) {
         match self {
             KvData::F32(d) => x.iter().enumerate().for_each(|(i, &v)| d[at + i * stride] = v),
-            KvData::F16(d) => x.iter().enumerate().for_each(|(i, &v)| d[at + i * stride] = half::f16::from_f32(v).to_bits()),
+            KvData::F16(d) => {
+                // Converted eight at a time, then placed.
+                let mut bits = [0u16; 64];
+                for (c, xs) in x.chunks(bits.len()).enumerate() {
+                    let b = &mut bits[..xs.len()];
+                    crate::vmath::to_half_bits(xs, b);
+                    let at = at + c * 64 * stride;
+                    if stride == 1 {
+                        d[at..at + b.len()].copy_from_slice(b);
+                    } else {
+                        b.iter().enumerate().for_each(|(i, &v)| d[at + i * stride] = v);
+                    }
+                }
+            }
         }
     }
 

@@ -14,15 +14,35 @@ use crate::quant::Isa;
 
 /// RMSNorm of every `w.len()`-wide row of `x` in place: `x * w / rms(x)`.
 pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
-    // Sum of squares in f64, then scale and weight as separate roundings: the same arithmetic
-    // as ggml, so our activations quantize exactly like the reference's.
-    for row in x.chunks_exact_mut(w.len()) {
-        let ss: f64 = row.iter().map(|&v| (v * v) as f64).sum();
-        let mean = (ss / w.len() as f64) as f32;
-        let scale = 1.0 / (mean + eps).sqrt();
-        for (v, g) in row.iter_mut().zip(w) {
-            *v = (*v * scale) * g;
+    // Sum of squares in f64, in order, then scale and weight as separate roundings: the same
+    // arithmetic as ggml, so our activations quantize exactly like the reference's. The ordered
+    // sum is a chain of dependent adds; four rows' chains run side by side.
+    let n = w.len();
+    let mut quads = x.chunks_exact_mut(4 * n);
+    for quad in &mut quads {
+        let mut ss = [0f64; 4];
+        for i in 0..n {
+            for (r, s) in ss.iter_mut().enumerate() {
+                let v = quad[r * n + i];
+                *s += (v * v) as f64;
+            }
         }
+        for (row, s) in quad.chunks_exact_mut(n).zip(ss) {
+            scale_row(row, w, s, eps);
+        }
+    }
+    for row in quads.into_remainder().chunks_exact_mut(n) {
+        let ss = row.iter().fold(0f64, |s, &v| s + (v * v) as f64);
+        scale_row(row, w, ss, eps);
+    }
+}
+
+/// `row * w / rms`, given the row's sum of squares.
+fn scale_row(row: &mut [f32], w: &[f32], ss: f64, eps: f32) {
+    let mean = (ss / w.len() as f64) as f32;
+    let scale = 1.0 / (mean + eps).sqrt();
+    for (v, g) in row.iter_mut().zip(w) {
+        *v = (*v * scale) * g;
     }
 }
 
@@ -54,22 +74,33 @@ impl Rope {
 
     /// Rotates every head of one token's projection `x` (`n_heads × head_dim`) at `pos`.
     pub fn apply(&self, x: &mut [f32], pos: usize) {
-        let half = self.half;
-        let mut table = [(0f32, 0f32); 256];
-        let table = &mut table[..half.min(256)];
+        self.rotate(&self.angles(pos), x);
+    }
+
+    /// The (sin, cos) of every dimension pair's angle at `pos`: the same for every layer, so a
+    /// forward pass builds them once per token and [`Self::rotate`]s each layer's projections.
+    pub fn angles(&self, pos: usize) -> Vec<(f32, f32)> {
         let mut angle = pos as f32;
-        for (i, t) in table.iter_mut().enumerate() {
-            let ff = self.freq_factors.as_ref().map_or(1.0, |f| f[i]);
-            *t = (self.freq_scale * (angle / ff)).sin_cos();
-            angle *= self.theta_scale;
-        }
+        (0..self.half)
+            .map(|i| {
+                let ff = self.freq_factors.as_ref().map_or(1.0, |f| f[i]);
+                let t = (self.freq_scale * (angle / ff)).sin_cos();
+                angle *= self.theta_scale;
+                t
+            })
+            .collect()
+    }
+
+    /// Rotates every head of `x` by `angles` (from [`Self::angles`]).
+    pub fn rotate(&self, angles: &[(f32, f32)], x: &mut [f32]) {
+        debug_assert_eq!(angles.len(), self.half);
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: FMA was detected.
-            unsafe { rotate_fma(self.style, table, x) };
+            unsafe { rotate_fma(self.style, angles, x) };
             return;
         }
-        rotate(self.style, table, x);
+        rotate(self.style, angles, x);
     }
 }
 

@@ -84,6 +84,31 @@ pub struct Model {
     layers: Vec<Layer>,
     rope_global: Rope,
     rope_local: Rope,
+    /// A forward pass's activations, kept between passes: allocating them afresh each step
+    /// page-faults megabytes (the logits of a 16-sequence step are 3 MiB) on the compute path.
+    scratch: std::sync::Mutex<Scratch>,
+}
+
+/// See [`Model::scratch`].
+#[derive(Default)]
+struct Scratch {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    rows: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+/// `buf` as `len` zeros.
+fn zeroed(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    buf.clear();
+    buf.resize(len, 0.0);
+    buf
 }
 
 impl std::fmt::Debug for Model {
@@ -146,6 +171,7 @@ impl Model {
         Ok(Self {
             rope_global: Rope::new(cfg.head_dim, cfg.rope_theta, cfg.rope_style).scaled(cfg.rope_freq_scale, freq_factors),
             rope_local: Rope::new(cfg.head_dim, cfg.rope_theta_local, cfg.rope_style),
+            scratch: Default::default(),
             output_norm: src.vector("output_norm.weight", d)?,
             cfg,
             isa: quant::detect_isa(),
@@ -278,7 +304,17 @@ impl Model {
             })
             .collect();
         let tables: Vec<&[u32]> = seqs.iter().map(|s| s.block_table).collect();
-        let mut x = vec![0f32; n * d];
+        // Never wait for the scratch: a pool thread waiting inside this pass may run another
+        // pass (of a second caller) nested, which must not block on its own outer frame's lock.
+        // It then takes fresh buffers. A poisoned lock (a panic mid-pass) guards only scratch.
+        let mut guard = match self.scratch.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        let mut fresh = Scratch::default();
+        let Scratch { x, h, q, k, v, attn, gate, up, rows, logits } = guard.as_deref_mut().unwrap_or(&mut fresh);
+        let x = zeroed(x, n * d);
         for (row, &t) in x.chunks_exact_mut(d).zip(seqs.iter().flat_map(|s| s.tokens)) {
             self.tok_embd.dequantize_row(t as usize, row);
             if c.embed_scale != 1.0 {
@@ -286,33 +322,40 @@ impl Model {
             }
         }
         let (q_dim, kv_dim) = (c.q_dim(), c.kv_dim());
-        let mut h = vec![0f32; n * d];
-        let mut q = vec![0f32; n * q_dim];
-        let mut k = vec![0f32; n * kv_dim];
-        let mut v = vec![0f32; n * kv_dim];
-        let mut attn = vec![0f32; n * q_dim];
-        let mut gate = vec![0f32; n * c.ffn_dim];
-        let mut up = vec![0f32; n * c.ffn_dim];
+        let h = zeroed(h, n * d);
+        let q = zeroed(q, n * q_dim);
+        let k = zeroed(k, n * kv_dim);
+        let v = zeroed(v, n * kv_dim);
+        let attn = zeroed(attn, n * q_dim);
+        let gate = zeroed(gate, n * c.ffn_dim);
+        let up = zeroed(up, n * c.ffn_dim);
         let bs = kv.block_size;
         let row_of = |t: &AttnToken| tables[t.seq][t.pos / bs] as usize * bs + t.pos % bs;
+        // Each token's rotation angles, for every layer (the local table only where it differs).
+        let angles_global: Vec<Vec<(f32, f32)>> = tokens.iter().map(|t| self.rope_global.angles(t.pos)).collect();
+        let angles_local: Vec<Vec<(f32, f32)>> = if c.layer_is_sliding.iter().any(|&s| s) {
+            tokens.iter().map(|t| self.rope_local.angles(t.pos)).collect()
+        } else {
+            Vec::new()
+        };
         for (il, l) in self.layers.iter().enumerate() {
-            h.copy_from_slice(&x);
-            layers::rms_norm(&mut h, &l.attn_norm, c.rms_eps);
-            matmul_many(self.isa, self.numerics, &[&l.wq, &l.wk, &l.wv], &h, &mut [&mut q, &mut k, &mut v]);
+            h.copy_from_slice(x);
+            layers::rms_norm(h, &l.attn_norm, c.rms_eps);
+            matmul_many(self.isa, self.numerics, &[&l.wq, &l.wk, &l.wv], h, &mut [&mut *q, &mut *k, &mut *v]);
             if let Some([bq, bk, bv]) = &l.qkv_bias {
-                add_bias(&mut q, bq);
-                add_bias(&mut k, bk);
-                add_bias(&mut v, bv);
+                add_bias(q, bq);
+                add_bias(k, bk);
+                add_bias(v, bv);
             }
             if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
-                layers::rms_norm(&mut q, qn, c.rms_eps);
-                layers::rms_norm(&mut k, kn, c.rms_eps);
+                layers::rms_norm(q, qn, c.rms_eps);
+                layers::rms_norm(k, kn, c.rms_eps);
             }
             let sliding = c.layer_is_sliding[il];
-            let rope = if sliding { &self.rope_local } else { &self.rope_global };
+            let (rope, angles) = if sliding { (&self.rope_local, &angles_local) } else { (&self.rope_global, &angles_global) };
             for (t, tok) in tokens.iter().enumerate() {
-                rope.apply(&mut q[t * q_dim..(t + 1) * q_dim], tok.pos);
-                rope.apply(&mut k[t * kv_dim..(t + 1) * kv_dim], tok.pos);
+                rope.rotate(&angles[t], &mut q[t * q_dim..(t + 1) * q_dim]);
+                rope.rotate(&angles[t], &mut k[t * kv_dim..(t + 1) * kv_dim]);
                 let r = row_of(tok);
                 kv.k[il].store(r * kv_dim, 1, &k[t * kv_dim..(t + 1) * kv_dim]);
                 // Values transposed within the block (see `PagedKv`).
@@ -321,7 +364,7 @@ impl Model {
             layers::attention(
                 self.isa,
                 &AttentionInput {
-                    q: &q,
+                    q,
                     k_cache: kv.k[il].view(),
                     v_cache: kv.v[il].view(),
                     tokens: &tokens,
@@ -334,25 +377,25 @@ impl Model {
                     scale_query: c.arch == Arch::Gemma3,
                     window: if sliding { c.sliding_window } else { None },
                 },
-                &mut attn,
+                attn,
             );
-            matmul(self.isa, self.numerics, &l.wo, &attn, &mut h);
+            matmul(self.isa, self.numerics, &l.wo, attn, h);
             if let Some(w) = &l.post_attn_norm {
-                layers::rms_norm(&mut h, w, c.rms_eps);
+                layers::rms_norm(h, w, c.rms_eps);
             }
-            x.iter_mut().zip(&h).for_each(|(a, b)| *a += b);
-            h.copy_from_slice(&x);
-            layers::rms_norm(&mut h, &l.ffn_norm, c.rms_eps);
-            matmul_many(self.isa, self.numerics, &[&l.gate, &l.up], &h, &mut [&mut gate, &mut up]);
-            layers::gated_activation(self.isa, c.activation, &mut gate, &up);
-            matmul(self.isa, self.numerics, &l.down, &gate, &mut h);
+            x.iter_mut().zip(h.iter()).for_each(|(a, b)| *a += b);
+            h.copy_from_slice(x);
+            layers::rms_norm(h, &l.ffn_norm, c.rms_eps);
+            matmul_many(self.isa, self.numerics, &[&l.gate, &l.up], h, &mut [&mut *gate, &mut *up]);
+            layers::gated_activation(self.isa, c.activation, gate, up);
+            matmul(self.isa, self.numerics, &l.down, gate, h);
             if let Some(w) = &l.post_ffn_norm {
-                layers::rms_norm(&mut h, w, c.rms_eps);
+                layers::rms_norm(h, w, c.rms_eps);
             }
-            x.iter_mut().zip(&h).for_each(|(a, b)| *a += b);
+            x.iter_mut().zip(h.iter()).for_each(|(a, b)| *a += b);
         }
         // Gather the rows that need logits, run the head once over all of them.
-        let mut rows = Vec::new();
+        rows.clear();
         let mut counts = Vec::with_capacity(seqs.len());
         let mut offset = 0;
         for s in seqs {
@@ -366,10 +409,10 @@ impl Model {
             rows.extend_from_slice(&x[range.start * d..range.end * d]);
             offset += len;
         }
-        let mut logits = vec![0f32; rows.len() / d * c.vocab_size];
+        let logits = zeroed(logits, rows.len() / d * c.vocab_size);
         if !rows.is_empty() {
-            layers::rms_norm(&mut rows, &self.output_norm, c.rms_eps);
-            matmul(self.isa, self.numerics, &self.output, &rows, &mut logits);
+            layers::rms_norm(rows, &self.output_norm, c.rms_eps);
+            matmul(self.isa, self.numerics, &self.output, rows, logits);
             if let Some(cap) = c.final_logit_softcap {
                 logits.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
             }

@@ -89,6 +89,23 @@ pub fn round_to_half(isa: Isa, x: &mut [f32]) {
     x[done..].iter_mut().for_each(|v| *v = half::f16::from_f32(*v).to_f32());
 }
 
+/// The half-precision bit patterns of `x` (nearest, ties to even) into `out` (as long as `x`).
+pub fn to_half_bits(x: &[f32], out: &mut [u16]) {
+    debug_assert_eq!(x.len(), out.len());
+    #[cfg(target_arch = "x86_64")]
+    let done = if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c") {
+        // SAFETY: AVX2/F16C were detected.
+        unsafe { avx2::to_half_bits(x, out) }
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
+    for (o, v) in out[done..].iter_mut().zip(&x[done..]) {
+        *o = half::f16::from_f32(*v).to_bits();
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
     use super::*;
@@ -153,6 +170,23 @@ pub(crate) mod avx2 {
                 let p = x.as_mut_ptr().add(i);
                 let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(p));
                 _mm256_storeu_ps(p, _mm256_cvtph_ps(h));
+            }
+        }
+        n
+    }
+
+    /// [`super::to_half_bits`] over whole groups of eight; returns how many elements it did.
+    ///
+    /// # Safety
+    /// AVX2 and F16C required.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn to_half_bits(x: &[f32], out: &mut [u16]) -> usize {
+        let n = x.len().min(out.len()) / 8 * 8;
+        for i in (0..n).step_by(8) {
+            // SAFETY: `i + 8 <= n`, within both slices.
+            unsafe {
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(x.as_ptr().add(i)));
+                _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, h);
             }
         }
         n

@@ -67,20 +67,6 @@ fn passes(heads: usize) -> impl Iterator<Item = usize> {
     })
 }
 
-/// Asks for the `bytes` from each pointer on to be brought into the second-level cache: a hint
-/// that changes no result and cannot fault.
-pub fn prefetch_l2(ptrs: &[*const u8], bytes: usize) {
-    #[cfg(target_arch = "x86_64")]
-    for &p in ptrs {
-        for off in (0..bytes).step_by(64) {
-            // SAFETY: a prefetch reads nothing architecturally and never faults.
-            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(p.wrapping_add(off) as *const i8) };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (ptrs, bytes);
-}
-
 /// Element `i` of a cache run at `p` (f32, or half precision when `half`).
 ///
 /// # Safety

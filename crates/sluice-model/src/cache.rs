@@ -12,6 +12,7 @@
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+use crate::quant::Isa;
 
 /// How keys and values are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -61,16 +62,17 @@ impl KvData {
     }
 
     /// Stores `x[i]` at `at + i·stride`.
-    pub(crate) fn store(&mut self, at: usize, stride: usize, x: &[f32]) {
+    pub(crate) fn store(&mut self, isa: Isa, at: usize, stride: usize, x: &[f32]) {
         match self {
             KvData::F32(d) => x.iter().enumerate().for_each(|(i, &v)| d[at + i * stride] = v),
             KvData::F16(d) => {
-                // Converted eight at a time, then placed.
-                let mut bits = [0u16; 64];
-                for (c, xs) in x.chunks(bits.len()).enumerate() {
+                // Converted a chunk at a time (eight lanes at once), then placed.
+                const CHUNK: usize = 64;
+                let mut bits = [0u16; CHUNK];
+                for (c, xs) in x.chunks(CHUNK).enumerate() {
                     let b = &mut bits[..xs.len()];
-                    crate::vmath::to_half_bits(xs, b);
-                    let at = at + c * 64 * stride;
+                    crate::vmath::to_half_bits(isa, xs, b);
+                    let at = at + c * CHUNK * stride;
                     if stride == 1 {
                         d[at..at + b.len()].copy_from_slice(b);
                     } else {

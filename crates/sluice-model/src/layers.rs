@@ -74,21 +74,22 @@ impl Rope {
 
     /// Rotates every head of one token's projection `x` (`n_heads × head_dim`) at `pos`.
     pub fn apply(&self, x: &mut [f32], pos: usize) {
-        self.rotate(&self.angles(pos), x);
+        let mut angles = Vec::with_capacity(self.half);
+        self.angles(pos, &mut angles);
+        self.rotate(&angles, x);
     }
 
-    /// The (sin, cos) of every dimension pair's angle at `pos`: the same for every layer, so a
-    /// forward pass builds them once per token and [`Self::rotate`]s each layer's projections.
-    pub fn angles(&self, pos: usize) -> Vec<(f32, f32)> {
+    /// Appends the (sin, cos) of every dimension pair's angle at `pos` (`head_dim / 2` of them)
+    /// to `out`: the same for every layer, so a forward pass builds them once per token and
+    /// [`Self::rotate`]s each layer's projections.
+    pub fn angles(&self, pos: usize, out: &mut Vec<(f32, f32)>) {
         let mut angle = pos as f32;
-        (0..self.half)
-            .map(|i| {
-                let ff = self.freq_factors.as_ref().map_or(1.0, |f| f[i]);
-                let t = (self.freq_scale * (angle / ff)).sin_cos();
-                angle *= self.theta_scale;
-                t
-            })
-            .collect()
+        out.extend((0..self.half).map(|i| {
+            let ff = self.freq_factors.as_ref().map_or(1.0, |f| f[i]);
+            let t = (self.freq_scale * (angle / ff)).sin_cos();
+            angle *= self.theta_scale;
+            t
+        }));
     }
 
     /// Rotates every head of `x` by `angles` (from [`Self::angles`]).
@@ -259,8 +260,8 @@ pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
             // step's attention -15%).
             if order == SumOrder::Dot {
                 let esize = if half { 2 } else { 4 };
-                attn::prefetch_l2(keys, hd * esize);
-                attn::prefetch_l2(&values[first / bs..], hd * bs * esize);
+                keys.iter().for_each(|&p| crate::mem::prefetch_l2(p, hd * esize));
+                values[first / bs..].iter().for_each(|&p| crate::mem::prefetch_l2(p, hd * bs * esize));
             }
             let qk_order = if half { order } else { SumOrder::Dot };
             scores.clear();

@@ -12,6 +12,7 @@ pub mod gguf;
 mod hf;
 pub mod layers;
 pub mod loader;
+mod mem;
 pub mod model;
 pub mod quant;
 pub mod sgemm;

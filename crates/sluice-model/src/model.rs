@@ -102,6 +102,9 @@ struct Scratch {
     up: Vec<f32>,
     rows: Vec<f32>,
     logits: Vec<f32>,
+    /// Each token's rotation angles, `n_tok × head_dim / 2` (global, and local where used).
+    angles: Vec<(f32, f32)>,
+    angles_local: Vec<(f32, f32)>,
 }
 
 /// `buf` as `len` zeros.
@@ -313,7 +316,7 @@ impl Model {
             Err(std::sync::TryLockError::WouldBlock) => None,
         };
         let mut fresh = Scratch::default();
-        let Scratch { x, h, q, k, v, attn, gate, up, rows, logits } = guard.as_deref_mut().unwrap_or(&mut fresh);
+        let Scratch { x, h, q, k, v, attn, gate, up, rows, logits, angles, angles_local } = guard.as_deref_mut().unwrap_or(&mut fresh);
         let x = zeroed(x, n * d);
         for (row, &t) in x.chunks_exact_mut(d).zip(seqs.iter().flat_map(|s| s.tokens)) {
             self.tok_embd.dequantize_row(t as usize, row);
@@ -332,12 +335,16 @@ impl Model {
         let bs = kv.block_size;
         let row_of = |t: &AttnToken| tables[t.seq][t.pos / bs] as usize * bs + t.pos % bs;
         // Each token's rotation angles, for every layer (the local table only where it differs).
-        let angles_global: Vec<Vec<(f32, f32)>> = tokens.iter().map(|t| self.rope_global.angles(t.pos)).collect();
-        let angles_local: Vec<Vec<(f32, f32)>> = if c.layer_is_sliding.iter().any(|&s| s) {
-            tokens.iter().map(|t| self.rope_local.angles(t.pos)).collect()
-        } else {
-            Vec::new()
-        };
+        let half = c.head_dim / 2;
+        angles.clear();
+        angles_local.clear();
+        let sliding_layers = c.layer_is_sliding.iter().any(|&s| s);
+        for t in &tokens {
+            self.rope_global.angles(t.pos, angles);
+            if sliding_layers {
+                self.rope_local.angles(t.pos, angles_local);
+            }
+        }
         for (il, l) in self.layers.iter().enumerate() {
             h.copy_from_slice(x);
             layers::rms_norm(h, &l.attn_norm, c.rms_eps);
@@ -352,14 +359,15 @@ impl Model {
                 layers::rms_norm(k, kn, c.rms_eps);
             }
             let sliding = c.layer_is_sliding[il];
-            let (rope, angles) = if sliding { (&self.rope_local, &angles_local) } else { (&self.rope_global, &angles_global) };
+            let (rope, table) = if sliding { (&self.rope_local, &*angles_local) } else { (&self.rope_global, &*angles) };
             for (t, tok) in tokens.iter().enumerate() {
-                rope.rotate(&angles[t], &mut q[t * q_dim..(t + 1) * q_dim]);
-                rope.rotate(&angles[t], &mut k[t * kv_dim..(t + 1) * kv_dim]);
+                let a = &table[t * half..(t + 1) * half];
+                rope.rotate(a, &mut q[t * q_dim..(t + 1) * q_dim]);
+                rope.rotate(a, &mut k[t * kv_dim..(t + 1) * kv_dim]);
                 let r = row_of(tok);
-                kv.k[il].store(r * kv_dim, 1, &k[t * kv_dim..(t + 1) * kv_dim]);
+                kv.k[il].store(self.isa, r * kv_dim, 1, &k[t * kv_dim..(t + 1) * kv_dim]);
                 // Values transposed within the block (see `PagedKv`).
-                kv.v[il].store((r / bs) * bs * kv_dim + r % bs, bs, &v[t * kv_dim..(t + 1) * kv_dim]);
+                kv.v[il].store(self.isa, (r / bs) * bs * kv_dim + r % bs, bs, &v[t * kv_dim..(t + 1) * kv_dim]);
             }
             layers::attention(
                 self.isa,

@@ -90,17 +90,20 @@ pub fn round_to_half(isa: Isa, x: &mut [f32]) {
 }
 
 /// The half-precision bit patterns of `x` (nearest, ties to even) into `out` (as long as `x`).
-pub fn to_half_bits(x: &[f32], out: &mut [u16]) {
+pub fn to_half_bits(isa: Isa, x: &[f32], out: &mut [u16]) {
     debug_assert_eq!(x.len(), out.len());
     #[cfg(target_arch = "x86_64")]
-    let done = if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c") {
-        // SAFETY: AVX2/F16C were detected.
+    let done = if isa.has_avx2() {
+        // SAFETY: AVX2/F16C were detected (`Isa::has_avx2`).
         unsafe { avx2::to_half_bits(x, out) }
     } else {
         0
     };
     #[cfg(not(target_arch = "x86_64"))]
-    let done = 0;
+    let done = {
+        let _ = isa;
+        0
+    };
     for (o, v) in out[done..].iter_mut().zip(&x[done..]) {
         *o = half::f16::from_f32(*v).to_bits();
     }
@@ -239,6 +242,18 @@ mod tests {
         round_to_half(isa, &mut v);
         for (x, r) in xs.iter().zip(&v) {
             assert_eq!(r.to_bits(), half::f16::from_f32(*x).to_f32().to_bits(), "{x}");
+        }
+    }
+
+    #[test]
+    fn half_bits_match_the_scalar_conversion() {
+        let xs: Vec<f32> = (0..1003).map(|i| (i as f32 - 500.0) * 2.9e-3 + (i % 5) as f32 * 1.3e-6).chain([1e-8, 7e4, -7e4, 6.1e-5, f32::INFINITY]).collect();
+        for isa in [crate::quant::detect_isa(), Isa::Scalar] {
+            let mut bits = vec![0u16; xs.len()];
+            to_half_bits(isa, &xs, &mut bits);
+            for (x, b) in xs.iter().zip(&bits) {
+                assert_eq!(*b, half::f16::from_f32(*x).to_bits(), "{x} ({isa:?})");
+            }
         }
     }
 

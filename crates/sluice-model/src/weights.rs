@@ -59,7 +59,7 @@ impl QMatrix {
             let (bytes, rb) = ((*m.data).as_ref(), ty.row_bytes(cols));
             let mut released = 0;
             let p = packed::pack(ty, rows, cols, |r| m.row(r), |done| {
-                release_pages(&bytes[offset + released * rb..offset + done * rb]);
+                crate::mem::release_pages(&bytes[offset + released * rb..offset + done * rb]);
                 released = done;
             });
             m.packed = Some(Arc::new(p));
@@ -90,23 +90,6 @@ impl QMatrix {
     pub fn byte_size(&self) -> usize {
         self.rows * self.ty.row_bytes(self.cols)
     }
-}
-
-/// Asks the kernel to drop the pages of `bytes` from this process's resident set (whole pages
-/// inside the range only). `MADV_PAGEOUT` never loses data: file pages are re-read and anonymous
-/// ones swapped, so it is safe whatever `bytes` is backed by. Best effort.
-fn release_pages(bytes: &[u8]) {
-    #[cfg(target_os = "linux")]
-    {
-        const PAGE: usize = 4096;
-        let start = (bytes.as_ptr() as usize).next_multiple_of(PAGE);
-        let end = (bytes.as_ptr() as usize + bytes.len()) / PAGE * PAGE;
-        if end > start {
-            // SAFETY: the range lies inside `bytes`; PAGEOUT changes residency, never contents.
-            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_PAGEOUT) };
-        }
-    }
-    let _ = bytes;
 }
 
 /// A raw pointer that tasks writing disjoint elements of one output buffer may share.

@@ -112,7 +112,7 @@ mod avx512 {
 
     use super::super::packed::{
         PACK_ROWS,
-        avx512::{nibbles, prefetch},
+        avx512::nibbles,
     };
 
     /// Byte layout of one block of a packed group and of an activation row: (group block bytes,
@@ -227,8 +227,8 @@ mod avx512 {
             unsafe {
                 let (p0, p1) = (g0.as_ptr().add(b * gbb), g1.as_ptr().add(b * gbb));
                 // The next pair of a packed matrix's groups (this pair's are adjacent).
-                prefetch(p0.wrapping_add(2 * nb * gbb), gbb);
-                prefetch(p1.wrapping_add(2 * nb * gbb), gbb);
+                crate::mem::prefetch_l1(p0.wrapping_add(2 * nb * gbb), gbb);
+                crate::mem::prefetch_l1(p1.wrapping_add(2 * nb * gbb), gbb);
                 let halves = |at: usize| {
                     let lo = _mm256_castsi128_si256(_mm_loadu_si128(p0.add(at) as *const __m128i));
                     _mm256_inserti128_si256::<1>(lo, _mm_loadu_si128(p1.add(at) as *const __m128i))

@@ -61,6 +61,7 @@ pub fn packable(isa: super::Isa, ty: GgmlType, rows: usize) -> bool {
 pub fn pack<'a>(ty: GgmlType, rows: usize, cols: usize, row: impl Fn(usize) -> &'a [u8], mut progress: impl FnMut(usize)) -> Vec<u8> {
     let len = cols / 32 * group_block_bytes(ty);
     let mut out = vec![0u8; rows / PACK_ROWS * len];
+    crate::mem::huge_pages(&mut out);
     let groups = out.len() / len.max(1);
     for (g, dst) in out.chunks_exact_mut(len).enumerate() {
         pack_group(ty, g, dst, &row);
@@ -209,8 +210,12 @@ pub(super) mod avx512 {
             // scales per block of every `sc` row, are in bounds (checked above).
             unsafe {
                 let gp = grp.as_ptr().add(b * gbb);
+                // With several activation rows, the block of the group two ahead: a band's
+                // weights stream in from memory ahead of the arithmetic instead of stalling
+                // it (+8% on a 16-sequence decode step). One row streams fast enough
+                // without: there the hints cost 10%.
                 if R > 1 {
-                    prefetch(gp.wrapping_add(2 * nb * gbb), gbb);
+                    crate::mem::prefetch_l1(gp.wrapping_add(2 * nb * gbb), gbb);
                 }
                 let dw = _mm256_cvtph_ps(_mm_loadu_si128(gp as *const __m128i));
                 let mw = _mm256_cvtph_ps(_mm_loadu_si128(gp.add(16) as *const __m128i));
@@ -256,20 +261,6 @@ pub(super) mod avx512 {
         wq
     }
 
-    /// Asks for the `bytes` from `p` to be brought into the first-level cache: a hint that
-    /// changes no result and cannot fault, so `p` may lie past the matrix. The kernels over
-    /// several activation rows ask for each block of the group two groups ahead while they work,
-    /// so a band's weights stream in from memory ahead of the arithmetic instead of stalling it
-    /// (+8% on a 16-sequence decode step, whose weights come from DRAM every step). One
-    /// activation row streams fast enough without: there the hints cost 10%.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub(in crate::quant) fn prefetch(p: *const u8, bytes: usize) {
-        for off in (0..bytes).step_by(64) {
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off) as *const i8);
-        }
-    }
-
     /// The tree order of `scalar::hsum8`, for eight rows at once.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -306,8 +297,9 @@ pub(super) mod avx512 {
             // scales and offsets are in bounds (checked above).
             unsafe {
                 let gp = grp.as_ptr().add(b * gbb);
+                // As in `dot_group_q4_1`.
                 if R > 1 {
-                    prefetch(gp.wrapping_add(2 * nb * gbb), gbb);
+                    crate::mem::prefetch_l1(gp.wrapping_add(2 * nb * gbb), gbb);
                 }
                 let dw = _mm256_cvtph_ps(_mm_loadu_si128(gp as *const __m128i));
                 let mut wq = [_mm256_setzero_si256(); 8];

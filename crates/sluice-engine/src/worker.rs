@@ -25,6 +25,8 @@ pub(crate) struct Worker {
     kv: PagedKv,
     seqs: HashMap<SeqId, SeqRuntime>,
     next_id: u64,
+    /// The last step's logits (kept: a step's are megabytes).
+    logits: Vec<f32>,
 }
 
 impl Worker {
@@ -47,6 +49,7 @@ impl Worker {
             kv,
             seqs: HashMap::new(),
             next_id: 0,
+            logits: Vec::new(),
         }
     }
 
@@ -157,8 +160,9 @@ impl Worker {
                 }
         }
         let step_started = std::time::Instant::now();
-        let logits = match self.run_batch(&plan) {
-            Ok(l) => l,
+        let mut logits = std::mem::take(&mut self.logits);
+        let rows = match self.run_batch(&plan, &mut logits) {
+            Ok(r) => r,
             Err(e) => {
                 for item in &plan.scheduled {
                     if let Some(rt) = self.seqs.get_mut(&item.id) {
@@ -173,16 +177,21 @@ impl Worker {
         self.stats.steps.fetch_add(1, Ordering::AcqRel);
         let mut sampled = Vec::new();
         let mut samples = Vec::new();
-        for (item, mut row) in plan.scheduled.iter().zip(logits) {
+        let vocab = self.model.model.cfg.vocab_size;
+        let mut at = 0;
+        for (item, k) in plan.scheduled.iter().zip(rows) {
+            let row = &mut logits[at * vocab..(at + k) * vocab];
+            at += k;
             if !item.sample {
                 continue;
             }
             if let Some(rt) = self.seqs.get_mut(&item.id) {
-                let (tok, lp) = rt.sampler.sample(&mut row);
+                let (tok, lp) = rt.sampler.sample(row);
                 sampled.push((item.id, tok));
                 samples.push((item.id, tok, lp));
             }
         }
+        self.logits = logits;
         // Each sequence's share of this step, by its tokens in it (for per-request cost).
         let step_time = step_started.elapsed();
         let step_tokens: usize = plan.scheduled.iter().map(|i| i.len).sum::<usize>().max(1);
@@ -202,7 +211,9 @@ impl Worker {
         self.publish();
     }
 
-    fn run_batch(&mut self, plan: &StepPlan) -> Result<Vec<Vec<f32>>, EngineError> {
+    /// One forward pass over the plan, its logits into `logits`; returns each scheduled
+    /// sequence's row count there.
+    fn run_batch(&mut self, plan: &StepPlan, logits: &mut Vec<f32>) -> Result<Vec<usize>, EngineError> {
         let mut tokens = Vec::with_capacity(plan.scheduled.len());
         let mut tables = Vec::with_capacity(plan.scheduled.len());
         for item in &plan.scheduled {
@@ -222,6 +233,6 @@ impl Worker {
                 logits: item.sample.then_some(Logits::Last),
             })
             .collect();
-        self.model.model.forward_batch(&batch, &mut self.kv).map_err(|e| EngineError::Model(e.to_string()))
+        self.model.model.forward_batch_into(&batch, &mut self.kv, logits).map_err(|e| EngineError::Model(e.to_string()))
     }
 }

@@ -85,7 +85,8 @@ pub struct Model {
     rope_global: Rope,
     rope_local: Rope,
     /// A forward pass's activations, kept between passes: allocating them afresh each step
-    /// page-faults megabytes (the logits of a 16-sequence step are 3 MiB) on the compute path.
+    /// page-faults on the compute path (logits, the largest, live in the caller's buffer: see
+    /// [`Model::forward_batch_into`]).
     scratch: std::sync::Mutex<Scratch>,
 }
 
@@ -101,7 +102,6 @@ struct Scratch {
     gate: Vec<f32>,
     up: Vec<f32>,
     rows: Vec<f32>,
-    logits: Vec<f32>,
     /// Each token's rotation angles, `n_tok × head_dim / 2` (global, and local where used).
     angles: Vec<(f32, f32)>,
     angles_local: Vec<(f32, f32)>,
@@ -259,9 +259,10 @@ impl Model {
         let start_pos = cache.len();
         let prompt_len = if tokens.len() > 1 { start_pos + tokens.len() } else { start_pos };
         let seq = BatchSeq { tokens, start_pos, block_table: &cache.table, prompt_len, logits: Some(which) };
-        let mut out = self.forward_batch(&[seq], &mut cache.paged)?;
+        let mut logits = Vec::new();
+        self.forward_batch_into(&[seq], &mut cache.paged, &mut logits)?;
         cache.advance(tokens.len());
-        Ok(out.pop().unwrap_or_default())
+        Ok(logits)
     }
 
     /// One step over several sequences at once: their new tokens are concatenated (no padding)
@@ -269,6 +270,26 @@ impl Model {
     /// its attention reads only that sequence. Returns, per sequence, the logits it asked for
     /// (empty when `logits` is `None`).
     pub fn forward_batch(&self, seqs: &[BatchSeq<'_>], kv: &mut PagedKv) -> Result<Vec<Vec<f32>>> {
+        let mut logits = Vec::new();
+        let rows = self.forward_batch_into(seqs, kv, &mut logits)?;
+        let vocab = self.cfg.vocab_size;
+        let mut at = 0;
+        Ok(rows
+            .into_iter()
+            .map(|k| {
+                let row = logits[at * vocab..(at + k) * vocab].to_vec();
+                at += k;
+                row
+            })
+            .collect())
+    }
+
+    /// [`Self::forward_batch`] into a caller's buffer, which a caller stepping repeatedly keeps:
+    /// `logits` becomes the rows every sequence asked for, sequence after sequence
+    /// (`vocab_size` floats each; 3 MiB for sixteen sequences of a 49k vocabulary, which
+    /// per-sequence vectors would allocate, fault in and copy every step). Returns each
+    /// sequence's row count.
+    pub fn forward_batch_into(&self, seqs: &[BatchSeq<'_>], kv: &mut PagedKv, logits: &mut Vec<f32>) -> Result<Vec<usize>> {
         let mut n = 0;
         for s in seqs {
             if s.tokens.is_empty() {
@@ -289,10 +310,10 @@ impl Model {
         if n == 0 {
             return Err(ModelError::InvalidInput("no tokens to run".into()));
         }
-        Ok(self.pool.install(|| self.forward_inner(seqs, n, kv)))
+        Ok(self.pool.install(|| self.forward_inner(seqs, n, kv, logits)))
     }
 
-    fn forward_inner(&self, seqs: &[BatchSeq<'_>], n: usize, kv: &mut PagedKv) -> Vec<Vec<f32>> {
+    fn forward_inner(&self, seqs: &[BatchSeq<'_>], n: usize, kv: &mut PagedKv, logits: &mut Vec<f32>) -> Vec<usize> {
         let c = &self.cfg;
         let d = c.d_model;
         let tokens: Vec<AttnToken> = seqs
@@ -316,7 +337,7 @@ impl Model {
             Err(std::sync::TryLockError::WouldBlock) => None,
         };
         let mut fresh = Scratch::default();
-        let Scratch { x, h, q, k, v, attn, gate, up, rows, logits, angles, angles_local } = guard.as_deref_mut().unwrap_or(&mut fresh);
+        let Scratch { x, h, q, k, v, attn, gate, up, rows, angles, angles_local } = guard.as_deref_mut().unwrap_or(&mut fresh);
         let x = zeroed(x, n * d);
         for (row, &t) in x.chunks_exact_mut(d).zip(seqs.iter().flat_map(|s| s.tokens)) {
             self.tok_embd.dequantize_row(t as usize, row);
@@ -425,13 +446,7 @@ impl Model {
                 logits.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
             }
         }
-        let mut out = Vec::with_capacity(seqs.len());
-        let mut at = 0;
-        for k in counts {
-            out.push(logits[at * c.vocab_size..(at + k) * c.vocab_size].to_vec());
-            at += k;
-        }
-        out
+        counts
     }
 }
 

@@ -109,6 +109,8 @@ fn batched_decode(model: &sluice_model::Model, tokens: &[u32], args: &BenchModel
         };
         model.forward_batch(&[seq], &mut kv)?;
     }
+    // One logits buffer for every step, as the engine keeps one.
+    let mut logits = Vec::new();
     let t = Instant::now();
     for step in 0..steps {
         let toks: Vec<[u32; 1]> = (0..args.batch).map(|s| [tokens[(s + step) % tokens.len()]]).collect();
@@ -121,7 +123,7 @@ fn batched_decode(model: &sluice_model::Model, tokens: &[u32], args: &BenchModel
                 logits: Some(Logits::Last),
             })
             .collect();
-        model.forward_batch(&batch, &mut kv)?;
+        model.forward_batch_into(&batch, &mut kv, &mut logits)?;
     }
     Ok((steps * args.batch) as f64 / t.elapsed().as_secs_f64())
 }

@@ -35,7 +35,7 @@ fn whole_pages(p: *const u8, len: usize) -> Option<(usize, usize)> {
     const PAGE: usize = 4096;
     let start = (p as usize).next_multiple_of(PAGE);
     let end = (p as usize + len) / PAGE * PAGE;
-    (end > start).then_some((start, end - start))
+    (end > start).then(|| (start, end - start))
 }
 
 /// Asks the kernel to back `buf` with 2 MiB pages where it can; call before the pages are

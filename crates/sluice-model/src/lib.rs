@@ -13,6 +13,7 @@ mod hf;
 pub mod layers;
 pub mod loader;
 mod mem;
+pub mod phases;
 pub mod model;
 pub mod quant;
 pub mod sgemm;

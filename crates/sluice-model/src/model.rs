@@ -12,6 +12,7 @@ use crate::cache::{KvCache, PagedKv};
 use crate::config::{Arch, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::layers::{self, AttentionInput, AttnToken, Rope, SumOrder};
+use crate::phases::{Laps, Phase, PhaseTimes, lap};
 use crate::quant::{self, Isa, Numerics};
 use crate::weights::{QMatrix, matmul, matmul_many};
 
@@ -88,6 +89,8 @@ pub struct Model {
     /// page-faults on the compute path (logits, the largest, live in the caller's buffer: see
     /// [`Model::forward_batch_into`]).
     scratch: std::sync::Mutex<Scratch>,
+    /// Phase times summed over passes while timing is on (see [`Model::time_phases`]).
+    phases: std::sync::Mutex<Option<PhaseTimes>>,
 }
 
 /// See [`Model::scratch`].
@@ -175,6 +178,7 @@ impl Model {
             rope_global: Rope::new(cfg.head_dim, cfg.rope_theta, cfg.rope_style).scaled(cfg.rope_freq_scale, freq_factors),
             rope_local: Rope::new(cfg.head_dim, cfg.rope_theta_local, cfg.rope_style),
             scratch: Default::default(),
+            phases: Default::default(),
             output_norm: src.vector("output_norm.weight", d)?,
             cfg,
             isa: quant::detect_isa(),
@@ -265,6 +269,16 @@ impl Model {
         Ok(logits)
     }
 
+    /// Starts (from zero) or stops summing where forward passes spend their time.
+    pub fn time_phases(&self, on: bool) {
+        *self.phases.lock().unwrap_or_else(|p| p.into_inner()) = on.then(PhaseTimes::default);
+    }
+
+    /// The phase times summed since [`Self::time_phases`] turned timing on, if it is on.
+    pub fn phase_times(&self) -> Option<PhaseTimes> {
+        *self.phases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// One step over several sequences at once: their new tokens are concatenated (no padding)
     /// and run through one pass; each token's keys and values land in its sequence's blocks and
     /// its attention reads only that sequence. Returns, per sequence, the logits it asked for
@@ -310,10 +324,16 @@ impl Model {
         if n == 0 {
             return Err(ModelError::InvalidInput("no tokens to run".into()));
         }
-        Ok(self.pool.install(|| self.forward_inner(seqs, n, kv, logits)))
+        let timing = self.phases.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+        let mut laps = timing.then(|| Laps::start(n));
+        let rows = self.pool.install(|| self.forward_inner(seqs, n, kv, logits, &mut laps));
+        if let (Some(l), Some(sum)) = (laps, self.phases.lock().unwrap_or_else(|p| p.into_inner()).as_mut()) {
+            sum.add(&l.finish());
+        }
+        Ok(rows)
     }
 
-    fn forward_inner(&self, seqs: &[BatchSeq<'_>], n: usize, kv: &mut PagedKv, logits: &mut Vec<f32>) -> Vec<usize> {
+    fn forward_inner(&self, seqs: &[BatchSeq<'_>], n: usize, kv: &mut PagedKv, logits: &mut Vec<f32>, laps: &mut Option<Laps>) -> Vec<usize> {
         let c = &self.cfg;
         let d = c.d_model;
         let tokens: Vec<AttnToken> = seqs
@@ -369,7 +389,9 @@ impl Model {
         for (il, l) in self.layers.iter().enumerate() {
             h.copy_from_slice(x);
             layers::rms_norm(h, &l.attn_norm, c.rms_eps);
+            lap(laps, Phase::Other);
             matmul_many(self.isa, self.numerics, &[&l.wq, &l.wk, &l.wv], h, &mut [&mut *q, &mut *k, &mut *v]);
+            lap(laps, Phase::Qkv);
             if let Some([bq, bk, bv]) = &l.qkv_bias {
                 add_bias(q, bq);
                 add_bias(k, bk);
@@ -408,16 +430,22 @@ impl Model {
                 },
                 attn,
             );
+            lap(laps, Phase::Attention);
             matmul(self.isa, self.numerics, &l.wo, attn, h);
+            lap(laps, Phase::OutProj);
             if let Some(w) = &l.post_attn_norm {
                 layers::rms_norm(h, w, c.rms_eps);
             }
             x.iter_mut().zip(h.iter()).for_each(|(a, b)| *a += b);
             h.copy_from_slice(x);
             layers::rms_norm(h, &l.ffn_norm, c.rms_eps);
+            lap(laps, Phase::Other);
             matmul_many(self.isa, self.numerics, &[&l.gate, &l.up], h, &mut [&mut *gate, &mut *up]);
+            lap(laps, Phase::FfnUp);
             layers::gated_activation(self.isa, c.activation, gate, up);
+            lap(laps, Phase::Other);
             matmul(self.isa, self.numerics, &l.down, gate, h);
+            lap(laps, Phase::FfnDown);
             if let Some(w) = &l.post_ffn_norm {
                 layers::rms_norm(h, w, c.rms_eps);
             }
@@ -441,7 +469,9 @@ impl Model {
         let logits = zeroed(logits, rows.len() / d * c.vocab_size);
         if !rows.is_empty() {
             layers::rms_norm(rows, &self.output_norm, c.rms_eps);
+            lap(laps, Phase::Other);
             matmul(self.isa, self.numerics, &self.output, rows, logits);
+            lap(laps, Phase::Head);
             if let Some(cap) = c.final_logit_softcap {
                 logits.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
             }

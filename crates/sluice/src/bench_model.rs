@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
+use sluice_model::phases::{Phase, PhaseTimes};
 use sluice_model::{KvCache, Logits};
 
 /// Arguments of `sluice bench-model`.
@@ -36,6 +37,10 @@ pub struct BenchModelArgs {
     /// How matrix products round (fast or reference), as `serve --numerics`.
     #[arg(long, default_value = "reference", value_parser = sluice_model::quant::Numerics::parse)]
     numerics: sluice_model::quant::Numerics,
+    /// Also report where the decode steps spend their time, by phase of the forward pass (of
+    /// the batched decode when `--batch` is set, else of the single-sequence decode).
+    #[arg(long)]
+    phases: bool,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -58,25 +63,39 @@ pub fn run(args: BenchModelArgs) -> anyhow::Result<()> {
     model.forward(&tokens[..4], &mut cache, Logits::Last)?;
     let mut pp = Vec::new();
     let mut tg = Vec::new();
-    for _ in 0..args.reps.max(1) {
+    let mut phases = None;
+    for rep in 0..args.reps.max(1) {
         let mut cache = KvCache::with_dtype(&model.cfg, args.prompt + 1, args.kv_cache_dtype);
         let t = Instant::now();
         model.forward(&tokens[..args.prompt], &mut cache, Logits::Last)?;
         pp.push(args.prompt as f64 / t.elapsed().as_secs_f64());
         let mut cache = KvCache::with_dtype(&model.cfg, args.generate + 1, args.kv_cache_dtype);
+        // Phases of the last repetition's decode (timing off for the others).
+        let time_tg = args.phases && args.batch == 0 && rep + 1 == args.reps.max(1);
+        model.time_phases(time_tg);
         let t = Instant::now();
         for &tok in &tokens[..args.generate] {
             model.forward(&[tok], &mut cache, Logits::Last)?;
         }
         tg.push(args.generate as f64 / t.elapsed().as_secs_f64());
+        if time_tg {
+            phases = model.phase_times();
+            model.time_phases(false);
+        }
     }
     let (pp, tg) = (median(pp), median(tg));
-    let batched = if args.batch > 0 { Some(batched_decode(model, &tokens, &args)?) } else { None };
+    let batched = if args.batch > 0 { Some(batched_decode(model, &tokens, &args, &mut phases)?) } else { None };
+    // Milliseconds per decode step, by phase.
+    let per_step: Vec<(&str, f64)> = phases
+        .iter()
+        .flat_map(|t| Phase::ALL.map(|p| (p.name(), t.get(p).as_secs_f64() * 1e3 / t.passes.max(1) as f64)))
+        .collect();
     let out = serde_json::json!({
         "engine": "sluice", "model": m.name, "threads": args.threads,
         "pp_tokens": args.prompt, "pp_tok_s": pp, "tg_tokens": args.generate, "tg_tok_s": tg,
         "batch": args.batch, "batched_tg_tok_s": batched,
         "kernels": format!("{:?}", model.isa()), "numerics": format!("{:?}", model.numerics()),
+        "phases_ms_per_step": phases.map(|_| per_step.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>()),
     });
     #[expect(clippy::print_stdout, reason = "the benchmark's machine-readable output")]
     {
@@ -87,11 +106,19 @@ pub fn run(args: BenchModelArgs) -> anyhow::Result<()> {
     if let Some(b) = batched {
         eprintln!("batched decode, {} sequences: {b:.1} tok/s", args.batch);
     }
+    if let Some(t) = phases {
+        let step = t.total().as_secs_f64() * 1e3 / t.passes.max(1) as f64;
+        eprintln!("| phase ({} tokens per step) | ms per step | share |", t.tokens / t.passes.max(1));
+        for (name, ms) in &per_step {
+            eprintln!("| {name} | {ms:.2} | {:.0}% |", 100.0 * ms / step.max(f64::MIN_POSITIVE));
+        }
+        eprintln!("| total | {step:.2} | 100% |");
+    }
     Ok(())
 }
 
 /// Decode throughput with `args.batch` sequences stepping together (64-token contexts).
-fn batched_decode(model: &sluice_model::Model, tokens: &[u32], args: &BenchModelArgs) -> anyhow::Result<f64> {
+fn batched_decode(model: &sluice_model::Model, tokens: &[u32], args: &BenchModelArgs, phases: &mut Option<PhaseTimes>) -> anyhow::Result<f64> {
     let ctx = 64;
     let steps = args.generate;
     let block = 16;
@@ -111,6 +138,7 @@ fn batched_decode(model: &sluice_model::Model, tokens: &[u32], args: &BenchModel
     }
     // One logits buffer for every step, as the engine keeps one.
     let mut logits = Vec::new();
+    model.time_phases(args.phases);
     let t = Instant::now();
     for step in 0..steps {
         let toks: Vec<[u32; 1]> = (0..args.batch).map(|s| [tokens[(s + step) % tokens.len()]]).collect();
@@ -125,5 +153,10 @@ fn batched_decode(model: &sluice_model::Model, tokens: &[u32], args: &BenchModel
             .collect();
         model.forward_batch_into(&batch, &mut kv, &mut logits)?;
     }
-    Ok((steps * args.batch) as f64 / t.elapsed().as_secs_f64())
+    let rate = (steps * args.batch) as f64 / t.elapsed().as_secs_f64();
+    if args.phases {
+        *phases = model.phase_times();
+        model.time_phases(false);
+    }
+    Ok(rate)
 }

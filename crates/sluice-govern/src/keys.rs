@@ -424,8 +424,7 @@ mod tests {
     use super::*;
 
     async fn governor() -> Governor {
-        let path = std::env::temp_dir().join(format!("sluice-govern-{}-{}.db", std::process::id(), random_hex(4).unwrap()));
-        Governor::new(Store::open(&format!("sqlite://{}", path.display())).await.unwrap())
+        Governor::new(Store::open(&sluice_store::testing::sqlite_url("govern")).await.unwrap())
     }
 
     fn bearer(k: &str) -> String {

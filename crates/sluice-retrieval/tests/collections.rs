@@ -10,9 +10,7 @@ use sluice_retrieval::testing::embedders;
 use sluice_retrieval::{CollectionSpec, Collections, DocumentInput, Mode, Query, RetrievalError};
 
 fn index_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sluice-index-{tag}-{}-{}", std::process::id(), sluice_store::now_ms()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+    sluice_store::testing::temp_path(&format!("index_{tag}"))
 }
 
 /// Collections on a fresh SQLite file, and on a fresh PostgreSQL database when one is configured.

@@ -1,17 +1,17 @@
-//! Fresh databases for tests (this crate's and those built on it): a new SQLite file, and a new
-//! database on the PostgreSQL server named by `SLUICE_TEST_POSTGRES_URL` (`make test` starts one
+//! Fresh databases and paths for tests (this crate's and those built on it): a new SQLite file or
+//! temporary path, and a new database on the PostgreSQL server named by `SLUICE_TEST_POSTGRES_URL` (`make test` starts one
 //! with scripts/postgres.sh). Without that variable the PostgreSQL half of a test is skipped,
 //! loudly, unless `SLUICE_REQUIRE_POSTGRES=1` makes that a failure (as in CI).
 //!
 //! Names carry the test process's id (`{tag}_{pid}_{n}`). A test cannot reliably clean up after
-//! itself (it may fail or be killed mid-way), so the first database a process asks for sweeps
-//! away those of test processes that have exited: without that, every local test run left its
+//! itself (it may fail or be killed mid-way), so the first path or database a process asks for
+//! sweeps away those of test processes that have exited: without that, every local test run left its
 //! databases behind (a PostgreSQL database is a copy of its template, several MB each).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 static N: AtomicU32 = AtomicU32::new(0);
-static SWEPT_SQLITE: AtomicBool = AtomicBool::new(false);
+static SWEPT_FILES: AtomicBool = AtomicBool::new(false);
 static SWEPT_POSTGRES: AtomicBool = AtomicBool::new(false);
 
 fn unique(tag: &str) -> String {
@@ -30,19 +30,30 @@ fn stale(name: &str) -> bool {
     numeric(n) && numeric(pid) && proc.join("self").exists() && !proc.join(pid).exists()
 }
 
-/// A URL of a new, empty SQLite file in the temporary directory.
-pub fn sqlite_url(tag: &str) -> String {
+/// A new path in the temporary directory (`sluice-{tag}_{pid}_{n}`), nothing there yet; the
+/// test may make it a file or a directory.
+pub fn temp_path(tag: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir();
-    if !SWEPT_SQLITE.swap(true, Ordering::Relaxed) {
+    if !SWEPT_FILES.swap(true, Ordering::Relaxed) {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let stem = name.strip_prefix("sluice-").and_then(|n| n.split_once(".db")).map(|(stem, _)| stem);
+            // A SQLite file's companions (`.db-wal`, `.db-shm`) go with it.
+            let stem = name.strip_prefix("sluice-").map(|n| n.split_once('.').map_or(n, |(stem, _)| stem));
             if stem.is_some_and(stale) {
-                let _ = std::fs::remove_file(entry.path());
+                let path = entry.path();
+                let _ = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
             }
         }
     }
-    let path = dir.join(format!("sluice-{}.db", unique(tag)));
+    let path = dir.join(format!("sluice-{}", unique(tag)));
+    let _ = std::fs::remove_dir_all(&path);
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+/// A URL of a new, empty SQLite file in the temporary directory.
+pub fn sqlite_url(tag: &str) -> String {
+    let path = temp_path(tag).with_extension("db");
     for ext in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
     }

@@ -23,9 +23,7 @@ async fn stores(tag: &str) -> Vec<Store> {
 
 /// An empty temporary directory path of this test run.
 fn empty_dir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("sluice-govern-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+    sluice_store::testing::temp_path(&format!("govern_{tag}"))
 }
 
 /// 150 entries (checkpoints at 64, 128 and the last), and the tip as the writer would keep it.

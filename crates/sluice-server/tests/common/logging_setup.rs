@@ -30,7 +30,7 @@ pub struct Setup {
 }
 
 pub async fn setup(policies: &[(&'static str, LoggingPolicy)], mock: MockBehaviour) -> Setup {
-    let db_path = std::env::temp_dir().join(format!("sluice-logging-{}-{}.db", std::process::id(), rand_suffix()));
+    let db_path = sluice_store::testing::temp_path("logging").with_extension("db");
     let store = Store::open(&format!("sqlite://{}", db_path.display())).await.unwrap();
     let mock = MockUpstream::start("up", mock).await.unwrap();
     let toml = format!(
@@ -52,10 +52,6 @@ pub async fn setup(policies: &[(&'static str, LoggingPolicy)], mock: MockBehavio
     gateway.set_governance(Arc::new(LedgerGovernance::new(ledger.clone()).with_auditor(Some(auditor), Some(redactor))));
     let app = sluice_server::gateway_app(GatewayState::new(Arc::new(gateway), Vec::new()).with_governor(gov).with_ledger(ledger));
     Setup { app, store, db_path, keys, _mock: mock }
-}
-
-fn rand_suffix() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
 }
 
 pub async fn post(app: &Router, key: &str, body: String) -> (u16, String) {

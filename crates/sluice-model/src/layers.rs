@@ -76,7 +76,7 @@ impl Rope {
     pub fn apply(&self, x: &mut [f32], pos: usize) {
         let mut angles = Vec::with_capacity(self.half);
         self.angles(pos, &mut angles);
-        self.rotate(&angles, x);
+        self.rotate(crate::quant::detect_isa(), &angles, x);
     }
 
     /// Appends the (sin, cos) of every dimension pair's angle at `pos` (`head_dim / 2` of them)
@@ -93,14 +93,15 @@ impl Rope {
     }
 
     /// Rotates every head of `x` by `angles` (from [`Self::angles`]).
-    pub fn rotate(&self, angles: &[(f32, f32)], x: &mut [f32]) {
+    pub fn rotate(&self, isa: Isa, angles: &[(f32, f32)], x: &mut [f32]) {
         debug_assert_eq!(angles.len(), self.half);
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: FMA was detected.
+        if isa.has_avx2() {
+            // SAFETY: FMA was detected (`Isa::has_avx2`).
             unsafe { rotate_fma(self.style, angles, x) };
             return;
         }
+        let _ = isa;
         rotate(self.style, angles, x);
     }
 }

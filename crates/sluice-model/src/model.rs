@@ -405,8 +405,8 @@ impl Model {
             let (rope, table) = if sliding { (&self.rope_local, &*angles_local) } else { (&self.rope_global, &*angles) };
             for (t, tok) in tokens.iter().enumerate() {
                 let a = &table[t * half..(t + 1) * half];
-                rope.rotate(a, &mut q[t * q_dim..(t + 1) * q_dim]);
-                rope.rotate(a, &mut k[t * kv_dim..(t + 1) * kv_dim]);
+                rope.rotate(self.isa, a, &mut q[t * q_dim..(t + 1) * q_dim]);
+                rope.rotate(self.isa, a, &mut k[t * kv_dim..(t + 1) * kv_dim]);
                 let r = row_of(tok);
                 kv.k[il].store(self.isa, r * kv_dim, 1, &k[t * kv_dim..(t + 1) * kv_dim]);
                 // Values transposed within the block (see `PagedKv`).

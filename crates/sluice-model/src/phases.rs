@@ -1,6 +1,6 @@
 //! Where a forward pass spends its time, by phase, for benchmarks and profiling
 //! (`sluice bench-model --phases`). Off by default: an enabled pass reads the clock about ten
-//! times per layer; a disabled one checks one flag.
+//! times per layer; a disabled one only takes the model's (uncontended) timing lock once.
 
 use std::time::{Duration, Instant};
 

@@ -1,12 +1,13 @@
-//! Fresh databases and paths for tests (this crate's and those built on it): a new SQLite file or
-//! temporary path, and a new database on the PostgreSQL server named by `SLUICE_TEST_POSTGRES_URL` (`make test` starts one
-//! with scripts/postgres.sh). Without that variable the PostgreSQL half of a test is skipped,
-//! loudly, unless `SLUICE_REQUIRE_POSTGRES=1` makes that a failure (as in CI).
+//! Fresh databases and paths for tests (this crate's and those built on it): a new SQLite file
+//! or temporary path, and a new database on the PostgreSQL server named by
+//! `SLUICE_TEST_POSTGRES_URL` (`make test` starts one with scripts/postgres.sh). Without that
+//! variable the PostgreSQL half of a test is skipped, loudly, unless `SLUICE_REQUIRE_POSTGRES=1`
+//! makes that a failure (as in CI).
 //!
 //! Names carry the test process's id (`{tag}_{pid}_{n}`). A test cannot reliably clean up after
 //! itself (it may fail or be killed mid-way), so the first path or database a process asks for
-//! sweeps away those of test processes that have exited: without that, every local test run left its
-//! databases behind (a PostgreSQL database is a copy of its template, several MB each).
+//! sweeps away those of test processes that have exited: without that, every local test run
+//! left its databases behind (a PostgreSQL database is a copy of its template, several MB each).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 

@@ -84,7 +84,13 @@ pub fn run(args: BenchModelArgs) -> anyhow::Result<()> {
         }
     }
     let (pp, tg) = (median(pp), median(tg));
-    let batched = if args.batch > 0 { Some(batched_decode(model, &tokens, &args, &mut phases)?) } else { None };
+    let batched = if args.batch > 0 {
+        let (rate, timed) = batched_decode(model, &tokens, &args)?;
+        phases = timed.or(phases);
+        Some(rate)
+    } else {
+        None
+    };
     // Milliseconds per decode step, by phase.
     let per_step: Vec<(&str, f64)> = phases
         .iter()
@@ -117,8 +123,9 @@ pub fn run(args: BenchModelArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Decode throughput with `args.batch` sequences stepping together (64-token contexts).
-fn batched_decode(model: &sluice_model::Model, tokens: &[u32], args: &BenchModelArgs, phases: &mut Option<PhaseTimes>) -> anyhow::Result<f64> {
+/// Decode throughput with `args.batch` sequences stepping together (64-token contexts), and
+/// with `--phases` where its steps spent their time.
+fn batched_decode(model: &sluice_model::Model, tokens: &[u32], args: &BenchModelArgs) -> anyhow::Result<(f64, Option<PhaseTimes>)> {
     let ctx = 64;
     let steps = args.generate;
     let block = 16;
@@ -154,9 +161,7 @@ fn batched_decode(model: &sluice_model::Model, tokens: &[u32], args: &BenchModel
         model.forward_batch_into(&batch, &mut kv, &mut logits)?;
     }
     let rate = (steps * args.batch) as f64 / t.elapsed().as_secs_f64();
-    if args.phases {
-        *phases = model.phase_times();
-        model.time_phases(false);
-    }
-    Ok(rate)
+    let phases = model.phase_times();
+    model.time_phases(false);
+    Ok((rate, phases))
 }

@@ -107,6 +107,11 @@ impl KvView<'_> {
         matches!(self, KvView::F16(_))
     }
 
+    /// Bytes per element.
+    pub fn elem_bytes(&self) -> usize {
+        if self.is_f16() { 2 } else { 4 }
+    }
+
     /// Address of value `i` (not dereferenced here; callers stay in bounds).
     pub fn ptr(&self, i: usize) -> *const u8 {
         match self {
@@ -146,6 +151,24 @@ impl PagedKv {
     /// Bytes one block occupies (keys and values of every layer).
     pub fn bytes_per_block(cfg: &ModelConfig, block_size: usize, dtype: KvDtype) -> usize {
         2 * cfg.n_layers * block_size * cfg.kv_dim() * dtype.bytes()
+    }
+
+    /// Asks for the cache lines layer `layer` will store into for these rows (keys: the row;
+    /// values: the row's block, as they are stored transposed) ahead of the stores. A decode
+    /// step writes one row per sequence, each in a block last touched a whole step ago and long
+    /// since evicted: without the hint every store waits on its misses one after another.
+    pub(crate) fn prefetch_rows(&self, layer: usize, kv_dim: usize, rows: impl Iterator<Item = usize>) {
+        let (k, v) = (self.k[layer].view(), self.v[layer].view());
+        let esize = k.elem_bytes();
+        let mut last_block = usize::MAX;
+        for r in rows {
+            crate::mem::prefetch_l2(k.ptr(r * kv_dim), kv_dim * esize);
+            let b = r / self.block_size;
+            if b != last_block {
+                crate::mem::prefetch_l2(v.ptr(b * self.block_size * kv_dim), self.block_size * kv_dim * esize);
+                last_block = b;
+            }
+        }
     }
 
     /// Blocks available.

@@ -389,6 +389,8 @@ impl Model {
         for (il, l) in self.layers.iter().enumerate() {
             h.copy_from_slice(x);
             layers::rms_norm(h, &l.attn_norm, c.rms_eps);
+            // The rows this layer stores keys and values into arrive while the projections run.
+            kv.prefetch_rows(il, kv_dim, tokens.iter().map(row_of));
             lap(laps, Phase::Other);
             matmul_many(self.isa, self.numerics, &[&l.wq, &l.wk, &l.wv], h, &mut [&mut *q, &mut *k, &mut *v]);
             lap(laps, Phase::Qkv);

@@ -240,6 +240,7 @@ impl EngineHandle {
     pub fn start(model: Arc<LoadedModel>, cfg: EngineConfig) -> Result<Self, EngineError> {
         let capacity = cfg.max_waiting.max(1);
         let block_size = cfg.block_size.max(1);
+        cfg.kv_cache_dtype.check(&model.model.cfg, block_size).map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
         let per_block = PagedKv::bytes_per_block(&model.model.cfg, block_size, cfg.kv_cache_dtype);
         let num_blocks = cfg.kv_cache_bytes / per_block.max(1);
         if num_blocks == 0 {

@@ -898,7 +898,7 @@ mod tests {
         let e = error_of(&GOOD.replace("total_ms = 30000", "total_ms = 0"));
         assert_eq!(e, "t.toml: backends.hosted.timeouts.total_ms: must be greater than 0");
         let e = error_of(&GOOD.replace("kv_cache_memory = \"256MiB\"", "kv_cache_memory = \"256MiB\"\nkv_cache_dtype = \"int4\""));
-        assert!(e.contains("backends.local.kv_cache_dtype: unknown KV cache type \"int4\" (expected f32 or f16)"), "{e}");
+        assert!(e.contains("backends.local.kv_cache_dtype: unknown KV cache type \"int4\" (expected f32, f16 or q8_0)"), "{e}");
         let e = error_of(&GOOD.replace("kv_cache_memory = \"256MiB\"", "kv_cache_memory = \"256MiB\"\nnumerics = \"exact\""));
         assert!(e.contains("backends.local.numerics: unknown numerics \"exact\" (expected fast or reference)"), "{e}");
         let e = error_of(&GOOD.replace("kind = \"openai\"", "kind = \"vllm\""));

@@ -242,6 +242,7 @@ pub unsafe fn weighted_sum(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+pub mod q8;
 
 #[cfg(test)]
 mod tests {

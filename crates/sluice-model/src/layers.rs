@@ -219,9 +219,11 @@ pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
     let kv_dim = inp.n_kv_heads * hd;
     let group = inp.n_heads / inp.n_kv_heads;
     let half = inp.k_cache.is_f16();
+    let q8 = inp.k_cache.q8_scales().zip(inp.v_cache.q8_scales());
+    let esize = inp.k_cache.elem_bytes();
     out.par_chunks_mut(group * hd).enumerate().for_each_init(
-        || (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()),
-        |(scores, weights, keys, values, groups, q_buf), (idx, o)| {
+        || (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+        |(scores, weights, keys, values, groups, q_buf, rows, kscales), (idx, o)| {
             let (t, kvh) = (idx / inp.n_kv_heads, idx % inp.n_kv_heads);
             let AttnToken { pos, seq, order } = inp.tokens[t];
             let first = match inp.window {
@@ -233,16 +235,39 @@ pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
             // to pos (in bounds: the model validates block tables before attention runs).
             keys.clear();
             values.clear();
+            rows.clear();
             for (bi, &b) in inp.tables[seq].iter().enumerate().take(pos / bs + 1) {
                 let base = b as usize * bs;
                 let (lo, hi) = ((bi * bs).max(first), (pos + 1).min((bi + 1) * bs));
-                keys.extend((lo..hi).map(|p| inp.k_cache.ptr((base + p - bi * bs) * kv_dim + kvh * hd)));
+                rows.extend((lo..hi).map(|p| base + p - bi * bs));
                 values.push(inp.v_cache.ptr(base * kv_dim + kvh * hd * bs));
+            }
+            keys.extend(rows.iter().map(|&r| inp.k_cache.ptr(r * kv_dim + kvh * hd)));
+            // A generated token's keys and values come from memory (a prompt token's were just
+            // read for the token before it): ask for all of them now, many misses in flight,
+            // rather than a few at a time as the sums reach each block (a 16-sequence decode
+            // step's attention -15%).
+            if order == SumOrder::Dot {
+                keys.iter().for_each(|&p| crate::mem::prefetch_l2(p, hd * esize));
+                values[first / bs..].iter().for_each(|&p| crate::mem::prefetch_l2(p, hd * bs * esize));
+            }
+            let heads = t * q_dim + kvh * group * hd..t * q_dim + (kvh + 1) * group * hd;
+            if let Some((ks, vs)) = q8 {
+                let q = &inp.q[heads];
+                let (q, scale) = if inp.scale_query {
+                    q_buf.clear();
+                    q_buf.extend(q.iter().map(|&x| x * inp.scale));
+                    (&q_buf[..], 1.0)
+                } else {
+                    (q, inp.scale)
+                };
+                let task = Q8Task { q, group, hd, kv_dim, kvh, first, pos, bs, scale };
+                q8_attention(isa, &task, (ks, vs), (rows, keys, values), (scores, weights, kscales), o);
+                return;
             }
             // The group's queries (back to back in `q`): a half-precision cache meets them
             // (scaled first where the model does) rounded to half precision, and the reference
             // then sums q·k in the token's order (with f32, always as `Dot`).
-            let heads = t * q_dim + kvh * group * hd..t * q_dim + (kvh + 1) * group * hd;
             let mut q = &inp.q[heads];
             let mut scale = inp.scale;
             if half || inp.scale_query {
@@ -254,15 +279,6 @@ pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
                 }
                 q = q_buf;
                 scale /= s;
-            }
-            // A generated token's keys and values come from memory (a prompt token's were just
-            // read for the token before it): ask for all of them now, many misses in flight,
-            // rather than a few at a time as the sums reach each block (a 16-sequence decode
-            // step's attention -15%).
-            if order == SumOrder::Dot {
-                let esize = if half { 2 } else { 4 };
-                keys.iter().for_each(|&p| crate::mem::prefetch_l2(p, hd * esize));
-                values[first / bs..].iter().for_each(|&p| crate::mem::prefetch_l2(p, hd * bs * esize));
             }
             let qk_order = if half { order } else { SumOrder::Dot };
             scores.clear();
@@ -286,6 +302,63 @@ pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
             unsafe { attn::weighted_sum(isa, order, first, group, weights, values, half, bs, o, groups) };
         },
     );
+}
+
+/// One (token, KV head) attention task over an 8-bit cache.
+struct Q8Task<'a> {
+    /// The group's queries (scaled where the model scales queries).
+    q: &'a [f32],
+    group: usize,
+    hd: usize,
+    kv_dim: usize,
+    kvh: usize,
+    first: usize,
+    pos: usize,
+    bs: usize,
+    /// Multiplier for the scores.
+    scale: f32,
+}
+
+/// [`attention`]'s task over an 8-bit cache (`ks`, `vs`: the key and value scales): scores
+/// from the key codes and scales, a softmax per head, then each head's weights times each
+/// position's value scale per 32-dimension chunk, summed over the value codes.
+fn q8_attention(
+    isa: Isa,
+    t: &Q8Task<'_>,
+    (ks, vs): (&[f32], &[f32]),
+    (rows, keys, values): (&[usize], &[*const u8], &[*const u8]),
+    (scores, weights, kscales): (&mut Vec<f32>, &mut Vec<f32>, &mut Vec<f32>),
+    out: &mut [f32],
+) {
+    use crate::cache::Q8_CHUNK;
+    let (chunks, per_row) = (t.hd / Q8_CHUNK, t.kv_dim / Q8_CHUNK);
+    let n = keys.len();
+    // Where this head's scales of cache row r lie.
+    let head_scales = |r: usize| r * per_row + t.kvh * chunks..r * per_row + (t.kvh + 1) * chunks;
+    kscales.clear();
+    rows.iter().for_each(|&r| kscales.extend_from_slice(&ks[head_scales(r)]));
+    scores.clear();
+    scores.resize(t.group * n, 0.0);
+    // SAFETY: each key pointer addresses the hd codes of a written row; kscales holds n · chunks.
+    unsafe { attn::q8::scores(isa, t.group, t.q, keys, kscales, t.scale, scores) };
+    // Weights by absolute position (zero before the window, and past pos up to a multiple of
+    // eight), times each position's value scale, per head and chunk.
+    let n_all = t.pos + 1;
+    let n_pad = n_all.next_multiple_of(8);
+    weights.resize(t.group * chunks * n_pad, 0.0);
+    for (h, sh) in scores.chunks_exact_mut(n.max(1)).enumerate() {
+        attn::softmax(isa, sh);
+        for c in 0..chunks {
+            let w = &mut weights[(h * chunks + c) * n_pad..(h * chunks + c + 1) * n_pad];
+            w[..t.first].fill(0.0);
+            let at = t.kvh * chunks + c;
+            w[t.first..n_all].iter_mut().zip(sh.iter().zip(rows)).for_each(|(w, (&p, &r))| *w = p * vs[r * per_row + at]);
+            w[n_all..].fill(0.0);
+        }
+    }
+    // SAFETY: each value block holds kv_dim × bs codes, the KV head's hd × bs from the pointer
+    // on, written for every position <= pos; bs is a multiple of 8 (checked by the model).
+    unsafe { attn::q8::weighted_sum(isa, t.first, t.group, n_all, weights, values, t.bs, out) };
 }
 
 #[cfg(test)]

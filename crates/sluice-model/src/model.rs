@@ -304,6 +304,7 @@ impl Model {
     /// per-sequence vectors would allocate, fault in and copy every step). Returns each
     /// sequence's row count.
     pub fn forward_batch_into(&self, seqs: &[BatchSeq<'_>], kv: &mut PagedKv, logits: &mut Vec<f32>) -> Result<Vec<usize>> {
+        kv.dtype().check(&self.cfg, kv.block_size)?;
         let mut n = 0;
         for s in seqs {
             if s.tokens.is_empty() {
@@ -409,10 +410,7 @@ impl Model {
                 let a = &table[t * half..(t + 1) * half];
                 rope.rotate(self.isa, a, &mut q[t * q_dim..(t + 1) * q_dim]);
                 rope.rotate(self.isa, a, &mut k[t * kv_dim..(t + 1) * kv_dim]);
-                let r = row_of(tok);
-                kv.k[il].store(self.isa, r * kv_dim, 1, &k[t * kv_dim..(t + 1) * kv_dim]);
-                // Values transposed within the block (see `PagedKv`).
-                kv.v[il].store(self.isa, (r / bs) * bs * kv_dim + r % bs, bs, &v[t * kv_dim..(t + 1) * kv_dim]);
+                kv.store_row(self.isa, il, row_of(tok), &k[t * kv_dim..(t + 1) * kv_dim], &v[t * kv_dim..(t + 1) * kv_dim]);
             }
             layers::attention(
                 self.isa,

@@ -111,7 +111,7 @@ unsafe fn scores_with<const S: usize, const HALF: bool>(q: &[f32], rows: &[*cons
 /// sum in lane `r`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn reduce8_dot(v: &[__m256; 8]) -> __m256 {
+pub(super) fn reduce8_dot(v: &[__m256; 8]) -> __m256 {
     let t = [0, 2, 4, 6].map(|j| {
         let (a, b) = (v[j], v[j + 1]);
         _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31))

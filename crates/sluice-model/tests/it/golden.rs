@@ -208,3 +208,19 @@ fn fast_numerics_stay_close_to_llama_cpp() {
         }
     }
 }
+
+/// An 8-bit KV cache (`--kv-cache-dtype q8_0`) changes attention's arithmetic, so it cannot
+/// meet the token-for-token criterion either. For scale: the reference's own f32 and f16 cache
+/// goldens differ by up to 0.91 (SmolLM2) and 0.72 (Gemma 3) in a top-50 logit. Against the
+/// half-precision-cache goldens of both models, teacher-forced, we require the reference's
+/// greedy token at 93% of steps or more and |Δlogit| < 1.5.
+#[test]
+fn an_8_bit_kv_cache_stays_close_to_llama_cpp() {
+    for (m, file) in [(smollm2(), "smollm2_f16kv.json"), (gemma3(), "gemma3_f16kv.json")] {
+        let c = compare(m, file, KvDtype::Q8_0, usize::MAX, usize::MAX);
+        let agree = 1.0 - (c.near_ties + c.divergences.len()) as f64 / c.steps as f64;
+        eprintln!("{file} (q8_0 KV cache): reference token at {:.1}% of {} steps; {}", 100.0 * agree, c.steps, c.divergences.join("; "));
+        assert!(agree >= 0.93, "{file}: the reference's token at only {:.1}% of steps", 100.0 * agree);
+        assert!(c.max_delta < 1.5, "{file}: max |Δlogit| {}", c.max_delta);
+    }
+}

@@ -11,6 +11,10 @@
 //! With 8-bit codes every 32 consecutive dimensions of a row (one position of one head) share a
 //! scale, for keys and values alike, so a new position is encoded on its own and never
 //! re-encodes its neighbours (the values' transposed runs cross positions, not dimensions).
+//! Keys are then laid out for byte dot products instead of row by row: within a block, each
+//! head's codes come in runs of four dimensions, position after position (dimensions `4j..4j+4`
+//! of the block's positions are `4 · block_size` consecutive bytes), stored plus 128 as
+//! unsigned bytes; one 64-byte load then holds four dimensions of sixteen positions.
 //!
 //! `KvCache` is the single-sequence convenience on top: its own blocks, in order.
 
@@ -33,8 +37,10 @@ pub enum KvDtype {
     F16,
     /// 8-bit codes with one f32 scale per 32 dimensions of a row (as llama.cpp's `q8_0` cache
     /// type, whose scales are f16): 1.125 bytes per value, 56% of the half-precision cache.
-    /// Attention is no longer the reference's to the bit: logits move by a few hundredths.
-    /// Needs a head width that is a multiple of 32.
+    /// Attention then follows its own arithmetic (`attention_kernels::q8`), not the
+    /// reference's: top logits move by up to about one, as between the reference's own f32
+    /// and f16 caches. Needs a head width that is a multiple of 32 and blocks of a multiple of
+    /// 8 positions ([`KvDtype::check`]).
     Q8_0,
 }
 
@@ -80,8 +86,9 @@ pub(crate) enum KvData {
     F32(Vec<f32>),
     /// Half-precision bit patterns.
     F16(Vec<u16>),
-    /// 8-bit codes, and one scale per 32 dimensions of each row (`row · kv_dim / 32 + chunk`).
-    Q8 { codes: Vec<i8>, scales: Vec<f32> },
+    /// 8-bit codes (keys plus 128, values as two's complement bytes), and one scale per 32
+    /// dimensions of each row (`row · kv_dim / 32 + chunk`).
+    Q8 { codes: Vec<u8>, scales: Vec<f32> },
 }
 
 impl KvData {
@@ -90,7 +97,7 @@ impl KvData {
         match dtype {
             KvDtype::F32 => KvData::F32(vec![0f32; n]),
             KvDtype::F16 => KvData::F16(vec![0u16; n]),
-            KvDtype::Q8_0 => KvData::Q8 { codes: vec![0i8; n], scales: vec![0f32; rows * kv_dim.div_ceil(Q8_CHUNK)] },
+            KvDtype::Q8_0 => KvData::Q8 { codes: vec![0u8; n], scales: vec![0f32; rows * kv_dim.div_ceil(Q8_CHUNK)] },
         }
     }
 
@@ -120,7 +127,7 @@ impl KvData {
                     let (scale, q) = encode_q8(xs);
                     scales[row * per_row + c] = scale;
                     let at = at + c * Q8_CHUNK * stride;
-                    q[..xs.len()].iter().enumerate().for_each(|(i, &v)| codes[at + i * stride] = v);
+                    q[..xs.len()].iter().enumerate().for_each(|(i, &v)| codes[at + i * stride] = v as u8);
                 }
             }
         }
@@ -156,8 +163,9 @@ pub enum KvView<'a> {
     F16(&'a [u16]),
     /// 8-bit codes and their scales (see [`KvDtype::Q8_0`]).
     Q8 {
-        /// The codes, laid out as the floats of the other types.
-        codes: &'a [i8],
+        /// The codes: values laid out as the floats of the other types (two's complement
+        /// bytes); keys plus 128, in the block layout of the module header.
+        codes: &'a [u8],
         /// One per 32 dimensions of each row: `row · kv_dim / 32 + chunk`.
         scales: &'a [f32],
     },
@@ -191,7 +199,7 @@ impl KvView<'_> {
         match self {
             KvView::F32(d) => d.as_ptr().wrapping_add(i) as *const u8,
             KvView::F16(d) => d.as_ptr().wrapping_add(i) as *const u8,
-            KvView::Q8 { codes, .. } => codes.as_ptr().wrapping_add(i) as *const u8,
+            KvView::Q8 { codes, .. } => codes.as_ptr().wrapping_add(i),
         }
     }
 }
@@ -204,6 +212,7 @@ pub struct PagedKv {
     pub(crate) block_size: usize,
     num_blocks: usize,
     dtype: KvDtype,
+    head_dim: usize,
 }
 
 impl PagedKv {
@@ -222,6 +231,7 @@ impl PagedKv {
             block_size: block_size.max(1),
             num_blocks,
             dtype,
+            head_dim: cfg.head_dim,
         }
     }
 
@@ -238,8 +248,21 @@ impl PagedKv {
     /// Stores layer `layer`'s key row `k` and value row `v` of cache row `row` (keys row by
     /// row; values transposed within the row's block).
     pub(crate) fn store_row(&mut self, isa: Isa, layer: usize, row: usize, k: &[f32], v: &[f32]) {
-        let (bs, kv_dim) = (self.block_size, k.len());
-        self.k[layer].store(isa, row, row * kv_dim, 1, k);
+        let (bs, kv_dim, hd) = (self.block_size, k.len(), self.head_dim);
+        if let KvData::Q8 { codes, scales } = &mut self.k[layer] {
+            // Keys in the byte-dot layout (module header).
+            let (block, p) = (row / bs * bs * kv_dim, row % bs);
+            for (c, xs) in k.chunks(Q8_CHUNK).enumerate() {
+                let (scale, q) = encode_q8(xs);
+                scales[row * kv_dim.div_ceil(Q8_CHUNK) + c] = scale;
+                for (i, &v) in q[..xs.len()].iter().enumerate() {
+                    let (h, d) = ((c * Q8_CHUNK + i) / hd, (c * Q8_CHUNK + i) % hd);
+                    codes[block + h * hd * bs + (d / 4 * bs + p) * 4 + d % 4] = (v as u8) ^ 0x80;
+                }
+            }
+        } else {
+            self.k[layer].store(isa, row, row * kv_dim, 1, k);
+        }
         self.v[layer].store(isa, row, (row / bs) * bs * kv_dim + row % bs, bs, v);
     }
 

@@ -222,8 +222,8 @@ pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
     let q8 = inp.k_cache.q8_scales().zip(inp.v_cache.q8_scales());
     let esize = inp.k_cache.elem_bytes();
     out.par_chunks_mut(group * hd).enumerate().for_each_init(
-        || (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()),
-        |(scores, weights, keys, values, groups, q_buf, rows, kscales), (idx, o)| {
+        || (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), attn::q8::QueryCodes::default()),
+        |(scores, weights, keys, values, groups, q_buf, rows, kscales, qcodes), (idx, o)| {
             let (t, kvh) = (idx / inp.n_kv_heads, idx % inp.n_kv_heads);
             let AttnToken { pos, seq, order } = inp.tokens[t];
             let first = match inp.window {
@@ -241,14 +241,22 @@ pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
                 let (lo, hi) = ((bi * bs).max(first), (pos + 1).min((bi + 1) * bs));
                 rows.extend((lo..hi).map(|p| base + p - bi * bs));
                 values.push(inp.v_cache.ptr(base * kv_dim + kvh * hd * bs));
+                if q8.is_some() && bi >= first / bs {
+                    // 8-bit keys: the head's part of the block (its byte-dot layout).
+                    keys.push(inp.k_cache.ptr(base * kv_dim + kvh * hd * bs));
+                }
             }
-            keys.extend(rows.iter().map(|&r| inp.k_cache.ptr(r * kv_dim + kvh * hd)));
+            // Other keys: row by row.
+            let key_bytes = if q8.is_some() { hd * bs } else { hd * esize };
+            if q8.is_none() {
+                keys.extend(rows.iter().map(|&r| inp.k_cache.ptr(r * kv_dim + kvh * hd)));
+            }
             // A generated token's keys and values come from memory (a prompt token's were just
             // read for the token before it): ask for all of them now, many misses in flight,
             // rather than a few at a time as the sums reach each block (a 16-sequence decode
             // step's attention -15%).
             if order == SumOrder::Dot {
-                keys.iter().for_each(|&p| crate::mem::prefetch_l2(p, hd * esize));
+                keys.iter().for_each(|&p| crate::mem::prefetch_l2(p, key_bytes));
                 values[first / bs..].iter().for_each(|&p| crate::mem::prefetch_l2(p, hd * bs * esize));
             }
             let heads = t * q_dim + kvh * group * hd..t * q_dim + (kvh + 1) * group * hd;
@@ -262,7 +270,7 @@ pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
                     (q, inp.scale)
                 };
                 let task = Q8Task { q, group, hd, kv_dim, kvh, first, pos, bs, scale };
-                q8_attention(isa, &task, (ks, vs), (rows, keys, values), (scores, weights, kscales), o);
+                q8_attention(isa, &task, (ks, vs), (rows, keys, values), (scores, weights, kscales, qcodes), o);
                 return;
             }
             // The group's queries (back to back in `q`): a half-precision cache meets them
@@ -320,39 +328,51 @@ struct Q8Task<'a> {
 }
 
 /// [`attention`]'s task over an 8-bit cache (`ks`, `vs`: the key and value scales): scores
-/// from the key codes and scales, a softmax per head, then each head's weights times each
-/// position's value scale per 32-dimension chunk, summed over the value codes.
+/// from the key codes (`keys`: the head's part of each block from the window's first) and the
+/// encoded queries, a softmax per head, then each head's weights times each position's value
+/// scale per 32-dimension chunk, summed over the value codes.
+#[allow(clippy::type_complexity)]
 fn q8_attention(
     isa: Isa,
     t: &Q8Task<'_>,
     (ks, vs): (&[f32], &[f32]),
     (rows, keys, values): (&[usize], &[*const u8], &[*const u8]),
-    (scores, weights, kscales): (&mut Vec<f32>, &mut Vec<f32>, &mut Vec<f32>),
+    (scores, weights, kscales, qcodes): (&mut Vec<f32>, &mut Vec<f32>, &mut Vec<f32>, &mut attn::q8::QueryCodes),
     out: &mut [f32],
 ) {
     use crate::cache::Q8_CHUNK;
     let (chunks, per_row) = (t.hd / Q8_CHUNK, t.kv_dim / Q8_CHUNK);
-    let n = keys.len();
-    // Where this head's scales of cache row r lie.
-    let head_scales = |r: usize| r * per_row + t.kvh * chunks..r * per_row + (t.kvh + 1) * chunks;
+    // Positions of the key blocks, from the first block's start (`b0`); the window's first at `lo`.
+    let (b0, np) = (t.first / t.bs * t.bs, keys.len() * t.bs);
+    let (lo, n) = (t.first - b0, rows.len());
+    // Each position's key scales, chunk by chunk (zero where no position of the window is).
     kscales.clear();
-    rows.iter().for_each(|&r| kscales.extend_from_slice(&ks[head_scales(r)]));
+    kscales.resize(chunks * np, 0.0);
+    for (j, &r) in rows.iter().enumerate() {
+        let src = &ks[r * per_row + t.kvh * chunks..][..chunks];
+        src.iter().enumerate().for_each(|(c, &s)| kscales[c * np + lo + j] = s);
+    }
+    qcodes.encode(t.q);
     scores.clear();
-    scores.resize(t.group * n, 0.0);
-    // SAFETY: each key pointer addresses the hd codes of a written row; kscales holds n · chunks.
-    unsafe { attn::q8::scores(isa, t.group, t.q, keys, kscales, t.scale, scores) };
+    scores.resize(t.group * np, 0.0);
+    // SAFETY: each key block pointer addresses the head's hd × bs codes; kscales holds
+    // chunks · np scales.
+    unsafe { attn::q8::scores(isa, t.group, qcodes, keys, t.bs, kscales, t.scale, scores) };
     // Weights by absolute position (zero before the window, and past pos up to a multiple of
     // eight), times each position's value scale, per head and chunk.
     let n_all = t.pos + 1;
     let n_pad = n_all.next_multiple_of(8);
+    // The value scales, chunk by chunk (the key scales' buffer, done with).
+    kscales.clear();
+    kscales.extend((0..chunks).flat_map(|c| rows.iter().map(move |&r| vs[r * per_row + t.kvh * chunks + c])));
     weights.resize(t.group * chunks * n_pad, 0.0);
-    for (h, sh) in scores.chunks_exact_mut(n.max(1)).enumerate() {
+    for (h, sh) in scores.chunks_exact_mut(np.max(1)).enumerate() {
+        let sh = &mut sh[lo..lo + n];
         attn::softmax(isa, sh);
-        for c in 0..chunks {
+        for (c, vsc) in kscales.chunks_exact(n.max(1)).enumerate() {
             let w = &mut weights[(h * chunks + c) * n_pad..(h * chunks + c + 1) * n_pad];
             w[..t.first].fill(0.0);
-            let at = t.kvh * chunks + c;
-            w[t.first..n_all].iter_mut().zip(sh.iter().zip(rows)).for_each(|(w, (&p, &r))| *w = p * vs[r * per_row + at]);
+            w[t.first..n_all].iter_mut().zip(sh.iter().zip(vsc)).for_each(|(w, (&p, &s))| *w = p * s);
             w[n_all..].fill(0.0);
         }
     }

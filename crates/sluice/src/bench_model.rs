@@ -31,7 +31,7 @@ pub struct BenchModelArgs {
     /// Also measure batched decode: this many sequences, one token each per step.
     #[arg(long, default_value_t = 0)]
     batch: usize,
-    /// How the KV cache stores keys and values (f16 or f32), as `serve --kv-cache-dtype`.
+    /// How the KV cache stores keys and values (f16, f32 or q8_0), as `serve --kv-cache-dtype`.
     #[arg(long, default_value = "f16", value_parser = sluice_model::KvDtype::parse)]
     kv_cache_dtype: sluice_model::KvDtype,
     /// How matrix products round (fast or reference), as `serve --numerics`.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
-use sluice_engine::{EngineConfig, EngineHandle, Event, FinishReason, GenerateRequest, SamplingParams};
+use sluice_engine::{EngineConfig, EngineHandle, Event, FinishReason, GenerateRequest, KvDtype, SamplingParams};
 use sluice_model::LoadedModel;
 
 fn load() -> LoadedModel {
@@ -84,7 +84,11 @@ fn prompts() -> Vec<(String, usize)> {
 }
 
 async fn alone(m: &Arc<LoadedModel>, cases: &[(String, usize)]) -> Vec<Vec<u32>> {
-    let solo = EngineHandle::start(m.clone(), EngineConfig { max_num_seqs: 1, prefix_caching: false, ..Default::default() }).unwrap();
+    alone_with(m, cases, EngineConfig::default()).await
+}
+
+async fn alone_with(m: &Arc<LoadedModel>, cases: &[(String, usize)], cfg: EngineConfig) -> Vec<Vec<u32>> {
+    let solo = EngineHandle::start(m.clone(), EngineConfig { max_num_seqs: 1, prefix_caching: false, ..cfg }).unwrap();
     let mut out = Vec::new();
     for (p, n) in cases {
         out.push(run(&solo, request(m, p, *n, b"t")).await);
@@ -109,11 +113,12 @@ async fn concurrent(engine: &EngineHandle, m: &Arc<LoadedModel>, cases: &[(Strin
 }
 
 /// Sixteen requests of mixed lengths at once give each request's solo tokens, and free every block.
-async fn concurrent_runs_match_solo_runs(m: Arc<LoadedModel>) {
+async fn concurrent_runs_match_solo_runs(m: Arc<LoadedModel>, kv_cache_dtype: KvDtype) {
     let cases = prompts();
-    let want = alone(&m, &cases).await;
+    let want = alone_with(&m, &cases, EngineConfig { kv_cache_dtype, ..Default::default() }).await;
     // Small token budget: prompts are split into chunks and mixed with decodes.
-    let engine = EngineHandle::start(m.clone(), EngineConfig { max_num_batched_tokens: 24, ..Default::default() }).unwrap();
+    let cfg = EngineConfig { max_num_batched_tokens: 24, kv_cache_dtype, ..Default::default() };
+    let engine = EngineHandle::start(m.clone(), cfg).unwrap();
     let got = concurrent(&engine, &m, &cases).await;
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert_eq!(g, w, "request {i} ({:?})", cases[i].0);
@@ -125,7 +130,21 @@ async fn concurrent_runs_match_solo_runs(m: Arc<LoadedModel>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_concurrent_requests_match_their_solo_runs() {
-    concurrent_runs_match_solo_runs(model()).await;
+    concurrent_runs_match_solo_runs(model(), KvDtype::F16).await;
+}
+
+/// The 8-bit cache encodes each position on its own and attention over it does not depend on
+/// the batch either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_8_bit_kv_cache_concurrent_requests_still_match_their_solo_runs() {
+    concurrent_runs_match_solo_runs(model(), KvDtype::Q8_0).await;
+}
+
+#[test]
+fn an_8_bit_kv_cache_with_blocks_it_cannot_use_is_refused_at_start() {
+    let cfg = EngineConfig { kv_cache_dtype: KvDtype::Q8_0, block_size: 4, ..Default::default() };
+    let e = EngineHandle::start(model(), cfg).err().unwrap().to_string();
+    assert!(e.contains("q8_0 KV cache needs a block size that is a multiple of 8, not 4"), "{e}");
 }
 
 /// The fast numerics compute a batch with other kernels than a lone decode step (16 rows and
@@ -134,7 +153,7 @@ async fn sixteen_concurrent_requests_match_their_solo_runs() {
 async fn with_fast_numerics_concurrent_requests_still_match_their_solo_runs() {
     let mut m = load();
     m.model.set_numerics(sluice_engine::Numerics::Fast);
-    concurrent_runs_match_solo_runs(Arc::new(m)).await;
+    concurrent_runs_match_solo_runs(Arc::new(m), KvDtype::F16).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

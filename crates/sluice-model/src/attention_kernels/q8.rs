@@ -1,8 +1,12 @@
 //! Attention over an 8-bit cache ([`crate::KvDtype::Q8_0`]): every 32 dimensions of a key or
-//! value row are codes with one scale. No reference fixes these sums' order, so ours is defined
-//! here, by the portable code, and the AVX2 forms are bit-equal to it: eight lanes (element `i`
-//! of a run feeding lane `i mod 8`), each score's lanes reduced as `SumOrder::Dot` reduces (so
-//! eight rows reduce together), each output's as `SumOrder::Tiled` does.
+//! value row are codes with one scale. No reference fixes these sums, so ours are defined here
+//! by the portable code, and the SIMD forms are bit-equal to it:
+//! - scores: the query is encoded as the cache encodes (codes and a scale per 32 dimensions, as
+//!   llama.cpp meets a `q8_0` key cache), each chunk's integer dot product is exact, and the
+//!   chunks' scaled sums are added in order. With AVX-512 VNNI one byte-dot instruction takes four
+//!   dimensions of sixteen positions (the key layout of `PagedKv`).
+//! - weighted sums: over positions in eight float lanes (position `p` feeding lane `p mod 8`),
+//!   reduced as `SumOrder::Tiled` reduces; AVX2.
 
 use crate::cache::Q8_CHUNK;
 use crate::quant::Isa;
@@ -14,45 +18,75 @@ fn reduce8(a: &[f32; 8]) -> f32 {
     (h(0) + h(2)) + (h(1) + h(3))
 }
 
-/// `(l0+l4) + (l1+l5)` plus `(l2+l6) + (l3+l7)`.
-#[inline]
-fn reduce8_rows(a: &[f32; 8]) -> f32 {
-    let h = |l: usize| a[l] + a[l + 4];
-    (h(0) + h(1)) + (h(2) + h(3))
+/// A task's queries encoded for the key codes: per head and 32-dimension chunk, codes and a
+/// scale as the cache encodes (`crate::cache::encode_q8`), and the codes' sum.
+#[derive(Debug, Default)]
+pub struct QueryCodes {
+    codes: Vec<i8>,
+    scales: Vec<f32>,
+    sums: Vec<i32>,
 }
 
-/// `out[h·n + p] = scale · Σ_c ks[p·C + c] · (q_h · codes_p)` over each 32-dimension chunk `c`
-/// (`C` chunks per head), for every key row `p` and each of `heads` query heads (`q`:
-/// `heads × dim`) sharing the keys.
+impl QueryCodes {
+    /// Encodes `q` (heads back to back, each a multiple of 32 wide).
+    pub fn encode(&mut self, q: &[f32]) {
+        self.codes.clear();
+        self.scales.clear();
+        self.sums.clear();
+        for x in q.chunks(Q8_CHUNK) {
+            let (s, c) = crate::cache::encode_q8(x);
+            self.codes.extend_from_slice(&c[..x.len()]);
+            self.scales.push(s);
+            self.sums.push(c.iter().map(|&v| v as i32).sum());
+        }
+    }
+}
+
+/// The byte of key dimension `d`, position `p` in a block of `bs` positions (layout of
+/// `PagedKv`), as the signed code.
 ///
 /// # Safety
-/// Every pointer in `rows` addresses `dim` readable codes; `ks` holds `rows.len() · dim / 32`
-/// scales; `dim` is a multiple of 32.
-pub unsafe fn scores(isa: Isa, heads: usize, q: &[f32], rows: &[*const u8], ks: &[f32], scale: f32, out: &mut [f32]) {
-    let (dim, n) = (q.len() / heads.max(1), rows.len());
-    let chunks = dim / Q8_CHUNK;
-    debug_assert!(dim.is_multiple_of(Q8_CHUNK) && ks.len() >= n * chunks && out.len() == heads * n);
+/// `block` addresses the head's `dim × bs` codes and `d`, `p` lie inside.
+#[inline]
+unsafe fn key_code(block: *const u8, bs: usize, d: usize, p: usize) -> i32 {
+    // SAFETY: the caller's contract.
+    unsafe { *block.add((d / 4 * bs + p) * 4 + d % 4) as i32 - 128 }
+}
+
+/// `out[h·np + i] = scale · Σ_c (qs_hc · ks[c·np + i]) · (qc_h · K_i)` for every position `i`
+/// of the key blocks (`np` = `blocks.len() · bs`), chunk `c`'s integer dot product exact, the
+/// chunks added in order by fused multiply-adds. Each block pointer addresses one head's keys
+/// in the layout of `PagedKv`; `ks` holds each position's key scale per chunk (zero for unused
+/// positions, whose scores are then meaningless but finite).
+///
+/// # Safety
+/// Every block addresses `dim × bs` readable codes (`dim` = the query width per head, a
+/// multiple of 32); `ks` holds `dim / 32 · np` scales.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn scores(isa: Isa, heads: usize, q: &QueryCodes, blocks: &[*const u8], bs: usize, ks: &[f32], scale: f32, out: &mut [f32]) {
+    let dim = q.codes.len() / heads.max(1);
+    let (chunks, np) = (dim / Q8_CHUNK, blocks.len() * bs);
+    debug_assert!(dim.is_multiple_of(Q8_CHUNK) && ks.len() >= chunks * np && out.len() >= heads * np);
     #[cfg(target_arch = "x86_64")]
-    if isa.has_avx2() {
-        // SAFETY: AVX2/FMA detected; the rest is the caller's contract.
-        unsafe { avx2::scores(heads, q, rows, ks, scale, out) };
+    if isa == Isa::Avx512Vnni && bs.is_multiple_of(16) {
+        // SAFETY: AVX-512 VNNI detected; the rest is the caller's contract.
+        unsafe { avx512::scores(heads, q, blocks, bs, ks, scale, out) };
         return;
     }
     let _ = isa;
-    for (h, qh) in q.chunks_exact(dim.max(1)).enumerate() {
-        for (p, &r) in rows.iter().enumerate() {
-            let mut row = [0f32; 8];
-            for c in 0..chunks {
-                let mut acc = [0f32; 8];
-                for i in c * Q8_CHUNK..(c + 1) * Q8_CHUNK {
-                    // SAFETY: the row holds dim codes (caller contract).
-                    let code = unsafe { *(r as *const i8).add(i) } as f32;
-                    acc[i % 8] = qh[i].mul_add(code, acc[i % 8]);
+    for h in 0..heads {
+        for (bi, &b) in blocks.iter().enumerate() {
+            for p in 0..bs {
+                let i = bi * bs + p;
+                let mut acc = 0f32;
+                for c in 0..chunks {
+                    let at = h * dim + c * Q8_CHUNK;
+                    // SAFETY: the block holds dim × bs codes (caller contract).
+                    let isum: i32 = (0..Q8_CHUNK).map(|k| q.codes[at + k] as i32 * unsafe { key_code(b, bs, c * Q8_CHUNK + k, p) }).sum();
+                    acc = (q.scales[h * chunks + c] * ks[c * np + i]).mul_add(isum as f32, acc);
                 }
-                let s = ks[p * chunks + c];
-                row.iter_mut().zip(acc).for_each(|(r, a)| *r = a.mul_add(s, *r));
+                out[h * np + i] = acc * scale;
             }
-            out[h * n + p] = reduce8_rows(&row) * scale;
         }
     }
 }
@@ -119,53 +153,6 @@ mod avx2 {
         _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)))
     }
 
-    /// See [`super::scores`]: each row's codes are converted once for every head (up to eight
-    /// at a time), and eight rows' lanes are reduced together.
-    ///
-    /// # Safety
-    /// AVX2/FMA/F16C required; the parent's contract.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn scores(heads: usize, q: &[f32], rows: &[*const u8], ks: &[f32], scale: f32, out: &mut [f32]) {
-        let (dim, n) = (q.len() / heads, rows.len());
-        if heads > 8 {
-            for (qs, os) in q.chunks(8 * dim).zip(out.chunks_mut(8 * n)) {
-                // SAFETY: as this call.
-                unsafe { scores(qs.len() / dim, qs, rows, ks, scale, os) };
-            }
-            return;
-        }
-        let chunks = dim / Q8_CHUNK;
-        let sc = _mm256_set1_ps(scale);
-        for (g, group) in rows.chunks(8).enumerate() {
-            // v[h][i]: head h's lanes for row 8g + i.
-            let mut v = [[_mm256_setzero_ps(); 8]; 8];
-            for (i, &r) in group.iter().enumerate() {
-                let p = 8 * g + i;
-                for c in 0..chunks {
-                    // SAFETY: the row holds dim codes; chunk c's 32 lie inside.
-                    let y: [__m256; 4] = std::array::from_fn(|k| unsafe { codes8(r.add(c * Q8_CHUNK + 8 * k)) });
-                    let s = _mm256_set1_ps(ks[p * chunks + c]);
-                    for (h, vh) in v.iter_mut().enumerate().take(heads) {
-                        let qp = q[h * dim + c * Q8_CHUNK..].as_ptr();
-                        let mut acc = _mm256_setzero_ps();
-                        for (k, y) in y.iter().enumerate() {
-                            // SAFETY: eight query values of head h's chunk c.
-                            acc = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(qp.add(8 * k)) }, *y, acc);
-                        }
-                        vh[i] = _mm256_fmadd_ps(acc, s, vh[i]);
-                    }
-                }
-            }
-            for (h, vh) in v.iter().enumerate().take(heads) {
-                let mut res = [0f32; 8];
-                // SAFETY: `res` holds eight floats.
-                unsafe { _mm256_storeu_ps(res.as_mut_ptr(), _mm256_mul_ps(crate::attention_kernels::avx2::reduce8_dot(vh), sc)) };
-                let o = &mut out[h * n + 8 * g..h * n + (8 * g + 8).min(n)];
-                o.copy_from_slice(&res[..o.len()]);
-            }
-        }
-    }
-
     /// See [`super::weighted_sum`], from group `g0` of eight positions: four dimensions at a
     /// time for every head (up to eight heads in registers per pass).
     ///
@@ -206,6 +193,57 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{Q8_CHUNK, QueryCodes};
+
+    /// See [`super::scores`]: sixteen positions at a time, each chunk's eight 64-byte key loads
+    /// shared by every head (up to eight heads per pass).
+    ///
+    /// # Safety
+    /// AVX-512 F/VNNI required; `bs` a multiple of 16; the parent's contract.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn scores(heads: usize, q: &QueryCodes, blocks: &[*const u8], bs: usize, ks: &[f32], scale: f32, out: &mut [f32]) {
+        let dim = q.codes.len() / heads;
+        let (chunks, np) = (dim / Q8_CHUNK, blocks.len() * bs);
+        let sc = _mm512_set1_ps(scale);
+        for h0 in (0..heads).step_by(8) {
+            let hs = (heads - h0).min(8);
+            for (bi, &b) in blocks.iter().enumerate() {
+                for p0 in (0..bs).step_by(16) {
+                    let i = bi * bs + p0;
+                    let mut f = [_mm512_setzero_ps(); 8];
+                    for c in 0..chunks {
+                        // SAFETY: dimensions 4j..4j+4 of positions p0..p0+16 lie in the block.
+                        let k: [__m512i; 8] = std::array::from_fn(|j| unsafe { _mm512_loadu_si512(b.add(((c * 8 + j) * bs + p0) * 4) as *const _) });
+                        // SAFETY: sixteen scales of chunk c from position i (ks holds chunks × np).
+                        let kscale = unsafe { _mm512_loadu_ps(ks.as_ptr().add(c * np + i)) };
+                        for (hi, f) in f.iter_mut().enumerate().take(hs) {
+                            let h = h0 + hi;
+                            let qp = q.codes[h * dim + c * Q8_CHUNK..].as_ptr();
+                            // The keys are stored plus 128: start at -128 × the query codes' sum.
+                            let mut acc = _mm512_set1_epi32(-128 * q.sums[h * chunks + c]);
+                            for (j, k) in k.iter().enumerate() {
+                                // SAFETY: four query codes of chunk c.
+                                let y = _mm512_set1_epi32(unsafe { std::ptr::read_unaligned(qp.add(4 * j) as *const i32) });
+                                acc = _mm512_dpbusd_epi32(acc, *k, y);
+                            }
+                            let s = _mm512_mul_ps(_mm512_set1_ps(q.scales[h * chunks + c]), kscale);
+                            *f = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(acc), *f);
+                        }
+                    }
+                    for (hi, f) in f.iter().enumerate().take(hs) {
+                        // SAFETY: out holds heads × np floats; i + 16 <= np.
+                        unsafe { _mm512_storeu_ps(out.as_mut_ptr().add((h0 + hi) * np + i), _mm512_mul_ps(*f, sc)) };
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,36 +262,43 @@ mod tests {
         for dim in [32usize, 64, 256] {
             let chunks = dim / Q8_CHUNK;
             for n in [1usize, 7, 8, 45, 130] {
-                // Keys row by row, each with its scales.
-                let (mut codes, mut ks) = (vec![0i8; n * dim], vec![0f32; n * chunks]);
+                // Keys in the cache's layout (blocks of 16 positions, four dimensions of
+                // every position in a run, plus 128), each position's scales per chunk.
+                let bs = 16;
+                let np = n.div_ceil(bs) * bs;
+                let (mut codes, mut ks) = (vec![0u8; np * dim], vec![0f32; chunks * np]);
                 for p in 0..n {
                     for c in 0..chunks {
                         let x: Vec<f32> = (0..Q8_CHUNK).map(|i| value(p, c * Q8_CHUNK + i)).collect();
                         let (s, q) = encode_q8(&x);
-                        ks[p * chunks + c] = s;
-                        codes[p * dim + c * Q8_CHUNK..][..Q8_CHUNK].copy_from_slice(&q);
+                        ks[c * np + p] = s;
+                        for (i, &v) in q.iter().enumerate() {
+                            let d = c * Q8_CHUNK + i;
+                            codes[p / bs * bs * dim + (d / 4 * bs + p % bs) * 4 + d % 4] = (v as u8) ^ 0x80;
+                        }
                     }
                 }
-                let rows: Vec<*const u8> = (0..n).map(|p| codes[p * dim..].as_ptr() as *const u8).collect();
-                for heads in 1..=3 {
+                let kblocks: Vec<*const u8> = (0..np / bs).map(|b| codes[b * bs * dim..].as_ptr()).collect();
+                for heads in [1usize, 2, 3, 9] {
                     let q: Vec<f32> = (0..heads * dim).map(|i| ((i * 13 % 11) as f32 - 5.0) * 0.1).collect();
-                    let (mut s1, mut s2) = (vec![0f32; heads * n], vec![0f32; heads * n]);
-                    // SAFETY: every row holds dim codes; ks holds n · chunks scales.
+                    let mut qc = QueryCodes::default();
+                    qc.encode(&q);
+                    let (mut s1, mut s2) = (vec![0f32; heads * np], vec![0f32; heads * np]);
+                    // SAFETY: every block holds dim × bs codes; ks holds chunks · np scales.
                     unsafe {
-                        scores(isa, heads, &q, &rows, &ks, 0.125, &mut s1);
-                        scores(Isa::Scalar, heads, &q, &rows, &ks, 0.125, &mut s2);
+                        scores(isa, heads, &qc, &kblocks, bs, &ks, 0.125, &mut s1);
+                        scores(Isa::Scalar, heads, &qc, &kblocks, bs, &ks, 0.125, &mut s2);
                     }
                     assert_eq!(bits(&s1), bits(&s2), "scores: {heads} heads, {n} rows, {dim} wide");
                     for h in 0..heads {
                         for p in 0..n {
                             let exact: f32 = (0..dim).map(|i| q[h * dim + i] * value(p, i)).sum::<f32>() * 0.125;
-                            let got = s1[h * n + p];
-                            assert!((got - exact).abs() < 0.02 * (1.0 + exact.abs()), "score {got} vs {exact}");
+                            let got = s1[h * np + p];
+                            assert!((got - exact).abs() < 0.03 * (1.0 + exact.abs()), "score {got} vs {exact}");
                         }
                     }
                 }
                 // Values transposed in blocks of 16 positions.
-                let bs = 16;
                 let blocks_n = n.div_ceil(bs);
                 let mut vcodes = vec![0i8; blocks_n * bs * dim];
                 let mut vs = vec![0f32; blocks_n * bs * chunks];

@@ -224,3 +224,27 @@ fn an_8_bit_kv_cache_stays_close_to_llama_cpp() {
         assert!(c.max_delta < 1.5, "{file}: max |Δlogit| {}", c.max_delta);
     }
 }
+
+/// The 8-bit cache's sums are defined by the portable kernels and every SIMD form is bit-equal
+/// to them: the whole model's logits agree to the bit across kernel families.
+#[test]
+fn an_8_bit_kv_cache_gives_the_same_logits_with_every_kernel_family() {
+    use sluice_model::quant::{Isa, detect_isa};
+    let mut m = sluice_model::load(&model_path("SmolLM2-135M-Instruct.Q4_1.gguf"), 2).unwrap();
+    let prompt = m.tokenizer.encode_prompt("The quick brown fox jumps over the lazy dog because", true);
+    let best = detect_isa();
+    let mut seen: Vec<(Isa, Vec<u32>)> = Vec::new();
+    for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni].into_iter().filter(|&i| i == Isa::Scalar || (i == Isa::Avx2 && best.has_avx2()) || i == best) {
+        m.model.set_isa(isa).unwrap();
+        let mut cache = KvCache::with_dtype(&m.model.cfg, prompt.len() + 4, KvDtype::Q8_0);
+        let mut logits = m.model.forward(&prompt, &mut cache, Logits::Last).unwrap();
+        for _ in 0..3 {
+            let next = argmax(&logits);
+            logits = m.model.forward(&[next], &mut cache, Logits::Last).unwrap();
+        }
+        seen.push((isa, logits.iter().map(|v| v.to_bits()).collect()));
+    }
+    for (isa, bits) in &seen[1..] {
+        assert!(bits == &seen[0].1, "{isa:?} logits differ from the scalar kernels'");
+    }
+}

@@ -35,8 +35,9 @@ pub enum KvDtype {
     /// attention weights are rounded to half precision too before they meet the cache, as in
     /// our reference (llama.cpp's default cache type).
     F16,
-    /// 8-bit codes with one f32 scale per 32 dimensions of a row (as llama.cpp's `q8_0` cache
-    /// type, whose scales are f16): 1.125 bytes per value, 56% of the half-precision cache.
+    /// 8-bit codes with one scale per 32 dimensions of a row, encoded as llama.cpp's `q8_0`
+    /// cache type encodes (the half-precision scales kept as f32 for the kernels): 1.125 bytes
+    /// per value, 56% of the half-precision cache.
     /// Attention then follows its own arithmetic (`attention_kernels::q8`), not the
     /// reference's: top logits move by up to about one, as between the reference's own f32
     /// and f16 caches. Needs a head width that is a multiple of 32 and blocks of a multiple of
@@ -143,15 +144,15 @@ impl KvData {
     }
 }
 
-/// Up to 32 values as 8-bit codes and their scale: `x ≈ scale · code`, the largest magnitude
-/// coded ±127 (ggml's `q8_0` rounding: to nearest, halves away from zero).
+/// 32 values as 8-bit codes and their scale, `x ≈ scale · code`: exactly a `q8_0` block of
+/// llama.cpp (the largest magnitude coded ±127, halves rounded to even, the scale rounded to
+/// half precision), through the activation encoder (vectorized where the CPU allows).
 pub(crate) fn encode_q8(x: &[f32]) -> (f32, [i8; Q8_CHUNK]) {
-    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let scale = amax / 127.0;
-    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-    let mut q = [0i8; Q8_CHUNK];
-    q.iter_mut().zip(x).for_each(|(q, v)| *q = (v * inv).round() as i8);
-    (scale, q)
+    debug_assert_eq!(x.len(), Q8_CHUNK);
+    let mut block = [0u8; 2 + Q8_CHUNK];
+    crate::quant::quantize_activation(crate::quant::GgmlType::Q8_0, x, &mut block);
+    let scale = half::f16::from_bits(u16::from_le_bytes([block[0], block[1]])).to_f32();
+    (scale, std::array::from_fn(|i| block[2 + i] as i8))
 }
 
 /// One layer's keys or values, read-only.
@@ -255,9 +256,12 @@ impl PagedKv {
             for (c, xs) in k.chunks(Q8_CHUNK).enumerate() {
                 let (scale, q) = encode_q8(xs);
                 scales[row * kv_dim.div_ceil(Q8_CHUNK) + c] = scale;
-                for (i, &v) in q[..xs.len()].iter().enumerate() {
-                    let (h, d) = ((c * Q8_CHUNK + i) / hd, (c * Q8_CHUNK + i) % hd);
-                    codes[block + h * hd * bs + (d / 4 * bs + p) * 4 + d % 4] = (v as u8) ^ 0x80;
+                // A chunk lies within one head (head widths are whole chunks).
+                let (h, d0) = (c * Q8_CHUNK / hd, c * Q8_CHUNK % hd);
+                let head = &mut codes[block + h * hd * bs..block + (h + 1) * hd * bs];
+                for (quad, v) in q[..xs.len()].chunks(4).enumerate() {
+                    let at = ((d0 / 4 + quad) * bs + p) * 4;
+                    head[at..at + v.len()].iter_mut().zip(v).for_each(|(b, &v)| *b = (v as u8) ^ 0x80);
                 }
             }
         } else {

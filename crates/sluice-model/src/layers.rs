@@ -242,11 +242,11 @@ pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
                 rows.extend((lo..hi).map(|p| base + p - bi * bs));
                 values.push(inp.v_cache.ptr(base * kv_dim + kvh * hd * bs));
                 if q8.is_some() && bi >= first / bs {
-                    // 8-bit keys: the head's part of the block (its byte-dot layout).
                     keys.push(inp.k_cache.ptr(base * kv_dim + kvh * hd * bs));
                 }
             }
-            // Other keys: row by row.
+            // Keys: with 8-bit codes the head's part of each block from the window's first (their
+            // byte-dot layout, pushed above), otherwise row by row.
             let key_bytes = if q8.is_some() { hd * bs } else { hd * esize };
             if q8.is_none() {
                 keys.extend(rows.iter().map(|&r| inp.k_cache.ptr(r * kv_dim + kvh * hd)));
@@ -364,7 +364,9 @@ fn q8_attention(
     let n_pad = n_all.next_multiple_of(8);
     // The value scales, chunk by chunk (the key scales' buffer, done with).
     kscales.clear();
-    kscales.extend((0..chunks).flat_map(|c| rows.iter().map(move |&r| vs[r * per_row + t.kvh * chunks + c])));
+    for at in t.kvh * chunks..(t.kvh + 1) * chunks {
+        kscales.extend(rows.iter().map(|&r| vs[r * per_row + at]));
+    }
     weights.resize(t.group * chunks * n_pad, 0.0);
     for (h, sh) in scores.chunks_exact_mut(np.max(1)).enumerate() {
         let sh = &mut sh[lo..lo + n];

@@ -14,6 +14,17 @@ use crate::quant::Isa;
 
 /// RMSNorm of every `w.len()`-wide row of `x` in place: `x * w / rms(x)`.
 pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
+    // A batch's rows four at a time in parallel: the other thread would otherwise idle (and
+    // fall asleep, to be woken for the next product).
+    let n = w.len();
+    if x.len() >= 8 * n && n > 0 {
+        x.par_chunks_mut(4 * n).for_each(|quad| rms_norm_rows(quad, w, eps));
+    } else {
+        rms_norm_rows(x, w, eps);
+    }
+}
+
+fn rms_norm_rows(x: &mut [f32], w: &[f32], eps: f32) {
     // Sum of squares in f64, in order, then scale and weight as separate roundings: the same
     // arithmetic as ggml, so our activations quantize exactly like the reference's. The ordered
     // sum is a chain of dependent adds; four rows' chains run side by side.
@@ -134,6 +145,16 @@ unsafe fn rotate_fma(style: RopeStyle, table: &[(f32, f32)], x: &mut [f32]) {
 
 /// `act(gate) * up`, elementwise, into `gate`.
 pub fn gated_activation(isa: Isa, act: Activation, gate: &mut [f32], up: &[f32]) {
+    // A batch's worth in parallel pieces (element-wise: the results do not depend on the split).
+    const PIECE: usize = 4096;
+    if gate.len() >= 2 * PIECE {
+        gate.par_chunks_mut(PIECE).zip(up.par_chunks(PIECE)).for_each(|(g, u)| gated_activation_of(isa, act, g, u));
+    } else {
+        gated_activation_of(isa, act, gate, up);
+    }
+}
+
+fn gated_activation_of(isa: Isa, act: Activation, gate: &mut [f32], up: &[f32]) {
     match act {
         Activation::Silu => crate::vmath::silu_mul(isa, gate, up),
         Activation::GeluTanh => {

@@ -147,7 +147,7 @@ pub fn matmul_many(isa: Isa, numerics: Numerics, ws: &[&QMatrix], x: &[f32], out
     let arb = dt.row_bytes(w0.cols);
     let mut xq = vec![0u8; n_tok * arb];
     // Encoding a few rows costs less than waking the threads.
-    if x.len() >= 1 << 16 {
+    if n_tok >= 4 {
         xq.par_chunks_mut(arb)
             .zip(x.par_chunks(w0.cols))
             .for_each(|(q, xr)| quant::quantize_activation(dt, xr, q));

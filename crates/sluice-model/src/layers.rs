@@ -440,6 +440,83 @@ mod tests {
         }
     }
 
+    /// Attention over an 8-bit cache, through scattered blocks and a sliding window (whose
+    /// first position falls inside a block), stays close to attention over an f32 cache, and
+    /// every kernel family gives it to the bit.
+    #[test]
+    fn attention_over_an_8_bit_cache_follows_the_f32_cache_through_blocks_and_windows() {
+        use crate::cache::{KvDtype, PagedKv};
+        use crate::config::{Arch, ModelConfig};
+        let cfg = ModelConfig {
+            arch: Arch::Llama,
+            n_layers: 1,
+            d_model: 256,
+            ffn_dim: 512,
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 64,
+            vocab_size: 10,
+            context_length: 128,
+            rms_eps: 1e-6,
+            rope_theta: 10000.0,
+            rope_theta_local: 10000.0,
+            rope_style: RopeStyle::HalfSplit,
+            rope_freq_scale: 1.0,
+            sliding_window: None,
+            layer_is_sliding: vec![false],
+            embed_scale: 1.0,
+            attn_scale: 0.125,
+            activation: Activation::Silu,
+            final_logit_softcap: None,
+        };
+        let (bs, kv_dim, q_dim) = (16, 128, 256);
+        let table: Vec<u32> = vec![5, 2, 7, 0];
+        let val = |p: usize, i: usize, salt: usize| (((p * 37 + i * 11 + salt * 7) % 41) as f32 - 20.0) / 20.0;
+        let caches: Vec<PagedKv> = [KvDtype::F32, KvDtype::Q8_0]
+            .into_iter()
+            .map(|dtype| {
+                let mut kv = PagedKv::with_dtype(&cfg, 8, bs, dtype);
+                for p in 0..50 {
+                    let k: Vec<f32> = (0..kv_dim).map(|i| val(p, i, 1)).collect();
+                    let v: Vec<f32> = (0..kv_dim).map(|i| val(p, i, 2)).collect();
+                    kv.store_row(crate::quant::detect_isa(), 0, table[p / bs] as usize * bs + p % bs, &k, &v);
+                }
+                kv
+            })
+            .collect();
+        let q: Vec<f32> = (0..2 * q_dim).map(|i| val(i, i, 3)).collect();
+        let tokens = [AttnToken { pos: 49, seq: 0, order: SumOrder::Dot }, AttnToken { pos: 37, seq: 0, order: SumOrder::Tiled }];
+        let tables: [&[u32]; 1] = [&table];
+        for window in [None, Some(27)] {
+            let run = |kv: &PagedKv, isa: Isa| {
+                let inp = AttentionInput {
+                    q: &q,
+                    k_cache: kv.k[0].view(),
+                    v_cache: kv.v[0].view(),
+                    tokens: &tokens,
+                    tables: &tables,
+                    block_size: bs,
+                    n_heads: 4,
+                    n_kv_heads: 2,
+                    head_dim: 64,
+                    scale: 0.125,
+                    scale_query: false,
+                    window,
+                };
+                let mut out = vec![0f32; 2 * q_dim];
+                attention(isa, &inp, &mut out);
+                out
+            };
+            let exact = run(&caches[0], crate::quant::detect_isa());
+            let coded = run(&caches[1], crate::quant::detect_isa());
+            for (i, (a, b)) in exact.iter().zip(&coded).enumerate() {
+                assert!((a - b).abs() < 0.02, "window {window:?}, output {i}: f32 cache {a}, 8-bit cache {b}");
+            }
+            let portable = run(&caches[1], Isa::Scalar);
+            assert!(portable.iter().zip(&coded).all(|(a, b)| a.to_bits() == b.to_bits()), "window {window:?}: kernel families differ");
+        }
+    }
+
     #[test]
     fn attention_over_one_position_returns_its_value() {
         let q = [1.0, 0.0, 0.0, 1.0];

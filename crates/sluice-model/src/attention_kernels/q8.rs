@@ -4,7 +4,8 @@
 //! - scores: the query is encoded as the cache encodes (codes and a scale per 32 dimensions, as
 //!   llama.cpp meets a `q8_0` key cache), each chunk's integer dot product is exact, and the
 //!   chunks' scaled sums are added in order. With AVX-512 VNNI one byte-dot instruction takes four
-//!   dimensions of sixteen positions (the key layout of `PagedKv`).
+//!   dimensions of sixteen positions (the key layout of `PagedKv`); with AVX2, 16-bit pairwise
+//!   products of four positions.
 //! - weighted sums: over positions in eight float lanes (position `p` feeding lane `p mod 8`),
 //!   reduced as `SumOrder::Tiled` reduces; AVX2.
 
@@ -73,6 +74,12 @@ pub unsafe fn scores(isa: Isa, heads: usize, q: &QueryCodes, blocks: &[*const u8
         unsafe { avx512::scores(heads, q, blocks, bs, ks, scale, out) };
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if isa.has_avx2() && bs.is_multiple_of(8) {
+        // SAFETY: AVX2/FMA/F16C detected; the rest is the caller's contract.
+        unsafe { avx2::scores(heads, q, blocks, bs, ks, scale, out) };
+        return;
+    }
     let _ = isa;
     for h in 0..heads {
         for (bi, &b) in blocks.iter().enumerate() {
@@ -131,7 +138,7 @@ pub unsafe fn weighted_sum(isa: Isa, first: usize, heads: usize, n: usize, w: &[
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::Q8_CHUNK;
+    use super::{Q8_CHUNK, QueryCodes};
 
     /// Eight codes from `p` as floats.
     ///
@@ -151,6 +158,57 @@ mod avx2 {
         let t = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
         let t = _mm_add_ps(t, _mm_movehl_ps(t, t));
         _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)))
+    }
+
+    /// See [`super::scores`], eight positions at a time: four dimensions of four positions
+    /// widened to 16 bits and multiplied pairwise (`madd`), exact in 32-bit sums.
+    ///
+    /// # Safety
+    /// AVX2/FMA/F16C required; `bs` a multiple of 8; the parent's contract.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn scores(heads: usize, q: &QueryCodes, blocks: &[*const u8], bs: usize, ks: &[f32], scale: f32, out: &mut [f32]) {
+        let dim = q.codes.len() / heads;
+        let (chunks, np) = (dim / Q8_CHUNK, blocks.len() * bs);
+        let sc = _mm256_set1_ps(scale);
+        // Pairs of 32-bit sums, (p0 p0 p1 p1 | p2 p2 p3 p3) and (p4 .. | ..), added to eight.
+        let order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+        for h in 0..heads {
+            for (bi, &b) in blocks.iter().enumerate() {
+                for p0 in (0..bs).step_by(8) {
+                    let i = bi * bs + p0;
+                    let mut f = _mm256_setzero_ps();
+                    for c in 0..chunks {
+                        let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                        for j in 0..8 {
+                            let at = h * dim + c * Q8_CHUNK + 4 * j;
+                            let qj = &q.codes[at..at + 4];
+                            // The four query codes as 16-bit values, repeated for four positions.
+                            let pattern = (qj[0] as i16 as u16 as i64)
+                                | (qj[1] as i16 as u16 as i64) << 16
+                                | (qj[2] as i16 as u16 as i64) << 32
+                                | (qj[3] as i16 as u16 as i64) << 48;
+                            let y = _mm256_set1_epi64x(pattern);
+                            // SAFETY: dimensions 4(8c+j)..+4 of positions p0..p0+8 lie in the block.
+                            let (k0, k1) = unsafe {
+                                let kp = b.add(((c * 8 + j) * bs + p0) * 4);
+                                (_mm_loadu_si128(kp as *const __m128i), _mm_loadu_si128(kp.add(16) as *const __m128i))
+                            };
+                            lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_cvtepu8_epi16(k0), y));
+                            hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_cvtepu8_epi16(k1), y));
+                        }
+                        // The keys are stored plus 128: take 128 × the query codes' sum away.
+                        let sums = _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(lo, hi), order);
+                        let isum = _mm256_sub_epi32(sums, _mm256_set1_epi32(128 * q.sums[h * chunks + c]));
+                        // SAFETY: eight scales of chunk c from position i (ks holds chunks × np).
+                        let kscale = unsafe { _mm256_loadu_ps(ks.as_ptr().add(c * np + i)) };
+                        let s = _mm256_mul_ps(_mm256_set1_ps(q.scales[h * chunks + c]), kscale);
+                        f = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(isum), f);
+                    }
+                    // SAFETY: out holds heads × np floats; i + 8 <= np.
+                    unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(h * np + i), _mm256_mul_ps(f, sc)) };
+                }
+            }
+        }
     }
 
     /// See [`super::weighted_sum`], from group `g0` of eight positions: four dimensions at a
@@ -285,11 +343,14 @@ mod tests {
                     qc.encode(&q);
                     let (mut s1, mut s2) = (vec![0f32; heads * np], vec![0f32; heads * np]);
                     // SAFETY: every block holds dim × bs codes; ks holds chunks · np scales.
-                    unsafe {
-                        scores(isa, heads, &qc, &kblocks, bs, &ks, 0.125, &mut s1);
-                        scores(Isa::Scalar, heads, &qc, &kblocks, bs, &ks, 0.125, &mut s2);
+                    unsafe { scores(Isa::Scalar, heads, &qc, &kblocks, bs, &ks, 0.125, &mut s2) };
+                    // Every SIMD form this CPU has (the AVX2 one too where VNNI is preferred).
+                    for family in [Isa::Avx2, isa].into_iter().filter(|f| f.has_avx2() && isa.has_avx2()) {
+                        // SAFETY: as above.
+                        unsafe { scores(family, heads, &qc, &kblocks, bs, &ks, 0.125, &mut s1) };
+                        assert_eq!(bits(&s1), bits(&s2), "{family:?} scores: {heads} heads, {n} rows, {dim} wide");
                     }
-                    assert_eq!(bits(&s1), bits(&s2), "scores: {heads} heads, {n} rows, {dim} wide");
+                    s1.copy_from_slice(&s2);
                     for h in 0..heads {
                         for p in 0..n {
                             let exact: f32 = (0..dim).map(|i| q[h * dim + i] * value(p, i)).sum::<f32>() * 0.125;

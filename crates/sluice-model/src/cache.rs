@@ -247,7 +247,7 @@ impl PagedKv {
     }
 
     /// Stores layer `layer`'s key row `k` and value row `v` of cache row `row` (keys row by
-    /// row; values transposed within the row's block).
+    /// row, or with 8-bit codes in their block layout; values transposed within the block).
     pub(crate) fn store_row(&mut self, isa: Isa, layer: usize, row: usize, k: &[f32], v: &[f32]) {
         let (bs, kv_dim, hd) = (self.block_size, k.len(), self.head_dim);
         if let KvData::Q8 { codes, scales } = &mut self.k[layer] {
@@ -276,13 +276,21 @@ impl PagedKv {
     /// since evicted: without the hint every store waits on its misses one after another.
     pub(crate) fn prefetch_rows(&self, layer: usize, kv_dim: usize, rows: impl Iterator<Item = usize>) {
         let (k, v) = (self.k[layer].view(), self.v[layer].view());
-        let esize = k.elem_bytes();
+        let (esize, block_bytes) = (k.elem_bytes(), self.block_size * kv_dim * k.elem_bytes());
+        // 8-bit keys are spread over their block too (module header).
+        let keys_by_block = self.dtype == KvDtype::Q8_0;
         let mut last_block = usize::MAX;
         for r in rows {
-            crate::mem::prefetch_l2(k.ptr(r * kv_dim), kv_dim * esize);
+            if !keys_by_block {
+                crate::mem::prefetch_l2(k.ptr(r * kv_dim), kv_dim * esize);
+            }
             let b = r / self.block_size;
             if b != last_block {
-                crate::mem::prefetch_l2(v.ptr(b * self.block_size * kv_dim), self.block_size * kv_dim * esize);
+                let at = b * self.block_size * kv_dim;
+                crate::mem::prefetch_l2(v.ptr(at), block_bytes);
+                if keys_by_block {
+                    crate::mem::prefetch_l2(k.ptr(at), block_bytes);
+                }
                 last_block = b;
             }
         }

@@ -2,7 +2,7 @@
 # Serving benchmark, side by side in one run: `sluice bench` against `sluice serve` and against
 # llama.cpp's llama-server (same GGUF, 2 threads, continuous batching), then the shared-prefix
 # workload against Sluice with and without prefix caching. Results land in bench/results/.
-#   bench/serving.sh [MODEL.gguf]     N=32 N16=96 PROMPT=96 OUT=128 NUMERICS=reference KV=f16 ROUNDS=2
+#   bench/serving.sh [MODEL.gguf]     N=32 N16=96 PROMPT=96 OUT=128 NUMERICS=reference KV_DTYPE=f16 ROUNDS=2
 # Concurrency 1 runs N requests, then concurrency 16 runs N16 (six waves: with only two, the
 # ramp-up and the last wave's tail, run below 16 at once, weigh on the steady-state figure).
 # ROUNDS alternates the two that many times and the summary takes medians: on a shared machine
@@ -10,7 +10,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 MODEL=${1:-$ROOT/models/SmolLM2-135M-Instruct.Q4_1.gguf}
-N=${N:-32}; N16=${N16:-96}; PROMPT=${PROMPT:-96}; OUT=${OUT:-128}; NUMERICS=${NUMERICS:-reference}; KV=${KV:-f16}; ROUNDS=${ROUNDS:-2}
+N=${N:-32}; N16=${N16:-96}; PROMPT=${PROMPT:-96}; OUT=${OUT:-128}; NUMERICS=${NUMERICS:-reference}; KV_DTYPE=${KV_DTYPE:-f16}; ROUNDS=${ROUNDS:-2}
 LLAMA=$("$ROOT/scripts/build-llama-cpp.sh" | tail -n1)/bin
 cargo build -q --release -p sluice --manifest-path "$ROOT/Cargo.toml"
 SLUICE=$ROOT/target/release/sluice
@@ -21,7 +21,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 wait_ready() { for _ in $(seq 1 120); do curl -sf "$1" >/dev/null && return 0; sleep 0.5; done; echo "not ready: $1" >&2; exit 1; }
 
-"$SLUICE" serve --model "$MODEL" --served-model-name m --port 18080 --threads 2 --numerics "$NUMERICS" --kv-cache-dtype "$KV" >"$RES/sluice.log" 2>&1 & pids+=($!)
+"$SLUICE" serve --model "$MODEL" --served-model-name m --port 18080 --threads 2 --numerics "$NUMERICS" --kv-cache-dtype "$KV_DTYPE" >"$RES/sluice.log" 2>&1 & pids+=($!)
 wait_ready http://127.0.0.1:18080/ready
 # Concurrency 1 then 16 against one server, ROUNDS times (the first run warms it up). Every
 # run has prompts of its own (its own seed): with one seed, a later run's prompts would repeat
@@ -48,7 +48,7 @@ kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 
 for mode in cache nocache; do
   flag=""; [ "$mode" = nocache ] && flag="--no-prefix-cache"
-  "$SLUICE" serve --model "$MODEL" --served-model-name m --port 18082 --threads 2 --numerics "$NUMERICS" --kv-cache-dtype "$KV" $flag >"$RES/prefix-$mode.log" 2>&1 & pids+=($!)
+  "$SLUICE" serve --model "$MODEL" --served-model-name m --port 18082 --threads 2 --numerics "$NUMERICS" --kv-cache-dtype "$KV_DTYPE" $flag >"$RES/prefix-$mode.log" 2>&1 & pids+=($!)
   wait_ready http://127.0.0.1:18082/ready
   echo "== shared prefix, $mode" >&2
   "$SLUICE" bench --url http://127.0.0.1:18082 --model m --concurrency 16 --num-requests 64 \

@@ -2,16 +2,16 @@
 # Memory soak: `sluice serve` under `sluice bench` at concurrency 16 for about DURATION seconds,
 # sampling the server's resident memory every 10 s. Prints the samples and the growth between
 # the first sample after warm-up and the last.
-#   bench/soak.sh [MODEL.gguf]     DURATION=600 KV=512MiB NUMERICS=reference
+#   bench/soak.sh [MODEL.gguf]     DURATION=600 KV=512MiB KV_DTYPE=f16 NUMERICS=reference
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 MODEL=${1:-$ROOT/models/SmolLM2-135M-Instruct.Q4_1.gguf}
-DURATION=${DURATION:-600}; KV=${KV:-512MiB}; NUMERICS=${NUMERICS:-reference}
+DURATION=${DURATION:-600}; KV=${KV:-512MiB}; KV_DTYPE=${KV_DTYPE:-f16}; NUMERICS=${NUMERICS:-reference}
 cargo build -q --release -p sluice --manifest-path "$ROOT/Cargo.toml"
 SLUICE=$ROOT/target/release/sluice
 RES=$ROOT/bench/results/soak-$(date +%Y%m%dT%H%M%S)
 mkdir -p "$RES"
-"$SLUICE" serve --model "$MODEL" --served-model-name m --port 18090 --threads 2 --kv-cache-memory "$KV" --numerics "$NUMERICS" >"$RES/server.log" 2>&1 &
+"$SLUICE" serve --model "$MODEL" --served-model-name m --port 18090 --threads 2 --kv-cache-memory "$KV" --kv-cache-dtype "$KV_DTYPE" --numerics "$NUMERICS" >"$RES/server.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 1 120); do curl -sf http://127.0.0.1:18090/ready >/dev/null && break; sleep 0.5; done

@@ -35,7 +35,7 @@ fn reduce_dot(s: &[__m256; 4]) -> f32 {
 /// The tiled product's horizontal sum of one accumulator.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn reduce_tiled(a: __m256) -> f32 {
+pub(super) fn reduce_tiled(a: __m256) -> f32 {
     let t = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     let t = _mm_add_ps(t, _mm_movehl_ps(t, t));
     _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)))

@@ -151,15 +151,6 @@ mod avx2 {
         unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i))) }
     }
 
-    /// The parent's `reduce8` of one register.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn reduce8(a: __m256) -> f32 {
-        let t = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-        let t = _mm_add_ps(t, _mm_movehl_ps(t, t));
-        _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)))
-    }
-
     /// See [`super::scores`], eight positions at a time: four dimensions of four positions
     /// widened to 16 bits and multiplied pairwise (`madd`), exact in 32-bit sums.
     ///
@@ -243,7 +234,7 @@ mod avx2 {
                 }
                 for (j, a) in acc.iter().enumerate().take(hs) {
                     for (k, a) in a.iter().enumerate() {
-                        out[(h0 + j) * dim + d0 + k] = reduce8(*a);
+                        out[(h0 + j) * dim + d0 + k] = crate::attention_kernels::avx2::reduce_tiled(*a);
                     }
                 }
             }

@@ -2,7 +2,7 @@
 //! build), over keys and values stored as f32 or half precision: q·k over the head dimension, a
 //! softmax, and the weighted sum of values over positions, each summed as the reference sums it
 //! for the token's kind (see [`SumOrder`]). Matching the orders keeps our attention outputs
-//! bit-identical to the reference's. AVX2 when available.
+//! bit-identical to the reference's. AVX2 or AVX-512 when available.
 //!
 //! Keys are rows of `head_dim` values; values are stored transposed per block (`PagedKv`), so
 //! both sums are dot products with their accumulators in registers.
@@ -99,6 +99,24 @@ pub unsafe fn scores(isa: Isa, heads: usize, q: &[f32], rows: &[*const u8], half
     let (dim, n) = (q.len() / heads.max(1), rows.len());
     debug_assert_eq!((q.len(), out.len()), (heads * dim, heads * n));
     #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni && order == SumOrder::Dot && matches!(dim, 32 | 64 | 128) {
+        let (mut q, mut out) = (q, out);
+        for take in passes(heads) {
+            let (qt, qr) = q.split_at(take * dim);
+            let (ot, or) = std::mem::take(&mut out).split_at_mut(take * n);
+            // SAFETY: AVX-512 detected; the rows are the caller's contract; take · dim / 16 <= 24.
+            unsafe {
+                if half {
+                    scores_dot512::<true>(take, dim / 16, qt, rows, scale, ot);
+                } else {
+                    scores_dot512::<false>(take, dim / 16, qt, rows, scale, ot);
+                }
+            }
+            (q, out) = (qr, or);
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if isa.has_avx2() && dim.is_multiple_of(LANES) {
         let (mut q, mut out) = (q, out);
         for take in passes(heads) {
@@ -135,6 +153,28 @@ pub unsafe fn scores(isa: Isa, heads: usize, q: &[f32], rows: &[*const u8], half
                 acc[i % lanes] = x.mul_add(unsafe { load1(r, i, half) }, acc[i % lanes]);
             }
             *o = order.reduce(&acc) * scale;
+        }
+    }
+}
+
+/// [`scores`]' AVX-512 `Dot` kernel for `take` (1-3) heads of `16·s` (2, 4 or 8) dimensions.
+///
+/// # Safety
+/// As `avx512::scores_dot`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn scores_dot512<const HALF: bool>(take: usize, s: usize, q: &[f32], rows: &[*const u8], scale: f32, out: &mut [f32]) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        match (take, s) {
+            (1, 2) => avx512::scores_dot::<1, 2, HALF>(q, rows, scale, out),
+            (2, 2) => avx512::scores_dot::<2, 2, HALF>(q, rows, scale, out),
+            (_, 2) => avx512::scores_dot::<3, 2, HALF>(q, rows, scale, out),
+            (1, 4) => avx512::scores_dot::<1, 4, HALF>(q, rows, scale, out),
+            (2, 4) => avx512::scores_dot::<2, 4, HALF>(q, rows, scale, out),
+            (_, 4) => avx512::scores_dot::<3, 4, HALF>(q, rows, scale, out),
+            (1, _) => avx512::scores_dot::<1, 8, HALF>(q, rows, scale, out),
+            (2, _) => avx512::scores_dot::<2, 8, HALF>(q, rows, scale, out),
+            (_, _) => avx512::scores_dot::<3, 8, HALF>(q, rows, scale, out),
         }
     }
 }
@@ -202,23 +242,32 @@ pub unsafe fn weighted_sum(
     debug_assert_eq!((w.len(), out.len()), (heads * n, heads * dim));
     #[cfg(target_arch = "x86_64")]
     if isa.has_avx2() && bs.is_multiple_of(8) && dim.is_multiple_of(8) {
-        let esize = if half { 2 } else { 4 };
-        // Where each group of eight positions starts (dimension 0; dimension d is d·bs further).
+        // AVX-512 takes positions sixteen at a time (a group then lies in one block).
+        let wide = isa == Isa::Avx512Vnni && order == SumOrder::Dot && bs.is_multiple_of(16);
+        let (span, esize) = (if wide { 16 } else { 8 }, if half { 2 } else { 4 });
+        // Where each group of positions starts (dimension 0; dimension d is d·bs further).
         groups.clear();
-        groups.extend((0..n.div_ceil(8)).map(|c| blocks[8 * c / bs].wrapping_add(8 * c % bs * esize)));
+        groups.extend((0..n.div_ceil(span)).map(|c| blocks[span * c / bs].wrapping_add(span * c % bs * esize)));
         let (mut w, mut out) = (w, out);
         for take in passes(heads) {
             let (wt, wr) = w.split_at(take * n);
             let (ot, or) = std::mem::take(&mut out).split_at_mut(take * dim);
-            // SAFETY: AVX2/FMA/F16C detected; the rest is the caller's contract.
+            // SAFETY: AVX2/FMA/F16C detected (and AVX-512 where `wide`); the rest is the
+            // caller's contract.
             unsafe {
-                match (take, half) {
-                    (1, false) => avx2::weighted_sum::<1, false>(order, first, wt, groups, bs, ot),
-                    (1, true) => avx2::weighted_sum::<1, true>(order, first, wt, groups, bs, ot),
-                    (2, false) => avx2::weighted_sum::<2, false>(order, first, wt, groups, bs, ot),
-                    (2, true) => avx2::weighted_sum::<2, true>(order, first, wt, groups, bs, ot),
-                    (_, false) => avx2::weighted_sum::<3, false>(order, first, wt, groups, bs, ot),
-                    (_, true) => avx2::weighted_sum::<3, true>(order, first, wt, groups, bs, ot),
+                match (wide, take, half) {
+                    (true, 1, false) => avx512::weighted_sum_dot::<1, 8, false>(first, wt, groups, bs, ot),
+                    (true, 1, true) => avx512::weighted_sum_dot::<1, 8, true>(first, wt, groups, bs, ot),
+                    (true, 2, false) => avx512::weighted_sum_dot::<2, 4, false>(first, wt, groups, bs, ot),
+                    (true, 2, true) => avx512::weighted_sum_dot::<2, 4, true>(first, wt, groups, bs, ot),
+                    (true, _, false) => avx512::weighted_sum_dot::<3, 4, false>(first, wt, groups, bs, ot),
+                    (true, _, true) => avx512::weighted_sum_dot::<3, 4, true>(first, wt, groups, bs, ot),
+                    (false, 1, false) => avx2::weighted_sum::<1, false>(order, first, wt, groups, bs, ot),
+                    (false, 1, true) => avx2::weighted_sum::<1, true>(order, first, wt, groups, bs, ot),
+                    (false, 2, false) => avx2::weighted_sum::<2, false>(order, first, wt, groups, bs, ot),
+                    (false, 2, true) => avx2::weighted_sum::<2, true>(order, first, wt, groups, bs, ot),
+                    (false, _, false) => avx2::weighted_sum::<3, false>(order, first, wt, groups, bs, ot),
+                    (false, _, true) => avx2::weighted_sum::<3, true>(order, first, wt, groups, bs, ot),
                 }
             }
             (w, out) = (wr, or);
@@ -242,6 +291,8 @@ pub unsafe fn weighted_sum(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 pub mod q8;
 
 #[cfg(test)]
@@ -263,87 +314,97 @@ mod tests {
 
     #[test]
     fn simd_and_scalar_agree_bit_for_bit() {
-        let isa = crate::quant::detect_isa();
-        for half in [false, true] {
-            let esize = if half { 2 } else { 4 };
-            for hd in [64usize, 160] {
-                let q: Vec<f32> = (0..hd).map(|i| ((i * 29 % 13) as f32 - 6.0) * 0.05).collect();
-                for n in [1usize, 7, 8, 45, 130] {
-                    let keys = store(&(0..n * hd).map(|i| ((i * 11 % 23) as f32 - 11.0) * 0.07).collect::<Vec<_>>(), half);
-                    let ptrs: Vec<*const u8> = (0..n).map(|p| keys[p * hd * esize..].as_ptr()).collect();
-                    for order in [SumOrder::Dot, SumOrder::Tiled] {
-                        let (mut s1, mut s2) = (vec![0f32; n], vec![0f32; n]);
-                        // SAFETY: every pointer has hd elements behind it.
-                        unsafe {
-                            scores(isa, 1, &q, &ptrs, half, order, 0.125, &mut s1);
-                            scores(Isa::Scalar, 1, &q, &ptrs, half, order, 0.125, &mut s2);
-                        }
-                        assert_eq!(bits(&s1), bits(&s2), "scores of {n} rows, {hd} wide, {order:?}, half {half}");
-                        // One to five heads sharing the keys, each its own query: every head
-                        // bit-equal to its solo scores.
-                        for heads in 2..=5 {
-                            let qs: Vec<f32> = (0..heads * hd).map(|i| q[i % hd] * (1.0 + (i / hd) as f32 * 0.3)).collect();
-                            let (mut m1, mut m2, mut solo) = (vec![0f32; heads * n], vec![0f32; heads * n], vec![0f32; n]);
-                            // SAFETY: as above.
+        // Every SIMD family the CPU has (AVX2 and, where present, AVX-512) against the portable code.
+        let best = crate::quant::detect_isa();
+        for isa in [Isa::Avx2, best].into_iter().filter(|&i| i == best || best.has_avx2()) {
+            for half in [false, true] {
+                let esize = if half { 2 } else { 4 };
+                for hd in [32usize, 64, 128, 160] {
+                    let q: Vec<f32> = (0..hd).map(|i| ((i * 29 % 13) as f32 - 6.0) * 0.05).collect();
+                    for n in [1usize, 7, 8, 45, 130] {
+                        let keys = store(&(0..n * hd).map(|i| ((i * 11 % 23) as f32 - 11.0) * 0.07).collect::<Vec<_>>(), half);
+                        let ptrs: Vec<*const u8> = (0..n).map(|p| keys[p * hd * esize..].as_ptr()).collect();
+                        for order in [SumOrder::Dot, SumOrder::Tiled] {
+                            let (mut s1, mut s2) = (vec![0f32; n], vec![0f32; n]);
+                            // SAFETY: every pointer has hd elements behind it.
                             unsafe {
-                                scores(isa, heads, &qs, &ptrs, half, order, 0.125, &mut m1);
-                                scores(Isa::Scalar, heads, &qs, &ptrs, half, order, 0.125, &mut m2);
+                                scores(isa, 1, &q, &ptrs, half, order, 0.125, &mut s1);
+                                scores(Isa::Scalar, 1, &q, &ptrs, half, order, 0.125, &mut s2);
                             }
-                            assert_eq!(bits(&m1), bits(&m2), "{heads} heads, {n} rows, {hd} wide, {order:?}, half {half}");
-                            for h in 0..heads {
+                            assert_eq!(bits(&s1), bits(&s2), "scores of {n} rows, {hd} wide, {order:?}, half {half}");
+                            // One to five heads sharing the keys, each its own query: every head
+                            // bit-equal to its solo scores.
+                            for heads in 2..=5 {
+                                let qs: Vec<f32> = (0..heads * hd).map(|i| q[i % hd] * (1.0 + (i / hd) as f32 * 0.3)).collect();
+                                let (mut m1, mut m2, mut solo) = (vec![0f32; heads * n], vec![0f32; heads * n], vec![0f32; n]);
                                 // SAFETY: as above.
-                                unsafe { scores(isa, 1, &qs[h * hd..(h + 1) * hd], &ptrs, half, order, 0.125, &mut solo) };
-                                assert_eq!(bits(&solo), bits(&m1[h * n..(h + 1) * n]), "head {h} of {heads}, {order:?}, half {half}");
+                                unsafe {
+                                    scores(isa, heads, &qs, &ptrs, half, order, 0.125, &mut m1);
+                                    scores(Isa::Scalar, heads, &qs, &ptrs, half, order, 0.125, &mut m2);
+                                }
+                                assert_eq!(bits(&m1), bits(&m2), "{heads} heads, {n} rows, {hd} wide, {order:?}, half {half}");
+                                for h in 0..heads {
+                                    // SAFETY: as above.
+                                    unsafe { scores(isa, 1, &qs[h * hd..(h + 1) * hd], &ptrs, half, order, 0.125, &mut solo) };
+                                    assert_eq!(bits(&solo), bits(&m1[h * n..(h + 1) * n]), "head {h} of {heads}, {order:?}, half {half}");
+                                }
                             }
-                        }
-                        for (p, s) in s1.iter().enumerate() {
-                            // SAFETY: row p holds hd elements.
-                            let naive: f32 = (0..hd).map(|i| q[i] * unsafe { load1(ptrs[p], i, half) }).sum::<f32>() * 0.125;
-                            assert!((s - naive).abs() < 1e-4, "{s} vs {naive}");
-                        }
-                    }
-                }
-            }
-            // 45 positions of 16-wide values in blocks of 16 positions, stored transposed per block.
-            let value = |p: usize, d: usize| ((p * 16 + d) % 7) as f32 * 0.37 - 1.1;
-            let data = store(&(0..3 * 16 * 16).map(|i| value(i / 256 * 16 + i % 16, i % 256 / 16)).collect::<Vec<_>>(), half);
-            let blocks: Vec<*const u8> = (0..3).map(|b| data[b * 256 * esize..].as_ptr()).collect();
-            // One to five heads sharing the values (each pass takes up to three), each head with
-            // its own weights: every head bit-equal to the scalar sum and to a call of its own.
-            for heads in 1..=5 {
-                let (mut o1, mut o2, mut solo) = (vec![0f32; 16 * heads], vec![0f32; 16 * heads], vec![0f32; 16]);
-                for first in [0, 13] {
-                    let w: Vec<f32> = (0..45 * heads)
-                        .map(|i| if i % 45 < first { 0.0 } else { (1 + i / 45) as f32 / (i % 45 + 1) as f32 })
-                        .collect();
-                    for order in [SumOrder::Dot, SumOrder::Tiled] {
-                        // SAFETY: three blocks of 16 × 16 elements.
-                        unsafe {
-                            weighted_sum(isa, order, first, heads, &w, &blocks, half, 16, &mut o1, &mut Vec::new());
-                            weighted_sum(Isa::Scalar, order, first, heads, &w, &blocks, half, 16, &mut o2, &mut Vec::new());
-                        }
-                        assert_eq!(bits(&o1), bits(&o2), "{order:?}, {heads} heads, first {first}, half {half}");
-                        for h in 0..heads {
-                            let wh = &w[h * 45..(h + 1) * 45];
-                            // SAFETY: as above.
-                            unsafe { weighted_sum(isa, order, first, 1, wh, &blocks, half, 16, &mut solo, &mut Vec::new()) };
-                            assert_eq!(bits(&solo), bits(&o1[h * 16..(h + 1) * 16]), "{order:?} head {h} of {heads}, half {half}");
-                            for (d, o) in solo.iter().enumerate() {
-                                let naive: f32 = (0..45).map(|p| wh[p] * value(p, d)).sum();
-                                assert!((o - naive).abs() < 3e-3 * (1.0 + naive.abs()), "{order:?} {d}: {o} vs {naive}");
+                            for (p, s) in s1.iter().enumerate() {
+                                // SAFETY: row p holds hd elements.
+                                let naive: f32 = (0..hd).map(|i| q[i] * unsafe { load1(ptrs[p], i, half) }).sum::<f32>() * 0.125;
+                                assert!((s - naive).abs() < 1e-4, "{s} vs {naive}");
                             }
                         }
                     }
                 }
+                // Up to 64 positions of 16-wide values in blocks of 16 or 32 positions, stored
+                // transposed per block; 45 and 61 positions end in a partial group of sixteen after
+                // an even and an odd number of whole ones, and a window's first position falls in
+                // the first, second or third group.
+                let value = |p: usize, d: usize| ((p * 16 + d) % 7) as f32 * 0.37 - 1.1;
+                for bs in [16usize, 32] {
+                    let data = store(&(0..64 * 16).map(|i| value(i / (16 * bs) * bs + i % bs, i % (16 * bs) / bs)).collect::<Vec<_>>(), half);
+                    let blocks: Vec<*const u8> = (0..64 / bs).map(|b| data[b * 16 * bs * esize..].as_ptr()).collect();
+                    // One to five heads sharing the values (each pass takes up to three), each head
+                    // with its own weights: every head bit-equal to the scalar sum and to a call of
+                    // its own.
+                    for (heads, n) in (1..=5).flat_map(|h| [(h, 45usize), (h, 61)]) {
+                        let (mut o1, mut o2, mut solo) = (vec![0f32; 16 * heads], vec![0f32; 16 * heads], vec![0f32; 16]);
+                        for first in [0, 13, 29, 40] {
+                            let w: Vec<f32> = (0..n * heads)
+                                .map(|i| if i % n < first { 0.0 } else { (1 + i / n) as f32 / (i % n + 1) as f32 })
+                                .collect();
+                            for order in [SumOrder::Dot, SumOrder::Tiled] {
+                                let what = format!("{order:?}, {heads} heads, {n} positions, first {first}, blocks of {bs}, half {half}");
+                                // SAFETY: 64 positions of 16 dimensions in blocks of bs.
+                                unsafe {
+                                    weighted_sum(isa, order, first, heads, &w, &blocks, half, bs, &mut o1, &mut Vec::new());
+                                    weighted_sum(Isa::Scalar, order, first, heads, &w, &blocks, half, bs, &mut o2, &mut Vec::new());
+                                }
+                                assert_eq!(bits(&o1), bits(&o2), "{what}");
+                                for h in 0..heads {
+                                    let wh = &w[h * n..(h + 1) * n];
+                                    // SAFETY: as above.
+                                    unsafe { weighted_sum(isa, order, first, 1, wh, &blocks, half, bs, &mut solo, &mut Vec::new()) };
+                                    assert_eq!(bits(&solo), bits(&o1[h * 16..(h + 1) * 16]), "head {h}: {what}");
+                                    for (d, o) in solo.iter().enumerate() {
+                                        let naive: f32 = (0..n).map(|p| wh[p] * value(p, d)).sum();
+                                        assert!((o - naive).abs() < 3e-3 * (1.0 + naive.abs()), "{what}, {d}: {o} vs {naive}");
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
             }
-        }
-        for n in [1usize, 7, 8, 45, 130] {
-            let x: Vec<f32> = (0..n).map(|i| ((i * 11 % 23) as f32 - 11.0) * 0.3).collect();
-            let (mut p1, mut p2) = (x.clone(), x.clone());
-            softmax(isa, &mut p1);
-            softmax(Isa::Scalar, &mut p2);
-            assert_eq!(bits(&p1), bits(&p2), "softmax of {n}");
-            assert!((p1.iter().map(|v| *v as f64).sum::<f64>() - 1.0).abs() < 1e-5);
+            for n in [1usize, 7, 8, 45, 130] {
+                let x: Vec<f32> = (0..n).map(|i| ((i * 11 % 23) as f32 - 11.0) * 0.3).collect();
+                let (mut p1, mut p2) = (x.clone(), x.clone());
+                softmax(isa, &mut p1);
+                softmax(Isa::Scalar, &mut p2);
+                assert_eq!(bits(&p1), bits(&p2), "softmax of {n}");
+                assert!((p1.iter().map(|v| *v as f64).sum::<f64>() - 1.0).abs() < 1e-5);
+            }
         }
     }
 

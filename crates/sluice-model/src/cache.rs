@@ -1,9 +1,10 @@
 //! Paged key/value memory: per layer, `num_blocks × block_size` rows of `n_kv_heads × head_dim`
 //! values for keys and as many for values, stored as f32, half precision or 8-bit codes
-//! ([`KvDtype`]). Keys are stored row by row (a query's scores are dot products over a key's
-//! dimensions); values are stored transposed within each block (dimension `d` of a block's
-//! positions is one run of `block_size` values), so each output of the weighted sum is a dot
-//! product over positions with its accumulators in registers. Which block holds which positions
+//! ([`KvDtype`]). Keys are stored head by head within each block, each head's rows back to back
+//! (a query's scores are dot products over a key's dimensions, and one attention task reads one
+//! head's keys of a block as one contiguous run); values are stored transposed within each block
+//! (dimension `d` of a block's positions is one run of `block_size` values), so each output of
+//! the weighted sum is a dot product over positions with its accumulators in registers. Which block holds which positions
 //! of which sequence is the caller's business (a block table per sequence, from `sluice-kv`);
 //! the model only reads and writes through those tables. Memory is reserved zeroed, so untouched
 //! blocks cost address space, not resident memory.
@@ -246,8 +247,8 @@ impl PagedKv {
         self.dtype
     }
 
-    /// Stores layer `layer`'s key row `k` and value row `v` of cache row `row` (keys row by
-    /// row, or with 8-bit codes in their block layout; values transposed within the block).
+    /// Stores layer `layer`'s key row `k` and value row `v` of cache row `row` (keys head by
+    /// head, or with 8-bit codes in their byte-dot layout; values transposed within the block).
     pub(crate) fn store_row(&mut self, isa: Isa, layer: usize, row: usize, k: &[f32], v: &[f32]) {
         let (bs, kv_dim, hd) = (self.block_size, k.len(), self.head_dim);
         if let KvData::Q8 { codes, scales } = &mut self.k[layer] {
@@ -265,32 +266,29 @@ impl PagedKv {
                 }
             }
         } else {
-            self.k[layer].store(isa, row, row * kv_dim, 1, k);
+            // Head-major within the block (module header).
+            let (block, p) = (row / bs * bs * kv_dim, row % bs);
+            for (h, xs) in k.chunks(hd).enumerate() {
+                self.k[layer].store(isa, row, block + (h * bs + p) * hd, 1, xs);
+            }
         }
         self.v[layer].store(isa, row, (row / bs) * bs * kv_dim + row % bs, bs, v);
     }
 
-    /// Asks for the cache lines layer `layer` will store into for these rows (keys: the row;
-    /// values: the row's block, as they are stored transposed) ahead of the stores. A decode
+    /// Asks for the cache lines layer `layer` will store into for these rows (the row's block,
+    /// for keys and values alike: both spread a row over it) ahead of the stores. A decode
     /// step writes one row per sequence, each in a block last touched a whole step ago and long
     /// since evicted: without the hint every store waits on its misses one after another.
     pub(crate) fn prefetch_rows(&self, layer: usize, kv_dim: usize, rows: impl Iterator<Item = usize>) {
         let (k, v) = (self.k[layer].view(), self.v[layer].view());
-        let (esize, block_bytes) = (k.elem_bytes(), self.block_size * kv_dim * k.elem_bytes());
-        // 8-bit keys are spread over their block too (module header).
-        let keys_by_block = self.dtype == KvDtype::Q8_0;
+        let block_bytes = self.block_size * kv_dim * k.elem_bytes();
         let mut last_block = usize::MAX;
         for r in rows {
-            if !keys_by_block {
-                crate::mem::prefetch_l2(k.ptr(r * kv_dim), kv_dim * esize);
-            }
             let b = r / self.block_size;
             if b != last_block {
                 let at = b * self.block_size * kv_dim;
                 crate::mem::prefetch_l2(v.ptr(at), block_bytes);
-                if keys_by_block {
-                    crate::mem::prefetch_l2(k.ptr(at), block_bytes);
-                }
+                crate::mem::prefetch_l2(k.ptr(at), block_bytes);
                 last_block = b;
             }
         }

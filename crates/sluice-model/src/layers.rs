@@ -202,7 +202,8 @@ pub struct AttnToken {
 pub struct AttentionInput<'a> {
     /// Queries, `n_tok × (n_heads × head_dim)`, already rotated (`scale` is applied here).
     pub q: &'a [f32],
-    /// The layer's key rows (`rows × kv_dim`), this step's keys already written.
+    /// The layer's keys, this step's already written: per block, each KV head's `block_size`
+    /// rows of `head_dim` back to back (8-bit codes: their byte-dot layout; see `PagedKv`).
     pub k_cache: KvView<'a>,
     /// The layer's values, block by block, each block transposed: dimension `d` of position
     /// `block·bs + i` at `(block·kv_dim + d)·bs + i` (see `PagedKv`).
@@ -254,31 +255,27 @@ pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
             let bs = inp.block_size;
             // Key rows of positions first..=pos and the KV head's value block of every block up
             // to pos (in bounds: the model validates block tables before attention runs).
+            prefetch_task(inp, idx);
             keys.clear();
             values.clear();
             rows.clear();
             for (bi, &b) in inp.tables[seq].iter().enumerate().take(pos / bs + 1) {
-                let base = b as usize * bs;
-                let (lo, hi) = ((bi * bs).max(first), (pos + 1).min((bi + 1) * bs));
-                rows.extend((lo..hi).map(|p| base + p - bi * bs));
-                values.push(inp.v_cache.ptr(base * kv_dim + kvh * hd * bs));
-                if q8.is_some() && bi >= first / bs {
-                    keys.push(inp.k_cache.ptr(base * kv_dim + kvh * hd * bs));
+                let at = b as usize * bs * kv_dim + kvh * hd * bs;
+                values.push(inp.v_cache.ptr(at));
+                if bi < first / bs {
+                    continue;
                 }
-            }
-            // Keys: with 8-bit codes the head's part of each block from the window's first (their
-            // byte-dot layout, pushed above), otherwise row by row.
-            let key_bytes = if q8.is_some() { hd * bs } else { hd * esize };
-            if q8.is_none() {
-                keys.extend(rows.iter().map(|&r| inp.k_cache.ptr(r * kv_dim + kvh * hd)));
-            }
-            // A generated token's keys and values come from memory (a prompt token's were just
-            // read for the token before it): ask for all of them now, many misses in flight,
-            // rather than a few at a time as the sums reach each block (a 16-sequence decode
-            // step's attention -15%).
-            if order == SumOrder::Dot {
-                keys.iter().for_each(|&p| crate::mem::prefetch_l2(p, key_bytes));
-                values[first / bs..].iter().for_each(|&p| crate::mem::prefetch_l2(p, hd * bs * esize));
+                let key_block = inp.k_cache.ptr(at);
+                let (lo, hi) = ((bi * bs).max(first) - bi * bs, (pos + 1).min((bi + 1) * bs) - bi * bs);
+                if q8.is_some() {
+                    // 8-bit keys: the block (byte-dot layout) and each position's cache row (for
+                    // its scales).
+                    keys.push(key_block);
+                    rows.extend((lo..hi).map(|p| b as usize * bs + p));
+                } else {
+                    // Key rows, position by position (head-major within the block).
+                    keys.extend((lo..hi).map(|p| key_block.wrapping_add(p * hd * esize)));
+                }
             }
             let heads = t * q_dim + kvh * group * hd..t * q_dim + (kvh + 1) * group * hd;
             if let Some((ks, vs)) = q8 {
@@ -316,21 +313,47 @@ pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
             unsafe { attn::scores(isa, group, q, keys, half, qk_order, scale, scores) };
             // Each head's weights over positions 0..=pos, one head after another. Positions
             // before the window have zero weight; lanes still follow absolute positions.
-            weights.clear();
+            // Without a window the scores' layout is the weights' own: no copy.
             for sh in scores.chunks_exact_mut(keys.len().max(1)) {
                 attn::softmax(isa, sh);
-                let at = weights.len();
-                weights.resize(at + first, 0.0);
-                weights.extend_from_slice(sh);
                 if half {
-                    crate::vmath::round_to_half(isa, &mut weights[at + first..]);
+                    crate::vmath::round_to_half(isa, sh);
                 }
             }
+            let weights = if first == 0 {
+                &scores[..]
+            } else {
+                weights.clear();
+                for sh in scores.chunks_exact(keys.len().max(1)) {
+                    weights.resize(weights.len() + first, 0.0);
+                    weights.extend_from_slice(sh);
+                }
+                &weights[..]
+            };
             // SAFETY: each value block holds kv_dim × bs elements, the KV head's hd × bs from
             // the pointer on, written for every position <= pos.
             unsafe { attn::weighted_sum(isa, order, first, group, weights, values, half, bs, o, groups) };
         },
     );
+}
+
+/// Asks for the keys and values attention task `idx` (token `idx / n_kv_heads`, KV head
+/// `idx mod n_kv_heads`) reads, if its token is a generated one: those come from memory, while a
+/// prompt token's were just read for the token before it. All of them at once, many misses in
+/// flight, rather than a few at a time as the sums reach each block.
+fn prefetch_task(inp: &AttentionInput<'_>, idx: usize) {
+    let Some(&AttnToken { pos, seq, order }) = inp.tokens.get(idx / inp.n_kv_heads.max(1)) else { return };
+    if order != SumOrder::Dot {
+        return;
+    }
+    let (bs, hd, kvh) = (inp.block_size, inp.head_dim, idx % inp.n_kv_heads);
+    let first = inp.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+    let head_bytes = hd * bs * inp.k_cache.elem_bytes();
+    for &b in inp.tables[seq].iter().take(pos / bs + 1).skip(first / bs) {
+        let at = (b as usize * inp.n_kv_heads + kvh) * hd * bs;
+        crate::mem::prefetch_l2(inp.k_cache.ptr(at), head_bytes);
+        crate::mem::prefetch_l2(inp.v_cache.ptr(at), head_bytes);
+    }
 }
 
 /// One (token, KV head) attention task over an 8-bit cache.

@@ -121,6 +121,23 @@ pub(super) fn reduce8_dot(v: &[__m256; 8]) -> __m256 {
     _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
 }
 
+/// [`reduce_tiled`] of eight vectors at once: lane `r` is `v[r]`'s sum, bit-equal (the same
+/// additions: halves, then lanes 0+2 and 1+3, then those two).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn reduce8_tiled(v: &[__m256; 8]) -> __m256 {
+    // Per vector, lanes l + (l+4): v[2i] in the low 128 bits of t[i], v[2i+1] in the high.
+    let t = [0, 2, 4, 6].map(|j| {
+        let (a, b) = (v[j], v[j + 1]);
+        _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31))
+    });
+    // (a0+a2, a1+a3) of two vectors per 128-bit half.
+    let pair = |x: __m256, y: __m256| _mm256_add_ps(_mm256_shuffle_ps::<0b01_00_01_00>(x, y), _mm256_shuffle_ps::<0b11_10_11_10>(x, y));
+    let h = _mm256_hadd_ps(pair(t[0], t[1]), pair(t[2], t[3]));
+    // Lanes hold vectors 0, 2, 4, 6, 1, 3, 5, 7.
+    _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
 /// [`scores_dot`] for `H` heads (`q`: `H × dim`, `out`: `H × rows`): each key vector is
 /// loaded once for all heads (whose queries are read from memory: they would not all fit in
 /// registers).

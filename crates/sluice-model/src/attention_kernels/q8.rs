@@ -6,16 +6,18 @@
 //!   chunks' scaled sums are added in order. With AVX-512 VNNI one byte-dot instruction takes four
 //!   dimensions of sixteen positions (the key layout of `PagedKv`); with AVX2, 16-bit pairwise
 //!   products of four positions.
-//! - weighted sums: over positions in eight float lanes (position `p` feeding lane `p mod 8`),
-//!   reduced as `SumOrder::Tiled` reduces; AVX2.
+//! - weighted sums: over positions in sixteen float lanes (position `p` feeding lane
+//!   `p mod 16`), lanes `l` and `l + 8` added, then reduced as `SumOrder::Tiled` reduces; AVX2
+//!   (two 8-lane halves) and AVX-512 (one register).
 
 use crate::cache::Q8_CHUNK;
 use crate::quant::Isa;
 
-/// `(l0+l4) + (l2+l6)` plus `(l1+l5) + (l3+l7)`.
+/// Sixteen lanes folded to eight (`l + (l+8)`), then `(l0+l4) + (l2+l6)` plus
+/// `(l1+l5) + (l3+l7)`.
 #[inline]
-fn reduce8(a: &[f32; 8]) -> f32 {
-    let h = |l: usize| a[l] + a[l + 4];
+fn reduce16(a: &[f32; 16]) -> f32 {
+    let h = |l: usize| (a[l] + a[l + 8]) + (a[l + 4] + a[l + 12]);
     (h(0) + h(2)) + (h(1) + h(3))
 }
 
@@ -102,7 +104,7 @@ pub unsafe fn scores(isa: Isa, heads: usize, q: &QueryCodes, blocks: &[*const u8
 /// already multiplied by each position's value scale for the chunk (`C` chunks per head;
 /// `n_pad` = `n` rounded up to 8, the weights past `n` zero). Values are stored transposed per
 /// block: dimension `d` of the block holding positions `i·bs..(i+1)·bs` is the run of `bs`
-/// codes at `blocks[i] + d·bs`. Groups of eight positions below `first` (zero weights) are
+/// codes at `blocks[i] + d·bs`. Groups of sixteen positions below `first` (zero weights) are
 /// skipped: their terms add exact zeros.
 ///
 /// # Safety
@@ -114,22 +116,38 @@ pub unsafe fn weighted_sum(isa: Isa, first: usize, heads: usize, n: usize, w: &[
     let (chunks, n_pad) = (dim / Q8_CHUNK, n.next_multiple_of(8));
     debug_assert!(bs.is_multiple_of(8) && w.len() >= heads * chunks * n_pad && blocks.len() >= n.div_ceil(bs));
     #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni && bs.is_multiple_of(16) {
+        let mut h0 = 0;
+        for take in super::passes(heads) {
+            // SAFETY: AVX-512 detected; the rest is the caller's contract.
+            unsafe {
+                match take {
+                    1 => avx512::weighted_sum::<1>(first / 16, h0, n_pad, w, blocks, bs, out, dim),
+                    2 => avx512::weighted_sum::<2>(first / 16, h0, n_pad, w, blocks, bs, out, dim),
+                    _ => avx512::weighted_sum::<3>(first / 16, h0, n_pad, w, blocks, bs, out, dim),
+                }
+            }
+            h0 += take;
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if isa.has_avx2() {
         // SAFETY: AVX2/FMA detected; the rest is the caller's contract.
-        unsafe { avx2::weighted_sum(first / 8, heads, n_pad, w, blocks, bs, out) };
+        unsafe { avx2::weighted_sum(first / 16 * 2, heads, n_pad, w, blocks, bs, out) };
         return;
     }
     let _ = isa;
     for (h, oh) in out.chunks_exact_mut(dim.max(1)).enumerate() {
         for (d, o) in oh.iter_mut().enumerate() {
             let wd = &w[(h * chunks + d / Q8_CHUNK) * n_pad..][..n_pad];
-            let mut acc = [0f32; 8];
-            for p in first / 8 * 8..n {
+            let mut acc = [0f32; 16];
+            for p in first / 16 * 16..n {
                 // SAFETY: position p's block holds dimension d (caller contract).
                 let code = unsafe { *(blocks[p / bs] as *const i8).add(d * bs + p % bs) } as f32;
-                acc[p % 8] = wd[p].mul_add(code, acc[p % 8]);
+                acc[p % 16] = wd[p].mul_add(code, acc[p % 16]);
             }
-            *o = reduce8(&acc);
+            *o = reduce16(&acc);
         }
     }
 }
@@ -202,39 +220,55 @@ mod avx2 {
         }
     }
 
-    /// See [`super::weighted_sum`], from group `g0` of eight positions: four dimensions at a
-    /// time for every head (up to eight heads in registers per pass).
+    /// See [`super::weighted_sum`], from group `g0` (even) of eight positions: two dimensions
+    /// at a time for two heads, even and odd groups in their own accumulators (the sixteen
+    /// lanes' halves).
     ///
     /// # Safety
     /// AVX2/FMA/F16C required; the parent's contract.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn weighted_sum(g0: usize, heads: usize, n_pad: usize, w: &[f32], blocks: &[*const u8], bs: usize, out: &mut [f32]) {
-        const D: usize = 4;
+        const D: usize = 2;
         let dim = out.len() / heads;
         let chunks = dim / Q8_CHUNK;
+        let groups = n_pad / 8;
         for h0 in (0..heads).step_by(2) {
             let hs = (heads - h0).min(2);
             for d0 in (0..dim).step_by(D) {
-                let mut acc = [[_mm256_setzero_ps(); D]; 2];
+                // acc[head][dimension][group parity]
+                let mut acc = [[[_mm256_setzero_ps(); 2]; D]; 2];
                 let wp: [*const f32; 2] = std::array::from_fn(|j| w[((h0 + j.min(hs - 1)) * chunks + d0 / Q8_CHUNK) * n_pad..].as_ptr());
-                for g in g0..n_pad / 8 {
-                    let (b, at) = (8 * g / bs, 8 * g % bs);
-                    // SAFETY: group g's block holds dimensions d0..d0+D, eight positions from
-                    // `at` (bs a multiple of 8); the weights hold n_pad per chunk.
-                    unsafe {
-                        let vp = blocks.get_unchecked(b).add(at);
-                        let v: [__m256; D] = std::array::from_fn(|k| codes8(vp.add((d0 + k) * bs)));
-                        for (j, a) in acc.iter_mut().enumerate().take(hs) {
-                            let wv = _mm256_loadu_ps(wp[j].add(8 * g));
-                            for (a, v) in a.iter_mut().zip(&v) {
-                                *a = _mm256_fmadd_ps(wv, *v, *a);
+                // `$par`: g mod 2, spelled out so every accumulator index is a constant.
+                macro_rules! group {
+                    ($g:expr, $par:literal) => {
+                        let g: usize = $g;
+                        let (b, at) = (8 * g / bs, 8 * g % bs);
+                        // SAFETY: group g's block holds dimensions d0..d0+D, eight positions
+                        // from `at` (bs a multiple of 8); the weights hold n_pad per chunk.
+                        unsafe {
+                            let vp = blocks.get_unchecked(b).add(at);
+                            let v: [__m256; D] = std::array::from_fn(|k| codes8(vp.add((d0 + k) * bs)));
+                            for (j, a) in acc.iter_mut().enumerate().take(hs) {
+                                let wv = _mm256_loadu_ps(wp[j].add(8 * g));
+                                for (a, v) in a.iter_mut().zip(&v) {
+                                    a[$par] = _mm256_fmadd_ps(wv, *v, a[$par]);
+                                }
                             }
                         }
-                    }
+                    };
+                }
+                let mut g = g0;
+                while g + 2 <= groups {
+                    group!(g, 0);
+                    group!(g + 1, 1);
+                    g += 2;
+                }
+                if g < groups {
+                    group!(g, 0);
                 }
                 for (j, a) in acc.iter().enumerate().take(hs) {
                     for (k, a) in a.iter().enumerate() {
-                        out[(h0 + j) * dim + d0 + k] = crate::attention_kernels::avx2::reduce_tiled(*a);
+                        out[(h0 + j) * dim + d0 + k] = crate::attention_kernels::avx2::reduce_tiled(_mm256_add_ps(a[0], a[1]));
                     }
                 }
             }
@@ -288,6 +322,59 @@ mod avx512 {
                         unsafe { _mm512_storeu_ps(out.as_mut_ptr().add((h0 + hi) * np + i), _mm512_mul_ps(*f, sc)) };
                     }
                 }
+            }
+        }
+    }
+
+    /// See [`super::weighted_sum`] for `H` heads from `h0` (`out`: every head's, `dim` each),
+    /// from group `q0` of sixteen positions: eight dimensions at a time, each position's lane
+    /// `p mod 16` a lane of one register, eight outputs' trees reduced together.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL, AVX2, FMA required; `bs` a multiple of 16; `dim` a multiple of 32; the
+    /// parent's contract.
+    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::needless_range_loop, reason = "accumulators indexed by head and dimension together")]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn weighted_sum<const H: usize>(
+        q0: usize,
+        h0: usize,
+        n_pad: usize,
+        w: &[f32],
+        blocks: &[*const u8],
+        bs: usize,
+        out: &mut [f32],
+        dim: usize,
+    ) {
+        let chunks = dim / Q8_CHUNK;
+        // n_pad is a multiple of eight: a last group of eight weights only.
+        let (whole, groups) = (n_pad / 16, n_pad.div_ceil(16));
+        for d0 in (0..dim).step_by(8) {
+            let wp: [*const f32; H] = std::array::from_fn(|j| w[((h0 + j) * chunks + d0 / Q8_CHUNK) * n_pad..].as_ptr());
+            let mut acc = [[_mm512_setzero_ps(); 8]; H];
+            for g in q0..groups {
+                let m: __mmask16 = if g < whole { 0xFFFF } else { 0x00FF };
+                // SAFETY: group g's sixteen positions lie in one block (bs a multiple of 16),
+                // which holds dimensions d0..d0+8; the weights are read only below n_pad.
+                unsafe {
+                    let vp = blocks.get_unchecked(16 * g / bs).add(16 * g % bs);
+                    let wv: [__m512; H] = std::array::from_fn(|j| _mm512_maskz_loadu_ps(m, wp[j].add(16 * g)));
+                    for k in 0..8 {
+                        let v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(vp.add((d0 + k) * bs) as *const __m128i)));
+                        for j in 0..H {
+                            acc[j][k] = _mm512_fmadd_ps(wv[j], v, acc[j][k]);
+                        }
+                    }
+                }
+            }
+            for (j, acc) in acc.iter().enumerate() {
+                // Lanes l and l + 8 added, then the eight dimensions' trees together.
+                let x: [__m256; 8] = std::array::from_fn(|k| {
+                    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[k])));
+                    _mm256_add_ps(_mm512_castps512_ps256(acc[k]), hi)
+                });
+                // SAFETY: out holds every head's dim floats; d0 + 8 <= dim.
+                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add((h0 + j) * dim + d0), crate::attention_kernels::avx2::reduce8_tiled(&x)) };
             }
         }
     }
@@ -366,8 +453,8 @@ mod tests {
                 }
                 let blocks: Vec<*const u8> = (0..blocks_n).map(|b| vcodes[b * bs * dim..].as_ptr() as *const u8).collect();
                 let n_pad = n.next_multiple_of(8);
-                for heads in 1..=3 {
-                    for first in [0, 9] {
+                for heads in 1..=4 {
+                    for first in [0, 9, 21, 40] {
                         let prob = |h: usize, p: usize| if p < first { 0.0 } else { (1 + h) as f32 / (p + 2) as f32 };
                         let mut w = vec![0f32; heads * chunks * n_pad];
                         for h in 0..heads {
@@ -379,11 +466,13 @@ mod tests {
                         }
                         let (mut o1, mut o2) = (vec![0f32; heads * dim], vec![0f32; heads * dim]);
                         // SAFETY: each block holds dim × bs codes; bs is a multiple of 8.
-                        unsafe {
-                            weighted_sum(isa, first, heads, n, &w, &blocks, bs, &mut o1);
-                            weighted_sum(Isa::Scalar, first, heads, n, &w, &blocks, bs, &mut o2);
+                        unsafe { weighted_sum(Isa::Scalar, first, heads, n, &w, &blocks, bs, &mut o2) };
+                        for family in [Isa::Avx2, isa].into_iter().filter(|f| f.has_avx2() && isa.has_avx2()) {
+                            // SAFETY: as above.
+                            unsafe { weighted_sum(family, first, heads, n, &w, &blocks, bs, &mut o1) };
+                            assert_eq!(bits(&o1), bits(&o2), "{family:?} weighted sum: {heads} heads, {n} positions, first {first}, {dim} wide");
                         }
-                        assert_eq!(bits(&o1), bits(&o2), "weighted sum: {heads} heads, {n} positions, first {first}, {dim} wide");
+                        o1.copy_from_slice(&o2);
                         for h in 0..heads {
                             for d in 0..dim {
                                 let exact: f32 = (0..n).map(|p| prob(h, p) * value(p + 3, d)).sum();

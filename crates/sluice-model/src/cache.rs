@@ -15,7 +15,9 @@
 //! Keys are then laid out for byte dot products instead of row by row: within a block, each
 //! head's codes come in runs of four dimensions, position after position (dimensions `4j..4j+4`
 //! of the block's positions are `4 · block_size` consecutive bytes), stored plus 128 as
-//! unsigned bytes; one 64-byte load then holds four dimensions of sixteen positions.
+//! unsigned bytes; one 64-byte load then holds four dimensions of sixteen positions. The
+//! scales are stored per block too, chunk after chunk (chunk `c`'s scales of the block's
+//! positions one run of `block_size`), so an attention task loads them as it loads the codes.
 //!
 //! `KvCache` is the single-sequence convenience on top: its own blocks, in order.
 
@@ -89,7 +91,7 @@ pub(crate) enum KvData {
     /// Half-precision bit patterns.
     F16(Vec<u16>),
     /// 8-bit codes (keys plus 128, values as two's complement bytes), and one scale per 32
-    /// dimensions of each row (`row · kv_dim / 32 + chunk`).
+    /// dimensions of each row, per block chunk after chunk ([`q8_scale_at`]).
     Q8 { codes: Vec<u8>, scales: Vec<f32> },
 }
 
@@ -103,9 +105,9 @@ impl KvData {
         }
     }
 
-    /// Stores row `row`'s values `x`, value `i` at `at + i·stride` (the layout's business), and
-    /// with 8-bit codes their scales at the row's.
-    fn store(&mut self, isa: Isa, row: usize, at: usize, stride: usize, x: &[f32]) {
+    /// Stores a row's values `x`, value `i` at `at + i·stride` (the layout's business), and with
+    /// 8-bit codes chunk `c`'s scale at `scale_at.0 + c·scale_at.1`.
+    fn store(&mut self, isa: Isa, scale_at: (usize, usize), at: usize, stride: usize, x: &[f32]) {
         match self {
             KvData::F32(d) => x.iter().enumerate().for_each(|(i, &v)| d[at + i * stride] = v),
             KvData::F16(d) => {
@@ -124,10 +126,9 @@ impl KvData {
                 }
             }
             KvData::Q8 { codes, scales } => {
-                let per_row = x.len().div_ceil(Q8_CHUNK);
                 for (c, xs) in x.chunks(Q8_CHUNK).enumerate() {
                     let (scale, q) = encode_q8(xs);
-                    scales[row * per_row + c] = scale;
+                    scales[scale_at.0 + c * scale_at.1] = scale;
                     let at = at + c * Q8_CHUNK * stride;
                     q[..xs.len()].iter().enumerate().for_each(|(i, &v)| codes[at + i * stride] = v as u8);
                 }
@@ -143,6 +144,13 @@ impl KvData {
             KvData::Q8 { codes, scales } => KvView::Q8 { codes, scales },
         }
     }
+}
+
+/// Where an 8-bit cache keeps the scale of chunk `c` (of 32 dimensions, counted over all heads)
+/// of cache row `row`, blocks of `bs` rows of `kv_dim` values: per block, chunk after chunk,
+/// each a run of the block's positions.
+pub(crate) fn q8_scale_at(row: usize, c: usize, bs: usize, kv_dim: usize) -> usize {
+    (row / bs * kv_dim.div_ceil(Q8_CHUNK) + c) * bs + row % bs
 }
 
 /// 32 values as 8-bit codes and their scale, `x ≈ scale · code`: exactly a `q8_0` block of
@@ -168,7 +176,8 @@ pub enum KvView<'a> {
         /// The codes: values laid out as the floats of the other types (two's complement
         /// bytes); keys plus 128, in the block layout of the module header.
         codes: &'a [u8],
-        /// One per 32 dimensions of each row: `row · kv_dim / 32 + chunk`.
+        /// One per 32 dimensions of each row, per block chunk after chunk: chunk `c` of the
+        /// block holding row `row` at `(row / bs · kv_dim / 32 + c) · bs + row % bs`.
         scales: &'a [f32],
     },
 }
@@ -256,7 +265,7 @@ impl PagedKv {
             let (block, p) = (row / bs * bs * kv_dim, row % bs);
             for (c, xs) in k.chunks(Q8_CHUNK).enumerate() {
                 let (scale, q) = encode_q8(xs);
-                scales[row * kv_dim.div_ceil(Q8_CHUNK) + c] = scale;
+                scales[q8_scale_at(row, c, bs, kv_dim)] = scale;
                 // A chunk lies within one head (head widths are whole chunks).
                 let (h, d0) = (c * Q8_CHUNK / hd, c * Q8_CHUNK % hd);
                 let head = &mut codes[block + h * hd * bs..block + (h + 1) * hd * bs];
@@ -269,10 +278,11 @@ impl PagedKv {
             // Head-major within the block (module header).
             let (block, p) = (row / bs * bs * kv_dim, row % bs);
             for (h, xs) in k.chunks(hd).enumerate() {
-                self.k[layer].store(isa, row, block + (h * bs + p) * hd, 1, xs);
+                self.k[layer].store(isa, (0, 0), block + (h * bs + p) * hd, 1, xs);
             }
         }
-        self.v[layer].store(isa, row, (row / bs) * bs * kv_dim + row % bs, bs, v);
+        let scales = (q8_scale_at(row, 0, bs, kv_dim), bs);
+        self.v[layer].store(isa, scales, (row / bs) * bs * kv_dim + row % bs, bs, v);
     }
 
     /// Asks for the cache lines layer `layer` will store into for these rows (the row's block,

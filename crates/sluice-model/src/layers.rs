@@ -245,7 +245,7 @@ pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
     let esize = inp.k_cache.elem_bytes();
     out.par_chunks_mut(group * hd).enumerate().for_each_init(
         || (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), attn::q8::QueryCodes::default()),
-        |(scores, weights, keys, values, groups, q_buf, rows, kscales, qcodes), (idx, o)| {
+        |(scores, weights, keys, values, groups, q_buf, kscales, vscales, qcodes), (idx, o)| {
             let (t, kvh) = (idx / inp.n_kv_heads, idx % inp.n_kv_heads);
             let AttnToken { pos, seq, order } = inp.tokens[t];
             let first = match inp.window {
@@ -258,7 +258,8 @@ pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
             prefetch_task(inp, idx);
             keys.clear();
             values.clear();
-            rows.clear();
+            kscales.clear();
+            vscales.clear();
             for (bi, &b) in inp.tables[seq].iter().enumerate().take(pos / bs + 1) {
                 let at = b as usize * bs * kv_dim + kvh * hd * bs;
                 values.push(inp.v_cache.ptr(at));
@@ -267,18 +268,20 @@ pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
                 }
                 let key_block = inp.k_cache.ptr(at);
                 let (lo, hi) = ((bi * bs).max(first) - bi * bs, (pos + 1).min((bi + 1) * bs) - bi * bs);
-                if q8.is_some() {
-                    // 8-bit keys: the block (byte-dot layout) and each position's cache row (for
-                    // its scales).
+                if let Some((ks, vs)) = q8 {
+                    // 8-bit keys: the block (byte-dot layout), and the runs of the head's key and
+                    // value scales in the block.
                     keys.push(key_block);
-                    rows.extend((lo..hi).map(|p| b as usize * bs + p));
+                    let s = crate::cache::q8_scale_at(b as usize * bs, kvh * hd / crate::cache::Q8_CHUNK, bs, kv_dim);
+                    kscales.push(ks.as_ptr().wrapping_add(s));
+                    vscales.push(vs.as_ptr().wrapping_add(s));
                 } else {
                     // Key rows, position by position (head-major within the block).
                     keys.extend((lo..hi).map(|p| key_block.wrapping_add(p * hd * esize)));
                 }
             }
             let heads = t * q_dim + kvh * group * hd..t * q_dim + (kvh + 1) * group * hd;
-            if let Some((ks, vs)) = q8 {
+            if q8.is_some() {
                 let q = &inp.q[heads];
                 let (q, scale) = if inp.scale_query {
                     q_buf.clear();
@@ -287,8 +290,8 @@ pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
                 } else {
                     (q, inp.scale)
                 };
-                let task = Q8Task { q, group, hd, kv_dim, kvh, first, pos, bs, scale };
-                q8_attention(isa, &task, (ks, vs), (rows, keys, values), (scores, weights, kscales, qcodes), o);
+                let task = Q8Task { q, group, first, pos, bs, scale };
+                q8_attention(isa, &task, (keys, &values[first / bs..], kscales, vscales), (scores, qcodes), o);
                 return;
             }
             // The group's queries (back to back in `q`): a half-precision cache meets them
@@ -361,9 +364,6 @@ struct Q8Task<'a> {
     /// The group's queries (scaled where the model scales queries).
     q: &'a [f32],
     group: usize,
-    hd: usize,
-    kv_dim: usize,
-    kvh: usize,
     first: usize,
     pos: usize,
     bs: usize,
@@ -371,60 +371,35 @@ struct Q8Task<'a> {
     scale: f32,
 }
 
-/// [`attention`]'s task over an 8-bit cache (`ks`, `vs`: the key and value scales): scores
-/// from the key codes (`keys`: the head's part of each block from the window's first) and the
-/// encoded queries, a softmax per head, then each head's weights times each position's value
-/// scale per 32-dimension chunk, summed over the value codes.
+/// [`attention`]'s task over an 8-bit cache, over the blocks from the window's first (`keys`,
+/// `values`: the head's part of each; `ks`, `vs`: its runs of key and value scales): scores
+/// from the key codes and the encoded queries, a softmax per head over the window (the blocks'
+/// other positions then weigh zero), and the weighted sum over the value codes.
 #[allow(clippy::type_complexity)]
 fn q8_attention(
     isa: Isa,
     t: &Q8Task<'_>,
-    (ks, vs): (&[f32], &[f32]),
-    (rows, keys, values): (&[usize], &[*const u8], &[*const u8]),
-    (scores, weights, kscales, qcodes): (&mut Vec<f32>, &mut Vec<f32>, &mut Vec<f32>, &mut attn::q8::QueryCodes),
+    (keys, values, ks, vs): (&[*const u8], &[*const u8], &[*const f32], &[*const f32]),
+    (scores, qcodes): (&mut Vec<f32>, &mut attn::q8::QueryCodes),
     out: &mut [f32],
 ) {
-    use crate::cache::Q8_CHUNK;
-    let (chunks, per_row) = (t.hd / Q8_CHUNK, t.kv_dim / Q8_CHUNK);
-    // Positions of the key blocks, from the first block's start (`b0`); the window's first at `lo`.
-    let (b0, np) = (t.first / t.bs * t.bs, keys.len() * t.bs);
-    let (lo, n) = (t.first - b0, rows.len());
-    // Each position's key scales, chunk by chunk (zero where no position of the window is).
-    kscales.clear();
-    kscales.resize(chunks * np, 0.0);
-    for (j, &r) in rows.iter().enumerate() {
-        let src = &ks[r * per_row + t.kvh * chunks..][..chunks];
-        src.iter().enumerate().for_each(|(c, &s)| kscales[c * np + lo + j] = s);
-    }
+    // The blocks' positions from the first block's start; the window's first at `lo`.
+    let np = keys.len() * t.bs;
+    let (lo, n) = (t.first % t.bs, t.pos + 1 - t.first);
     qcodes.encode(t.q);
     scores.clear();
     scores.resize(t.group * np, 0.0);
-    // SAFETY: each key block pointer addresses the head's hd × bs codes; kscales holds
-    // chunks · np scales.
-    unsafe { attn::q8::scores(isa, t.group, qcodes, keys, t.bs, kscales, t.scale, scores) };
-    // Weights by absolute position (zero before the window, and past pos up to a multiple of
-    // eight), times each position's value scale, per head and chunk.
-    let n_all = t.pos + 1;
-    let n_pad = n_all.next_multiple_of(8);
-    // The value scales, chunk by chunk (the key scales' buffer, done with).
-    kscales.clear();
-    for at in t.kvh * chunks..(t.kvh + 1) * chunks {
-        kscales.extend(rows.iter().map(|&r| vs[r * per_row + at]));
-    }
-    weights.resize(t.group * chunks * n_pad, 0.0);
-    for (h, sh) in scores.chunks_exact_mut(np.max(1)).enumerate() {
-        let sh = &mut sh[lo..lo + n];
-        attn::softmax(isa, sh);
-        for (c, vsc) in kscales.chunks_exact(n.max(1)).enumerate() {
-            let w = &mut weights[(h * chunks + c) * n_pad..(h * chunks + c + 1) * n_pad];
-            w[..t.first].fill(0.0);
-            w[t.first..n_all].iter_mut().zip(sh.iter().zip(vsc)).for_each(|(w, (&p, &s))| *w = p * s);
-            w[n_all..].fill(0.0);
-        }
+    // SAFETY: each key block pointer addresses the head's hd × bs codes, each scale pointer its
+    // hd / 32 runs of bs scales.
+    unsafe { attn::q8::scores(isa, t.group, qcodes, keys, ks, t.bs, t.scale, scores) };
+    for sh in scores.chunks_exact_mut(np.max(1)) {
+        attn::softmax(isa, &mut sh[lo..lo + n]);
+        sh[..lo].fill(0.0);
+        sh[lo + n..].fill(0.0);
     }
     // SAFETY: each value block holds kv_dim × bs codes, the KV head's hd × bs from the pointer
-    // on, written for every position <= pos; bs is a multiple of 8 (checked by the model).
-    unsafe { attn::q8::weighted_sum(isa, t.first, t.group, n_all, weights, values, t.bs, out) };
+    // on, and its scale runs as the keys'; bs is a multiple of 8 (checked by the model).
+    unsafe { attn::q8::weighted_sum(isa, t.group, scores, values, vs, t.bs, out) };
 }
 
 #[cfg(test)]

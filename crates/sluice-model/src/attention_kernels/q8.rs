@@ -56,30 +56,31 @@ unsafe fn key_code(block: *const u8, bs: usize, d: usize, p: usize) -> i32 {
     unsafe { *block.add((d / 4 * bs + p) * 4 + d % 4) as i32 - 128 }
 }
 
-/// `out[h·np + i] = scale · Σ_c (qs_hc · ks[c·np + i]) · (qc_h · K_i)` for every position `i`
-/// of the key blocks (`np` = `blocks.len() · bs`), chunk `c`'s integer dot product exact, the
-/// chunks added in order by fused multiply-adds. Each block pointer addresses one head's keys
-/// in the layout of `PagedKv`; `ks` holds each position's key scale per chunk (zero for unused
-/// positions, whose scores are then meaningless but finite).
+/// `out[h·np + i] = scale · Σ_c (qs_hc · ks_c(i)) · (qc_h · K_i)` for every position `i` of the
+/// key blocks (`np` = `blocks.len() · bs`), chunk `c`'s integer dot product exact, the chunks
+/// added in order by fused multiply-adds. Each block pointer addresses one head's keys in the
+/// layout of `PagedKv`; `ks[b]` its key scales, chunk `c` of position `p` at `ks[b] + c·bs + p`
+/// (positions past the last written have stale or zero scales: their scores are meaningless
+/// but finite).
 ///
 /// # Safety
 /// Every block addresses `dim × bs` readable codes (`dim` = the query width per head, a
-/// multiple of 32); `ks` holds `dim / 32 · np` scales.
+/// multiple of 32) and every scale pointer `dim / 32 · bs` readable scales.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn scores(isa: Isa, heads: usize, q: &QueryCodes, blocks: &[*const u8], bs: usize, ks: &[f32], scale: f32, out: &mut [f32]) {
+pub unsafe fn scores(isa: Isa, heads: usize, q: &QueryCodes, blocks: &[*const u8], ks: &[*const f32], bs: usize, scale: f32, out: &mut [f32]) {
     let dim = q.codes.len() / heads.max(1);
     let (chunks, np) = (dim / Q8_CHUNK, blocks.len() * bs);
-    debug_assert!(dim.is_multiple_of(Q8_CHUNK) && ks.len() >= chunks * np && out.len() >= heads * np);
+    debug_assert!(dim.is_multiple_of(Q8_CHUNK) && ks.len() == blocks.len() && out.len() >= heads * np);
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512Vnni && bs.is_multiple_of(16) {
         // SAFETY: AVX-512 VNNI detected; the rest is the caller's contract.
-        unsafe { avx512::scores(heads, q, blocks, bs, ks, scale, out) };
+        unsafe { avx512::scores(heads, q, blocks, ks, bs, scale, out) };
         return;
     }
     #[cfg(target_arch = "x86_64")]
     if isa.has_avx2() && bs.is_multiple_of(8) {
         // SAFETY: AVX2/FMA/F16C detected; the rest is the caller's contract.
-        unsafe { avx2::scores(heads, q, blocks, bs, ks, scale, out) };
+        unsafe { avx2::scores(heads, q, blocks, ks, bs, scale, out) };
         return;
     }
     let _ = isa;
@@ -90,9 +91,12 @@ pub unsafe fn scores(isa: Isa, heads: usize, q: &QueryCodes, blocks: &[*const u8
                 let mut acc = 0f32;
                 for c in 0..chunks {
                     let at = h * dim + c * Q8_CHUNK;
-                    // SAFETY: the block holds dim × bs codes (caller contract).
-                    let isum: i32 = (0..Q8_CHUNK).map(|k| q.codes[at + k] as i32 * unsafe { key_code(b, bs, c * Q8_CHUNK + k, p) }).sum();
-                    acc = (q.scales[h * chunks + c] * ks[c * np + i]).mul_add(isum as f32, acc);
+                    // SAFETY: the block holds dim × bs codes and its scales chunks × bs (caller
+                    // contract).
+                    let (isum, kscale): (i32, f32) = unsafe {
+                        ((0..Q8_CHUNK).map(|k| q.codes[at + k] as i32 * key_code(b, bs, c * Q8_CHUNK + k, p)).sum(), *ks[bi].add(c * bs + p))
+                    };
+                    acc = (q.scales[h * chunks + c] * kscale).mul_add(isum as f32, acc);
                 }
                 out[h * np + i] = acc * scale;
             }
@@ -100,21 +104,20 @@ pub unsafe fn scores(isa: Isa, heads: usize, q: &QueryCodes, blocks: &[*const u8
     }
 }
 
-/// `out[h·dim + d] = Σ_p w[(h·C + d/32)·n_pad + p] · V(p)[d]` over positions `p < n`: weights
-/// already multiplied by each position's value scale for the chunk (`C` chunks per head;
-/// `n_pad` = `n` rounded up to 8, the weights past `n` zero). Values are stored transposed per
-/// block: dimension `d` of the block holding positions `i·bs..(i+1)·bs` is the run of `bs`
-/// codes at `blocks[i] + d·bs`. Groups of sixteen positions below `first` (zero weights) are
-/// skipped: their terms add exact zeros.
+/// `out[h·dim + d] = Σ_p (probs[h·np + p] · vs_c(p)) · V(p)[d]` over the `np` =
+/// `blocks.len() · bs` positions of the value blocks, `c` = `d / 32`: each weight times the
+/// position's value scale for the chunk, rounded, then multiplied-added into lane `p mod 16`.
+/// Values are stored transposed per block: dimension `d` of block `b`'s positions is the run of
+/// `bs` codes at `blocks[b] + d·bs`; chunk `c`'s scales of its positions the run at
+/// `vs[b] + c·bs`. Positions to leave out have probability zero (their terms add exact zeros).
 ///
 /// # Safety
-/// `blocks` holds `n.div_ceil(bs)` pointers, each to `dim × bs` readable codes; `bs` is a
-/// multiple of 8.
+/// Every block addresses `dim × bs` readable codes and every scale pointer `dim / 32 · bs`
+/// readable scales; `probs` holds `heads · np`; `bs` is a multiple of 8.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn weighted_sum(isa: Isa, first: usize, heads: usize, n: usize, w: &[f32], blocks: &[*const u8], bs: usize, out: &mut [f32]) {
-    let dim = out.len() / heads.max(1);
-    let (chunks, n_pad) = (dim / Q8_CHUNK, n.next_multiple_of(8));
-    debug_assert!(bs.is_multiple_of(8) && w.len() >= heads * chunks * n_pad && blocks.len() >= n.div_ceil(bs));
+pub unsafe fn weighted_sum(isa: Isa, heads: usize, probs: &[f32], blocks: &[*const u8], vs: &[*const f32], bs: usize, out: &mut [f32]) {
+    let (dim, np) = (out.len() / heads.max(1), blocks.len() * bs);
+    debug_assert!(bs.is_multiple_of(8) && probs.len() >= heads * np && vs.len() == blocks.len());
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512Vnni && bs.is_multiple_of(16) {
         let mut h0 = 0;
@@ -122,9 +125,9 @@ pub unsafe fn weighted_sum(isa: Isa, first: usize, heads: usize, n: usize, w: &[
             // SAFETY: AVX-512 detected; the rest is the caller's contract.
             unsafe {
                 match take {
-                    1 => avx512::weighted_sum::<1>(first / 16, h0, n_pad, w, blocks, bs, out, dim),
-                    2 => avx512::weighted_sum::<2>(first / 16, h0, n_pad, w, blocks, bs, out, dim),
-                    _ => avx512::weighted_sum::<3>(first / 16, h0, n_pad, w, blocks, bs, out, dim),
+                    1 => avx512::weighted_sum::<1>(h0, probs, blocks, vs, bs, out, dim),
+                    2 => avx512::weighted_sum::<2>(h0, probs, blocks, vs, bs, out, dim),
+                    _ => avx512::weighted_sum::<3>(h0, probs, blocks, vs, bs, out, dim),
                 }
             }
             h0 += take;
@@ -134,18 +137,20 @@ pub unsafe fn weighted_sum(isa: Isa, first: usize, heads: usize, n: usize, w: &[
     #[cfg(target_arch = "x86_64")]
     if isa.has_avx2() {
         // SAFETY: AVX2/FMA detected; the rest is the caller's contract.
-        unsafe { avx2::weighted_sum(first / 16 * 2, heads, n_pad, w, blocks, bs, out) };
+        unsafe { avx2::weighted_sum(heads, probs, blocks, vs, bs, out) };
         return;
     }
     let _ = isa;
     for (h, oh) in out.chunks_exact_mut(dim.max(1)).enumerate() {
         for (d, o) in oh.iter_mut().enumerate() {
-            let wd = &w[(h * chunks + d / Q8_CHUNK) * n_pad..][..n_pad];
+            let c = d / Q8_CHUNK;
             let mut acc = [0f32; 16];
-            for p in first / 16 * 16..n {
-                // SAFETY: position p's block holds dimension d (caller contract).
-                let code = unsafe { *(blocks[p / bs] as *const i8).add(d * bs + p % bs) } as f32;
-                acc[p % 16] = wd[p].mul_add(code, acc[p % 16]);
+            for p in 0..np {
+                let (b, i) = (p / bs, p % bs);
+                // SAFETY: block b holds dimension d of its positions, and their scales (caller
+                // contract).
+                let (code, vscale) = unsafe { (*(blocks[b] as *const i8).add(d * bs + i) as f32, *vs[b].add(c * bs + i)) };
+                acc[p % 16] = (probs[h * np + p] * vscale).mul_add(code, acc[p % 16]);
             }
             *o = reduce16(&acc);
         }
@@ -175,7 +180,7 @@ mod avx2 {
     /// # Safety
     /// AVX2/FMA/F16C required; `bs` a multiple of 8; the parent's contract.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn scores(heads: usize, q: &QueryCodes, blocks: &[*const u8], bs: usize, ks: &[f32], scale: f32, out: &mut [f32]) {
+    pub unsafe fn scores(heads: usize, q: &QueryCodes, blocks: &[*const u8], ks: &[*const f32], bs: usize, scale: f32, out: &mut [f32]) {
         let dim = q.codes.len() / heads;
         let (chunks, np) = (dim / Q8_CHUNK, blocks.len() * bs);
         let sc = _mm256_set1_ps(scale);
@@ -208,8 +213,8 @@ mod avx2 {
                         // The keys are stored plus 128: take 128 × the query codes' sum away.
                         let sums = _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(lo, hi), order);
                         let isum = _mm256_sub_epi32(sums, _mm256_set1_epi32(128 * q.sums[h * chunks + c]));
-                        // SAFETY: eight scales of chunk c from position i (ks holds chunks × np).
-                        let kscale = unsafe { _mm256_loadu_ps(ks.as_ptr().add(c * np + i)) };
+                        // SAFETY: eight scales of chunk c from position p0 of the block.
+                        let kscale = unsafe { _mm256_loadu_ps(ks[bi].add(c * bs + p0)) };
                         let s = _mm256_mul_ps(_mm256_set1_ps(q.scales[h * chunks + c]), kscale);
                         f = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(isum), f);
                     }
@@ -220,36 +225,37 @@ mod avx2 {
         }
     }
 
-    /// See [`super::weighted_sum`], from group `g0` (even) of eight positions: two dimensions
-    /// at a time for two heads, even and odd groups in their own accumulators (the sixteen
-    /// lanes' halves).
+    /// See [`super::weighted_sum`], eight positions at a time: two dimensions at a time for two
+    /// heads, even and odd groups of eight in their own accumulators (the sixteen lanes' halves).
     ///
     /// # Safety
     /// AVX2/FMA/F16C required; the parent's contract.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn weighted_sum(g0: usize, heads: usize, n_pad: usize, w: &[f32], blocks: &[*const u8], bs: usize, out: &mut [f32]) {
+    pub unsafe fn weighted_sum(heads: usize, probs: &[f32], blocks: &[*const u8], vs: &[*const f32], bs: usize, out: &mut [f32]) {
         const D: usize = 2;
         let dim = out.len() / heads;
-        let chunks = dim / Q8_CHUNK;
-        let groups = n_pad / 8;
+        let np = blocks.len() * bs;
+        let groups = np / 8;
         for h0 in (0..heads).step_by(2) {
             let hs = (heads - h0).min(2);
+            let pp: [*const f32; 2] = std::array::from_fn(|j| probs[(h0 + j.min(hs - 1)) * np..].as_ptr());
             for d0 in (0..dim).step_by(D) {
+                let c = d0 / Q8_CHUNK;
                 // acc[head][dimension][group parity]
                 let mut acc = [[[_mm256_setzero_ps(); 2]; D]; 2];
-                let wp: [*const f32; 2] = std::array::from_fn(|j| w[((h0 + j.min(hs - 1)) * chunks + d0 / Q8_CHUNK) * n_pad..].as_ptr());
                 // `$par`: g mod 2, spelled out so every accumulator index is a constant.
                 macro_rules! group {
                     ($g:expr, $par:literal) => {
                         let g: usize = $g;
                         let (b, at) = (8 * g / bs, 8 * g % bs);
-                        // SAFETY: group g's block holds dimensions d0..d0+D, eight positions
-                        // from `at` (bs a multiple of 8); the weights hold n_pad per chunk.
+                        // SAFETY: group g's block holds dimensions d0..d0+D of eight positions
+                        // from `at` (bs a multiple of 8), and their scales; probs holds np per head.
                         unsafe {
                             let vp = blocks.get_unchecked(b).add(at);
+                            let s = _mm256_loadu_ps(vs.get_unchecked(b).add(c * bs + at));
                             let v: [__m256; D] = std::array::from_fn(|k| codes8(vp.add((d0 + k) * bs)));
                             for (j, a) in acc.iter_mut().enumerate().take(hs) {
-                                let wv = _mm256_loadu_ps(wp[j].add(8 * g));
+                                let wv = _mm256_mul_ps(_mm256_loadu_ps(pp[j].add(8 * g)), s);
                                 for (a, v) in a.iter_mut().zip(&v) {
                                     a[$par] = _mm256_fmadd_ps(wv, *v, a[$par]);
                                 }
@@ -257,7 +263,7 @@ mod avx2 {
                         }
                     };
                 }
-                let mut g = g0;
+                let mut g = 0;
                 while g + 2 <= groups {
                     group!(g, 0);
                     group!(g + 1, 1);
@@ -288,7 +294,7 @@ mod avx512 {
     /// # Safety
     /// AVX-512 F/VNNI required; `bs` a multiple of 16; the parent's contract.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub unsafe fn scores(heads: usize, q: &QueryCodes, blocks: &[*const u8], bs: usize, ks: &[f32], scale: f32, out: &mut [f32]) {
+    pub unsafe fn scores(heads: usize, q: &QueryCodes, blocks: &[*const u8], ks: &[*const f32], bs: usize, scale: f32, out: &mut [f32]) {
         let dim = q.codes.len() / heads;
         let (chunks, np) = (dim / Q8_CHUNK, blocks.len() * bs);
         let sc = _mm512_set1_ps(scale);
@@ -301,8 +307,8 @@ mod avx512 {
                     for c in 0..chunks {
                         // SAFETY: dimensions 4j..4j+4 of positions p0..p0+16 lie in the block.
                         let k: [__m512i; 8] = std::array::from_fn(|j| unsafe { _mm512_loadu_si512(b.add(((c * 8 + j) * bs + p0) * 4) as *const _) });
-                        // SAFETY: sixteen scales of chunk c from position i (ks holds chunks × np).
-                        let kscale = unsafe { _mm512_loadu_ps(ks.as_ptr().add(c * np + i)) };
+                        // SAFETY: sixteen scales of chunk c from position p0 of the block.
+                        let kscale = unsafe { _mm512_loadu_ps(ks[bi].add(c * bs + p0)) };
                         for (hi, f) in f.iter_mut().enumerate().take(hs) {
                             let h = h0 + hi;
                             let qp = q.codes[h * dim + c * Q8_CHUNK..].as_ptr();
@@ -327,38 +333,29 @@ mod avx512 {
     }
 
     /// See [`super::weighted_sum`] for `H` heads from `h0` (`out`: every head's, `dim` each),
-    /// from group `q0` of sixteen positions: eight dimensions at a time, each position's lane
-    /// `p mod 16` a lane of one register, eight outputs' trees reduced together.
+    /// sixteen positions at a time (lane `p mod 16` a lane of one register): eight dimensions
+    /// per pass, eight outputs' trees reduced together.
     ///
     /// # Safety
     /// AVX-512 F/BW/VL, AVX2, FMA required; `bs` a multiple of 16; `dim` a multiple of 32; the
     /// parent's contract.
-    #[allow(clippy::too_many_arguments)]
     #[allow(clippy::needless_range_loop, reason = "accumulators indexed by head and dimension together")]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub unsafe fn weighted_sum<const H: usize>(
-        q0: usize,
-        h0: usize,
-        n_pad: usize,
-        w: &[f32],
-        blocks: &[*const u8],
-        bs: usize,
-        out: &mut [f32],
-        dim: usize,
-    ) {
-        let chunks = dim / Q8_CHUNK;
-        // n_pad is a multiple of eight: a last group of eight weights only.
-        let (whole, groups) = (n_pad / 16, n_pad.div_ceil(16));
+    pub unsafe fn weighted_sum<const H: usize>(h0: usize, probs: &[f32], blocks: &[*const u8], vs: &[*const f32], bs: usize, out: &mut [f32], dim: usize) {
+        let np = blocks.len() * bs;
+        let pp: [*const f32; H] = std::array::from_fn(|j| probs[(h0 + j) * np..].as_ptr());
         for d0 in (0..dim).step_by(8) {
-            let wp: [*const f32; H] = std::array::from_fn(|j| w[((h0 + j) * chunks + d0 / Q8_CHUNK) * n_pad..].as_ptr());
+            let c = d0 / Q8_CHUNK;
             let mut acc = [[_mm512_setzero_ps(); 8]; H];
-            for g in q0..groups {
-                let m: __mmask16 = if g < whole { 0xFFFF } else { 0x00FF };
-                // SAFETY: group g's sixteen positions lie in one block (bs a multiple of 16),
-                // which holds dimensions d0..d0+8; the weights are read only below n_pad.
+            for g in 0..np / 16 {
+                let (b, at) = (16 * g / bs, 16 * g % bs);
+                // SAFETY: group g's sixteen positions lie in block b (bs a multiple of 16),
+                // which holds dimensions d0..d0+8 of them and their scales; probs holds np per
+                // head.
                 unsafe {
-                    let vp = blocks.get_unchecked(16 * g / bs).add(16 * g % bs);
-                    let wv: [__m512; H] = std::array::from_fn(|j| _mm512_maskz_loadu_ps(m, wp[j].add(16 * g)));
+                    let vp = blocks.get_unchecked(b).add(at);
+                    let s = _mm512_loadu_ps(vs.get_unchecked(b).add(c * bs + at));
+                    let wv: [__m512; H] = std::array::from_fn(|j| _mm512_mul_ps(_mm512_loadu_ps(pp[j].add(16 * g)), s));
                     for k in 0..8 {
                         let v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(vp.add((d0 + k) * bs) as *const __m128i)));
                         for j in 0..H {
@@ -389,95 +386,78 @@ mod tests {
         o.iter().map(|v| v.to_bits()).collect()
     }
 
-    /// The AVX2 kernels equal the portable definition bit for bit, and both approximate the
-    /// float sums over the decoded values closely.
+    /// Every SIMD form equals the portable definition bit for bit, and all approximate the float
+    /// sums over the decoded values closely.
     #[test]
     fn simd_and_portable_agree_and_approximate_the_float_sums() {
         let isa = crate::quant::detect_isa();
+        let families: Vec<Isa> = [Isa::Avx2, isa].into_iter().filter(|f| f.has_avx2() && isa.has_avx2()).collect();
         let value = |p: usize, i: usize| ((p * 31 + i * 17) % 29) as f32 * 0.07 - 1.0;
-        for dim in [32usize, 64, 256] {
-            let chunks = dim / Q8_CHUNK;
-            for n in [1usize, 7, 8, 45, 130] {
-                // Keys in the cache's layout (blocks of 16 positions, four dimensions of
-                // every position in a run, plus 128), each position's scales per chunk.
-                let bs = 16;
-                let np = n.div_ceil(bs) * bs;
-                let (mut codes, mut ks) = (vec![0u8; np * dim], vec![0f32; chunks * np]);
-                for p in 0..n {
-                    for c in 0..chunks {
-                        let x: Vec<f32> = (0..Q8_CHUNK).map(|i| value(p, c * Q8_CHUNK + i)).collect();
-                        let (s, q) = encode_q8(&x);
-                        ks[c * np + p] = s;
-                        for (i, &v) in q.iter().enumerate() {
-                            let d = c * Q8_CHUNK + i;
-                            codes[p / bs * bs * dim + (d / 4 * bs + p % bs) * 4 + d % 4] = (v as u8) ^ 0x80;
-                        }
-                    }
-                }
-                let kblocks: Vec<*const u8> = (0..np / bs).map(|b| codes[b * bs * dim..].as_ptr()).collect();
-                for heads in [1usize, 2, 3, 9] {
-                    let q: Vec<f32> = (0..heads * dim).map(|i| ((i * 13 % 11) as f32 - 5.0) * 0.1).collect();
-                    let mut qc = QueryCodes::default();
-                    qc.encode(&q);
-                    let (mut s1, mut s2) = (vec![0f32; heads * np], vec![0f32; heads * np]);
-                    // SAFETY: every block holds dim × bs codes; ks holds chunks · np scales.
-                    unsafe { scores(Isa::Scalar, heads, &qc, &kblocks, bs, &ks, 0.125, &mut s2) };
-                    // Every SIMD form this CPU has (the AVX2 one too where VNNI is preferred).
-                    for family in [Isa::Avx2, isa].into_iter().filter(|f| f.has_avx2() && isa.has_avx2()) {
-                        // SAFETY: as above.
-                        unsafe { scores(family, heads, &qc, &kblocks, bs, &ks, 0.125, &mut s1) };
-                        assert_eq!(bits(&s1), bits(&s2), "{family:?} scores: {heads} heads, {n} rows, {dim} wide");
-                    }
-                    s1.copy_from_slice(&s2);
-                    for h in 0..heads {
-                        for p in 0..n {
-                            let exact: f32 = (0..dim).map(|i| q[h * dim + i] * value(p, i)).sum::<f32>() * 0.125;
-                            let got = s1[h * np + p];
-                            assert!((got - exact).abs() < 0.03 * (1.0 + exact.abs()), "score {got} vs {exact}");
-                        }
-                    }
-                }
-                // Values transposed in blocks of 16 positions.
-                let blocks_n = n.div_ceil(bs);
-                let mut vcodes = vec![0i8; blocks_n * bs * dim];
-                let mut vs = vec![0f32; blocks_n * bs * chunks];
-                for p in 0..n {
-                    for c in 0..chunks {
-                        let x: Vec<f32> = (0..Q8_CHUNK).map(|i| value(p + 3, c * Q8_CHUNK + i)).collect();
-                        let (s, q) = encode_q8(&x);
-                        vs[p * chunks + c] = s;
-                        for (i, &v) in q.iter().enumerate() {
-                            vcodes[(p / bs * dim + c * Q8_CHUNK + i) * bs + p % bs] = v;
-                        }
-                    }
-                }
-                let blocks: Vec<*const u8> = (0..blocks_n).map(|b| vcodes[b * bs * dim..].as_ptr() as *const u8).collect();
-                let n_pad = n.next_multiple_of(8);
-                for heads in 1..=4 {
-                    for first in [0, 9, 21, 40] {
-                        let prob = |h: usize, p: usize| if p < first { 0.0 } else { (1 + h) as f32 / (p + 2) as f32 };
-                        let mut w = vec![0f32; heads * chunks * n_pad];
-                        for h in 0..heads {
-                            for c in 0..chunks {
-                                for p in 0..n {
-                                    w[(h * chunks + c) * n_pad + p] = prob(h, p) * vs[p * chunks + c];
-                                }
+        for bs in [16usize, 32] {
+            for dim in [32usize, 64, 256] {
+                let chunks = dim / Q8_CHUNK;
+                for n in [1usize, 7, 8, 45, 130] {
+                    let nb = n.div_ceil(bs);
+                    let np = nb * bs;
+                    // Keys in the cache's layout (four dimensions of every position in a run, plus
+                    // 128), values transposed per block; each block's scales chunk after chunk.
+                    let (mut kcodes, mut vcodes) = (vec![0u8; np * dim], vec![0i8; np * dim]);
+                    let (mut ks, mut vs) = (vec![0f32; np * chunks], vec![0f32; np * chunks]);
+                    for p in 0..n {
+                        let (b, i) = (p / bs, p % bs);
+                        for c in 0..chunks {
+                            let (k, v) = [0, 3].map(|o| (0..Q8_CHUNK).map(|j| value(p + o, c * Q8_CHUNK + j)).collect::<Vec<f32>>()).into();
+                            let ((sk, qk), (sv, qv)) = (encode_q8(&k), encode_q8(&v));
+                            ks[(b * chunks + c) * bs + i] = sk;
+                            vs[(b * chunks + c) * bs + i] = sv;
+                            for j in 0..Q8_CHUNK {
+                                let d = c * Q8_CHUNK + j;
+                                kcodes[b * bs * dim + (d / 4 * bs + i) * 4 + d % 4] = (qk[j] as u8) ^ 0x80;
+                                vcodes[(b * dim + d) * bs + i] = qv[j];
                             }
                         }
-                        let (mut o1, mut o2) = (vec![0f32; heads * dim], vec![0f32; heads * dim]);
-                        // SAFETY: each block holds dim × bs codes; bs is a multiple of 8.
-                        unsafe { weighted_sum(Isa::Scalar, first, heads, n, &w, &blocks, bs, &mut o2) };
-                        for family in [Isa::Avx2, isa].into_iter().filter(|f| f.has_avx2() && isa.has_avx2()) {
+                    }
+                    let kblocks: Vec<*const u8> = (0..nb).map(|b| kcodes[b * bs * dim..].as_ptr()).collect();
+                    let vblocks: Vec<*const u8> = (0..nb).map(|b| vcodes[b * bs * dim..].as_ptr() as *const u8).collect();
+                    let (kruns, vruns): (Vec<*const f32>, Vec<*const f32>) = (0..nb).map(|b| (ks[b * chunks * bs..].as_ptr(), vs[b * chunks * bs..].as_ptr())).unzip();
+                    for heads in [1usize, 2, 3, 4, 9] {
+                        let q: Vec<f32> = (0..heads * dim).map(|i| ((i * 13 % 11) as f32 - 5.0) * 0.1).collect();
+                        let mut qc = QueryCodes::default();
+                        qc.encode(&q);
+                        let (mut s1, mut s2) = (vec![0f32; heads * np], vec![0f32; heads * np]);
+                        // SAFETY: every block holds dim × bs codes and chunks × bs scales.
+                        unsafe { scores(Isa::Scalar, heads, &qc, &kblocks, &kruns, bs, 0.125, &mut s2) };
+                        for &family in &families {
                             // SAFETY: as above.
-                            unsafe { weighted_sum(family, first, heads, n, &w, &blocks, bs, &mut o1) };
-                            assert_eq!(bits(&o1), bits(&o2), "{family:?} weighted sum: {heads} heads, {n} positions, first {first}, {dim} wide");
+                            unsafe { scores(family, heads, &qc, &kblocks, &kruns, bs, 0.125, &mut s1) };
+                            assert_eq!(bits(&s1), bits(&s2), "{family:?} scores: {heads} heads, {n} rows, {dim} wide, blocks of {bs}");
                         }
-                        o1.copy_from_slice(&o2);
                         for h in 0..heads {
-                            for d in 0..dim {
-                                let exact: f32 = (0..n).map(|p| prob(h, p) * value(p + 3, d)).sum();
-                                let got = o1[h * dim + d];
-                                assert!((got - exact).abs() < 0.02 * (1.0 + exact.abs()), "output {got} vs {exact}");
+                            for p in 0..n {
+                                let exact: f32 = (0..dim).map(|i| q[h * dim + i] * value(p, i)).sum::<f32>() * 0.125;
+                                let got = s2[h * np + p];
+                                assert!((got - exact).abs() < 0.03 * (1.0 + exact.abs()), "score {got} vs {exact}");
+                            }
+                        }
+                        // Weights over a window from `first` (zero elsewhere, past n too).
+                        for first in [0, 9, 21, 40].into_iter().filter(|&f| f < n) {
+                            let prob = |h: usize, p: usize| if p < first || p >= n { 0.0 } else { (1 + h) as f32 / (p + 2) as f32 };
+                            let probs: Vec<f32> = (0..heads * np).map(|i| prob(i / np, i % np)).collect();
+                            let (mut o1, mut o2) = (vec![0f32; heads * dim], vec![0f32; heads * dim]);
+                            // SAFETY: every block holds dim × bs codes and chunks × bs scales.
+                            unsafe { weighted_sum(Isa::Scalar, heads, &probs, &vblocks, &vruns, bs, &mut o2) };
+                            for &family in &families {
+                                // SAFETY: as above.
+                                unsafe { weighted_sum(family, heads, &probs, &vblocks, &vruns, bs, &mut o1) };
+                                let what = format!("{heads} heads, {n} positions, first {first}, {dim} wide, blocks of {bs}");
+                                assert_eq!(bits(&o1), bits(&o2), "{family:?} weighted sum: {what}");
+                            }
+                            for h in 0..heads {
+                                for d in 0..dim {
+                                    let exact: f32 = (0..n).map(|p| prob(h, p) * value(p + 3, d)).sum();
+                                    let got = o2[h * dim + d];
+                                    assert!((got - exact).abs() < 0.02 * (1.0 + exact.abs()), "output {got} vs {exact}");
+                                }
                             }
                         }
                     }

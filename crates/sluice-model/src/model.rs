@@ -117,6 +117,14 @@ fn zeroed(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     buf
 }
 
+/// `buf` at `len` elements, whatever they hold: for an output a matrix product writes whole
+/// (the logits of sixteen sequences are 3 MiB, zeroed for nothing every step otherwise).
+fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    buf.truncate(len);
+    buf.resize(len, 0.0);
+    buf
+}
+
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Model").field("arch", &self.cfg.arch).field("layers", &self.layers.len()).finish()
@@ -466,7 +474,7 @@ impl Model {
             rows.extend_from_slice(&x[range.start * d..range.end * d]);
             offset += len;
         }
-        let logits = zeroed(logits, rows.len() / d * c.vocab_size);
+        let logits = sized(logits, rows.len() / d * c.vocab_size);
         if !rows.is_empty() {
             layers::rms_norm(rows, &self.output_norm, c.rms_eps);
             lap(laps, Phase::Other);

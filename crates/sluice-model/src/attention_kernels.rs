@@ -122,9 +122,17 @@ pub unsafe fn scores(isa: Isa, heads: usize, q: &[f32], rows: &[*const u8], half
         for take in passes(heads) {
             let (qt, qr) = q.split_at(take * dim);
             let (ot, or) = std::mem::take(&mut out).split_at_mut(take * n);
-            // SAFETY: AVX2/FMA/F16C detected; the rows are the caller's contract.
+            let wide = isa == Isa::Avx512Vnni;
+            // SAFETY: AVX2/FMA/F16C detected (AVX-512 where `wide`); the rows are the caller's
+            // contract.
             unsafe {
                 match (order, half, take) {
+                    (SumOrder::Tiled, false, 1) if wide => avx512::scores_tiled::<1, false>(qt, rows, scale, ot),
+                    (SumOrder::Tiled, true, 1) if wide => avx512::scores_tiled::<1, true>(qt, rows, scale, ot),
+                    (SumOrder::Tiled, false, 2) if wide => avx512::scores_tiled::<2, false>(qt, rows, scale, ot),
+                    (SumOrder::Tiled, true, 2) if wide => avx512::scores_tiled::<2, true>(qt, rows, scale, ot),
+                    (SumOrder::Tiled, false, _) if wide => avx512::scores_tiled::<3, false>(qt, rows, scale, ot),
+                    (SumOrder::Tiled, true, _) if wide => avx512::scores_tiled::<3, true>(qt, rows, scale, ot),
                     (SumOrder::Dot, false, 1) => avx2::scores_dot::<false>(qt, rows, scale, ot),
                     (SumOrder::Dot, true, 1) => avx2::scores_dot::<true>(qt, rows, scale, ot),
                     (SumOrder::Dot, false, 2) => avx2::scores_dot_heads::<2, false>(qt, rows, scale, ot),
@@ -244,6 +252,7 @@ pub unsafe fn weighted_sum(
     if isa.has_avx2() && bs.is_multiple_of(8) && dim.is_multiple_of(8) {
         // AVX-512 takes positions sixteen at a time (a group then lies in one block).
         let wide = isa == Isa::Avx512Vnni && order == SumOrder::Dot && bs.is_multiple_of(16);
+        let tiled512 = isa == Isa::Avx512Vnni && order == SumOrder::Tiled;
         let (span, esize) = (if wide { 16 } else { 8 }, if half { 2 } else { 4 });
         // Where each group of positions starts (dimension 0; dimension d is d·bs further).
         groups.clear();
@@ -256,6 +265,12 @@ pub unsafe fn weighted_sum(
             // caller's contract.
             unsafe {
                 match (wide, take, half) {
+                    (false, 1, false) if tiled512 => avx512::weighted_sum_tiled::<1, false>(first, wt, groups, bs, ot),
+                    (false, 1, true) if tiled512 => avx512::weighted_sum_tiled::<1, true>(first, wt, groups, bs, ot),
+                    (false, 2, false) if tiled512 => avx512::weighted_sum_tiled::<2, false>(first, wt, groups, bs, ot),
+                    (false, 2, true) if tiled512 => avx512::weighted_sum_tiled::<2, true>(first, wt, groups, bs, ot),
+                    (false, _, false) if tiled512 => avx512::weighted_sum_tiled::<3, false>(first, wt, groups, bs, ot),
+                    (false, _, true) if tiled512 => avx512::weighted_sum_tiled::<3, true>(first, wt, groups, bs, ot),
                     (true, 1, false) => avx512::weighted_sum_dot::<1, 8, false>(first, wt, groups, bs, ot),
                     (true, 1, true) => avx512::weighted_sum_dot::<1, 8, true>(first, wt, groups, bs, ot),
                     (true, 2, false) => avx512::weighted_sum_dot::<2, 4, false>(first, wt, groups, bs, ot),

@@ -10,7 +10,7 @@ use std::arch::x86_64::*;
 /// AVX2/F16C required; `p` addresses `i + 8` elements.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn load8<const HALF: bool>(p: *const u8, i: usize) -> __m256 {
+pub(super) unsafe fn load8<const HALF: bool>(p: *const u8, i: usize) -> __m256 {
     // SAFETY: the caller's contract.
     unsafe {
         if HALF {

@@ -1,4 +1,4 @@
-//! The AVX-512 forms of the generated-token (`Dot` order) attention kernels. A 512-bit register
+//! The AVX-512 forms of the attention kernels. A 512-bit register
 //! holds 16 of the reference's 32 lanes, so two registers carry a whole `vec_dot` accumulator
 //! set and 32 registers keep a group's queries in place: about half the instructions of the
 //! AVX2 forms, which reload the queries for every key and reduce every output on its own. The
@@ -6,7 +6,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::reduce8_dot;
+use super::avx2::{load8, reduce8_dot, reduce8_tiled};
 
 /// Sixteen cache elements from element `i` of the run at `p`, as floats.
 ///
@@ -149,6 +149,99 @@ pub unsafe fn weighted_sum_dot<const H: usize, const D: usize, const HALF: bool>
         for (h, x) in x.iter().enumerate() {
             // SAFETY: out holds H · dim floats and d0 + 8 <= dim.
             unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(h * dim + d0), reduce8_dot(x)) };
+        }
+    }
+}
+
+/// [`super::scores`] in `Tiled` order (a prompt token's) for `H` heads (`q`: `H × dim`, `out`:
+/// `H × rows`): one 8-lane accumulator per row and head as the AVX2 form keeps, but eight rows
+/// at a time (AVX-512's 32 registers hold the 24 accumulators of three heads), their trees
+/// reduced together rather than each on its own.
+///
+/// # Safety
+/// AVX-512 F/VL, AVX2, FMA and F16C required; `dim` a multiple of 8; every row holds `dim`
+/// elements.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+pub unsafe fn scores_tiled<const H: usize, const HALF: bool>(q: &[f32], rows: &[*const u8], scale: f32, out: &mut [f32]) {
+    let (dim, n) = (q.len() / H, rows.len());
+    let (qp, sc) = (q.as_ptr(), _mm256_set1_ps(scale));
+    for (c, chunk) in rows.chunks(8).enumerate() {
+        // A short last chunk repeats its last row (those sums are dropped).
+        let r: [*const u8; 8] = std::array::from_fn(|j| chunk[j.min(chunk.len() - 1)]);
+        let mut acc = [[_mm256_setzero_ps(); 8]; H];
+        for i in (0..dim).step_by(8) {
+            // SAFETY: i + 8 <= dim for every head's query and every row (caller contract).
+            unsafe {
+                let x: [__m256; H] = std::array::from_fn(|h| _mm256_loadu_ps(qp.add(h * dim + i)));
+                for (j, &r) in r.iter().enumerate() {
+                    let y = load8::<HALF>(r, i);
+                    for (a, x) in acc.iter_mut().zip(&x) {
+                        a[j] = _mm256_fmadd_ps(*x, y, a[j]);
+                    }
+                }
+            }
+        }
+        for (h, a) in acc.iter().enumerate() {
+            let mut res = [0f32; 8];
+            // SAFETY: `res` holds eight floats.
+            unsafe { _mm256_storeu_ps(res.as_mut_ptr(), _mm256_mul_ps(reduce8_tiled(a), sc)) };
+            out[h * n + 8 * c..h * n + 8 * c + chunk.len()].copy_from_slice(&res[..chunk.len()]);
+        }
+    }
+}
+
+/// [`super::weighted_sum`] in `Tiled` order for `H` heads (`w`: `H × n` weights, `out`:
+/// `H × dim`): one 8-lane accumulator per output, as the AVX2 form keeps, but eight dimensions
+/// of every head at a time (24 chains of multiply-adds for three heads instead of six), their
+/// trees reduced together. `groups[g]` is dimension 0 of positions `8g..8g+8`, dimension `d`
+/// being `d·bs` elements further; groups below `first / 8` are skipped.
+///
+/// # Safety
+/// AVX-512 F/VL, AVX2, FMA and F16C required; `dim` a multiple of 8; every group's eight
+/// positions readable for every dimension (a partial last group's included).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+pub unsafe fn weighted_sum_tiled<const H: usize, const HALF: bool>(first: usize, w: &[f32], groups: &[*const u8], bs: usize, out: &mut [f32]) {
+    let (n, dim) = (w.len() / H, out.len() / H);
+    let (whole, tail) = (n / 8, n % 8);
+    // A partial last group: its weights zero-padded, its values past the last position zeroed
+    // whatever they hold (so they add exact zeros).
+    let w_tail: [[f32; 8]; H] = std::array::from_fn(|h| {
+        let mut t = [0f32; 8];
+        t[..tail].copy_from_slice(&w[h * n + n - tail..(h + 1) * n]);
+        t
+    });
+    let keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(tail as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+    for d0 in (0..dim).step_by(8) {
+        let mut acc = [[_mm256_setzero_ps(); 8]; H];
+        // SAFETY (both loops): group g < groups.len() has dimensions d0..d0+8 of its eight
+        // positions in its block; the weights are read below n only.
+        for g in first / 8..whole {
+            unsafe {
+                let vp = *groups.get_unchecked(g);
+                let wv: [__m256; H] = std::array::from_fn(|h| _mm256_loadu_ps(w.as_ptr().add(h * n + 8 * g)));
+                for k in 0..8 {
+                    let v = load8::<HALF>(vp, (d0 + k) * bs);
+                    for (a, wv) in acc.iter_mut().zip(&wv) {
+                        a[k] = _mm256_fmadd_ps(*wv, v, a[k]);
+                    }
+                }
+            }
+        }
+        if tail != 0 {
+            unsafe {
+                let vp = *groups.get_unchecked(whole);
+                let wv: [__m256; H] = std::array::from_fn(|h| _mm256_loadu_ps(w_tail[h].as_ptr()));
+                for k in 0..8 {
+                    let v = _mm256_and_ps(load8::<HALF>(vp, (d0 + k) * bs), keep);
+                    for (a, wv) in acc.iter_mut().zip(&wv) {
+                        a[k] = _mm256_fmadd_ps(*wv, v, a[k]);
+                    }
+                }
+            }
+        }
+        for (h, a) in acc.iter().enumerate() {
+            // SAFETY: out holds H · dim floats and d0 + 8 <= dim.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(h * dim + d0), reduce8_tiled(a)) };
         }
     }
 }

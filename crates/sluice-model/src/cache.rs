@@ -4,10 +4,10 @@
 //! (a query's scores are dot products over a key's dimensions, and one attention task reads one
 //! head's keys of a block as one contiguous run); values are stored transposed within each block
 //! (dimension `d` of a block's positions is one run of `block_size` values), so each output of
-//! the weighted sum is a dot product over positions with its accumulators in registers. Which block holds which positions
-//! of which sequence is the caller's business (a block table per sequence, from `sluice-kv`);
-//! the model only reads and writes through those tables. Memory is reserved zeroed, so untouched
-//! blocks cost address space, not resident memory.
+//! the weighted sum is a dot product over positions with its accumulators in registers. Which
+//! block holds which positions of which sequence is the caller's business (a block table per
+//! sequence, from `sluice-kv`); the model only reads and writes through those tables. Memory is
+//! reserved zeroed, so untouched blocks cost address space, not resident memory.
 //!
 //! With 8-bit codes every 32 consecutive dimensions of a row (one position of one head) share a
 //! scale, for keys and values alike, so a new position is encoded on its own and never

@@ -255,7 +255,6 @@ pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
             let bs = inp.block_size;
             // Key rows of positions first..=pos and the KV head's value block of every block up
             // to pos (in bounds: the model validates block tables before attention runs).
-            prefetch_task(inp, idx);
             keys.clear();
             values.clear();
             kscales.clear();
@@ -267,6 +266,14 @@ pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
                     continue;
                 }
                 let key_block = inp.k_cache.ptr(at);
+                // A generated token's keys and values come from memory (a prompt token's were
+                // just read for the token before it): ask for the whole window's now, many misses
+                // in flight, rather than a few at a time as the sums reach each block.
+                if order == SumOrder::Dot {
+                    let head_bytes = hd * bs * esize;
+                    crate::mem::prefetch_l2(key_block, head_bytes);
+                    crate::mem::prefetch_l2(inp.v_cache.ptr(at), head_bytes);
+                }
                 let (lo, hi) = ((bi * bs).max(first) - bi * bs, (pos + 1).min((bi + 1) * bs) - bi * bs);
                 if let Some((ks, vs)) = q8 {
                     // 8-bit keys: the block (byte-dot layout), and the runs of the head's key and
@@ -338,25 +345,6 @@ pub fn attention(isa: Isa, inp: &AttentionInput<'_>, out: &mut [f32]) {
             unsafe { attn::weighted_sum(isa, order, first, group, weights, values, half, bs, o, groups) };
         },
     );
-}
-
-/// Asks for the keys and values attention task `idx` (token `idx / n_kv_heads`, KV head
-/// `idx mod n_kv_heads`) reads, if its token is a generated one: those come from memory, while a
-/// prompt token's were just read for the token before it. All of them at once, many misses in
-/// flight, rather than a few at a time as the sums reach each block.
-fn prefetch_task(inp: &AttentionInput<'_>, idx: usize) {
-    let Some(&AttnToken { pos, seq, order }) = inp.tokens.get(idx / inp.n_kv_heads.max(1)) else { return };
-    if order != SumOrder::Dot {
-        return;
-    }
-    let (bs, hd, kvh) = (inp.block_size, inp.head_dim, idx % inp.n_kv_heads);
-    let first = inp.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-    let head_bytes = hd * bs * inp.k_cache.elem_bytes();
-    for &b in inp.tables[seq].iter().take(pos / bs + 1).skip(first / bs) {
-        let at = (b as usize * inp.n_kv_heads + kvh) * hd * bs;
-        crate::mem::prefetch_l2(inp.k_cache.ptr(at), head_bytes);
-        crate::mem::prefetch_l2(inp.v_cache.ptr(at), head_bytes);
-    }
 }
 
 /// One (token, KV head) attention task over an 8-bit cache.

@@ -112,12 +112,25 @@ unsafe fn scores_with<const S: usize, const HALF: bool>(q: &[f32], rows: &[*cons
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn reduce8_dot(v: &[__m256; 8]) -> __m256 {
-    let t = [0, 2, 4, 6].map(|j| {
+    let t = halves8(v);
+    in_order(_mm256_hadd_ps(_mm256_hadd_ps(t[0], t[1]), _mm256_hadd_ps(t[2], t[3])))
+}
+
+/// The first step of both eight-vector reductions: each vector's lanes `l + (l+4)`, `v[2i]`'s
+/// in the low 128 bits of the result's `i`-th vector, `v[2i+1]`'s in the high.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn halves8(v: &[__m256; 8]) -> [__m256; 4] {
+    [0, 2, 4, 6].map(|j| {
         let (a, b) = (v[j], v[j + 1]);
         _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31))
-    });
-    let h = _mm256_hadd_ps(_mm256_hadd_ps(t[0], t[1]), _mm256_hadd_ps(t[2], t[3]));
-    // Lanes hold rows 0, 2, 4, 6, 1, 3, 5, 7.
+    })
+}
+
+/// Lanes holding vectors 0, 2, 4, 6, 1, 3, 5, 7 (the reductions' last step) put in order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn in_order(h: __m256) -> __m256 {
     _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
 }
 
@@ -126,16 +139,10 @@ pub(super) fn reduce8_dot(v: &[__m256; 8]) -> __m256 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn reduce8_tiled(v: &[__m256; 8]) -> __m256 {
-    // Per vector, lanes l + (l+4): v[2i] in the low 128 bits of t[i], v[2i+1] in the high.
-    let t = [0, 2, 4, 6].map(|j| {
-        let (a, b) = (v[j], v[j + 1]);
-        _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31))
-    });
+    let t = halves8(v);
     // (a0+a2, a1+a3) of two vectors per 128-bit half.
     let pair = |x: __m256, y: __m256| _mm256_add_ps(_mm256_shuffle_ps::<0b01_00_01_00>(x, y), _mm256_shuffle_ps::<0b11_10_11_10>(x, y));
-    let h = _mm256_hadd_ps(pair(t[0], t[1]), pair(t[2], t[3]));
-    // Lanes hold vectors 0, 2, 4, 6, 1, 3, 5, 7.
-    _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+    in_order(_mm256_hadd_ps(pair(t[0], t[1]), pair(t[2], t[3])))
 }
 
 /// [`scores_dot`] for `H` heads (`q`: `H × dim`, `out`: `H × rows`): each key vector is

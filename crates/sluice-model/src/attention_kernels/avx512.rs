@@ -30,7 +30,13 @@ unsafe fn load16<const HALF: bool>(p: *const u8, i: usize) -> __m512 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
 fn fold(a: __m512, b: __m512) -> __m256 {
-    let z = _mm512_add_ps(a, b);
+    add_halves(_mm512_add_ps(a, b))
+}
+
+/// Lanes `l` and `l + 8` of `z` added.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+pub(super) fn add_halves(z: __m512) -> __m256 {
     let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(z)));
     _mm256_add_ps(_mm512_castps512_ps256(z), hi)
 }

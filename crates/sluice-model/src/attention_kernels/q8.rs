@@ -366,10 +366,7 @@ mod avx512 {
             }
             for (j, acc) in acc.iter().enumerate() {
                 // Lanes l and l + 8 added, then the eight dimensions' trees together.
-                let x: [__m256; 8] = std::array::from_fn(|k| {
-                    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[k])));
-                    _mm256_add_ps(_mm512_castps512_ps256(acc[k]), hi)
-                });
+                let x: [__m256; 8] = std::array::from_fn(|k| crate::attention_kernels::avx512::add_halves(acc[k]));
                 // SAFETY: out holds every head's dim floats; d0 + 8 <= dim.
                 unsafe { _mm256_storeu_ps(out.as_mut_ptr().add((h0 + j) * dim + d0), crate::attention_kernels::avx2::reduce8_tiled(&x)) };
             }

@@ -24,6 +24,9 @@ pub struct EngineConfig {
     pub max_waiting: usize,
     /// Tokens per step (prefill chunks and decodes together).
     pub max_num_batched_tokens: usize,
+    /// Prompt tokens per step while sequences are decoding: bounds the pause a prefill puts in
+    /// their streams (one 512-token chunk is ~0.25 s on two cores).
+    pub max_prefill_tokens_with_decodes: usize,
     /// Sequences per step.
     pub max_num_seqs: usize,
     /// Bytes of KV memory (sets the number of blocks).
@@ -44,6 +47,7 @@ impl Default for EngineConfig {
         Self {
             max_waiting: 64,
             max_num_batched_tokens: 512,
+            max_prefill_tokens_with_decodes: 128,
             max_num_seqs: 32,
             kv_cache_bytes: 1 << 30,
             block_size: 16,

@@ -33,6 +33,7 @@ impl Worker {
     pub(crate) fn new(model: Arc<LoadedModel>, cfg: EngineConfig, num_blocks: usize, stats: Arc<EngineStats>) -> Self {
         let sched_cfg = SchedulerConfig {
             max_num_batched_tokens: cfg.max_num_batched_tokens.max(1),
+            max_prefill_tokens_with_decodes: cfg.max_prefill_tokens_with_decodes.max(1),
             max_num_seqs: cfg.max_num_seqs.max(1),
             // The waiting bound is enforced at submit time.
             max_waiting: usize::MAX,

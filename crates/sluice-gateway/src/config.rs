@@ -109,6 +109,7 @@ struct RawBackend {
     max_waiting: Option<usize>,
     max_num_seqs: Option<usize>,
     max_num_batched_tokens: Option<usize>,
+    max_prefill_tokens_with_decodes: Option<usize>,
     kv_cache_memory: Option<String>,
     kv_cache_dtype: Option<String>,
     numerics: Option<String>,
@@ -577,6 +578,7 @@ impl Validator<'_> {
                 (b.max_waiting.is_some(), "max_waiting"),
                 (b.max_num_seqs.is_some(), "max_num_seqs"),
                 (b.max_num_batched_tokens.is_some(), "max_num_batched_tokens"),
+                (b.max_prefill_tokens_with_decodes.is_some(), "max_prefill_tokens_with_decodes"),
                 (b.kv_cache_memory.is_some(), "kv_cache_memory"),
                 (b.kv_cache_dtype.is_some(), "kv_cache_dtype"),
                 (b.numerics.is_some(), "numerics"),
@@ -685,6 +687,11 @@ impl Validator<'_> {
         let engine = EngineConfig {
             max_waiting: positive(b.max_waiting, "max_waiting", d.max_waiting)?,
             max_num_batched_tokens: positive(b.max_num_batched_tokens, "max_num_batched_tokens", d.max_num_batched_tokens)?,
+            max_prefill_tokens_with_decodes: positive(
+                b.max_prefill_tokens_with_decodes,
+                "max_prefill_tokens_with_decodes",
+                d.max_prefill_tokens_with_decodes,
+            )?,
             max_num_seqs: positive(b.max_num_seqs, "max_num_seqs", d.max_num_seqs)?,
             kv_cache_bytes,
             kv_cache_dtype,

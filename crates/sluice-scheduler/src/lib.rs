@@ -2,7 +2,10 @@
 //! step. Follows vLLM v1's scheduler: one token budget per step (`max_num_batched_tokens`),
 //! running sequences first (decodes and unfinished prefills, oldest first), then waiting
 //! sequences in arrival order (FCFS) with their prompts cut into chunks that fit the budget
-//! (chunked prefill), so a long prompt never stalls everyone else's next token.
+//! (chunked prefill), so a long prompt never stalls everyone else's next token. While some
+//! sequences are decoding, prompt tokens in a step are further capped
+//! (`max_prefill_tokens_with_decodes`): on a CPU a 512-token chunk takes a quarter of a second,
+//! a pause every decoding stream would see; idle, prompts still get the whole budget.
 //!
 //! Memory comes from the `sluice-kv` block pool. When a running sequence needs a block and none
 //! is free, the most recently admitted running sequence is preempted: its blocks are released
@@ -23,6 +26,8 @@ use sluice_kv::{KvManager, SeqId};
 pub struct SchedulerConfig {
     /// Tokens per step (prefill chunks + decodes).
     pub max_num_batched_tokens: usize,
+    /// Prompt tokens per step while any sequence is decoding (within the token budget).
+    pub max_prefill_tokens_with_decodes: usize,
     /// Sequences per step.
     pub max_num_seqs: usize,
     /// Sequences that may wait; beyond it `add` fails.
@@ -199,6 +204,9 @@ impl Scheduler {
     pub fn schedule(&mut self) -> StepPlan {
         let mut plan = StepPlan::default();
         let mut budget = self.cfg.max_num_batched_tokens;
+        // Prompt tokens (every position but a decode's one) this step may still take.
+        let decoding = self.running.iter().any(|s| s.started && s.tokens.len() == s.computed + 1);
+        let mut prefill_budget = if decoding { self.cfg.max_prefill_tokens_with_decodes } else { usize::MAX };
         // Running sequences, oldest first.
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
@@ -206,10 +214,14 @@ impl Scheduler {
                 let s = &self.running[i];
                 (s.id, s.computed, s.tokens.len())
             };
-            let len = (total - computed).min(budget);
+            let remaining = total - computed;
+            let len = if remaining == 1 { remaining.min(budget) } else { remaining.min(budget).min(prefill_budget) };
             if len == 0 {
                 i += 1;
                 continue;
+            }
+            if remaining > 1 {
+                prefill_budget -= len;
             }
             loop {
                 if self.kv.grow(id, computed + len).is_ok() {
@@ -226,13 +238,13 @@ impl Scheduler {
             }
         }
         // Waiting sequences, in order, while there is budget, room and memory.
-        while budget > 0 && self.running.len() < self.cfg.max_num_seqs {
+        while budget > 0 && prefill_budget > 0 && self.running.len() < self.cfg.max_num_seqs {
             let Some(mut s) = self.waiting.pop_front() else { break };
             if !s.started {
                 s.computed = self.kv.start(s.id, &s.tokens, &s.salt);
                 s.started = true;
             }
-            let len = (s.tokens.len() - s.computed).min(budget);
+            let len = (s.tokens.len() - s.computed).min(budget).min(prefill_budget);
             if self.kv.grow(s.id, s.computed + len).is_err() {
                 // No memory: undo (cached blocks go back) and wait for running work to finish.
                 self.kv.release(s.id);
@@ -243,6 +255,7 @@ impl Scheduler {
             }
             plan.scheduled.push(Scheduled { id: s.id, start: s.computed, len, sample: s.computed + len == s.tokens.len() });
             budget -= len;
+            prefill_budget -= len;
             self.running.push(s);
         }
         plan
@@ -271,6 +284,7 @@ mod tests {
     fn cfg(blocks: usize, budget: usize) -> SchedulerConfig {
         SchedulerConfig {
             max_num_batched_tokens: budget,
+            max_prefill_tokens_with_decodes: budget,
             max_num_seqs: 8,
             max_waiting: 16,
             num_blocks: blocks,
@@ -321,6 +335,30 @@ mod tests {
         s.complete(&p, &[(SeqId(0), 9)]);
         let p = s.schedule();
         assert_eq!(p.scheduled[1], Scheduled { id: SeqId(1), start: 7, len: 7, sample: false });
+    }
+
+    #[test]
+    fn prompts_get_the_whole_budget_when_idle_and_the_cap_beside_decodes() {
+        let mut c = cfg(64, 16);
+        c.max_prefill_tokens_with_decodes = 4;
+        let mut s = Scheduler::new(c);
+        s.add(seq(0, 12)).unwrap();
+        // Nothing is decoding: the whole prompt in one step.
+        let p = s.schedule();
+        assert_eq!(p.scheduled, vec![Scheduled { id: SeqId(0), start: 0, len: 12, sample: true }]);
+        s.complete(&p, &[(SeqId(0), 9)]);
+        // Seq 0 decodes: the next prompts share four positions per step, whoever owns them.
+        s.add(seq(1, 6)).unwrap();
+        s.add(seq(2, 3)).unwrap();
+        let p = s.schedule();
+        assert_eq!(p.scheduled[0], Scheduled { id: SeqId(0), start: 12, len: 1, sample: true });
+        assert_eq!(p.scheduled[1], Scheduled { id: SeqId(1), start: 0, len: 4, sample: false });
+        assert_eq!(p.scheduled.len(), 2);
+        s.complete(&p, &[(SeqId(0), 9)]);
+        let p = s.schedule();
+        assert_eq!(p.scheduled[1], Scheduled { id: SeqId(1), start: 4, len: 2, sample: true });
+        assert_eq!(p.scheduled[2], Scheduled { id: SeqId(2), start: 0, len: 2, sample: false });
+        assert_eq!(p.num_tokens(), 5);
     }
 
     #[test]

@@ -17,11 +17,13 @@ proptest! {
         seqs in prop::collection::vec((1usize..30, 1usize..12, 0u8..3), 1..12),
         blocks in 8usize..40,
         budget in 1usize..24,
+        prefill_cap in 1usize..24,
         max_seqs in 1usize..6,
     ) {
         let block_size = 4;
         let mut s = Scheduler::new(SchedulerConfig {
             max_num_batched_tokens: budget,
+            max_prefill_tokens_with_decodes: prefill_cap,
             max_num_seqs: max_seqs,
             max_waiting: 64,
             num_blocks: blocks,
@@ -42,9 +44,17 @@ proptest! {
         while !s.is_idle() {
             steps += 1;
             prop_assert!(steps < 5000, "no progress");
+            // Running sequences one position short of their tokens: this step decodes them.
+            let decoding: Vec<SeqId> = next_pos.iter().filter(|&(id, &p)| s.tokens(*id).is_some_and(|t| t.len() == p + 1)).map(|(id, _)| *id).collect();
             let plan = s.schedule();
             prop_assert!(plan.num_tokens() <= budget);
             prop_assert!(plan.scheduled.len() <= max_seqs);
+            // A step with a running sequence's decode in it takes at most the cap of prompt
+            // tokens (a multi-token item is always prompt or recomputation).
+            if plan.scheduled.iter().any(|x| x.len == 1 && decoding.contains(&x.id)) {
+                let prefill: usize = plan.scheduled.iter().filter(|x| x.len > 1).map(|x| x.len).sum();
+                prop_assert!(prefill <= prefill_cap, "{} prompt tokens beside decodes (cap {})", prefill, prefill_cap);
+            }
             for p in &plan.preempted {
                 next_pos.remove(p);
             }

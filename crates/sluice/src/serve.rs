@@ -58,6 +58,10 @@ pub struct ServeArgs {
     /// Tokens per engine step (prefill chunks and decodes together).
     #[arg(long, default_value_t = 512)]
     max_num_batched_tokens: usize,
+    /// Prompt tokens per engine step while other requests are generating: bounds the pause a
+    /// new prompt puts in their streams (idle, prompts get the whole step).
+    #[arg(long, default_value_t = 128)]
+    max_prefill_tokens_with_decodes: usize,
     /// Sequences per engine step.
     #[arg(long, default_value_t = 32)]
     max_num_seqs: usize,
@@ -181,6 +185,7 @@ async fn start_engine(path: PathBuf, threads: Option<usize>, name: String, cfg: 
         kv_tokens = engine.kv_capacity_tokens(),
         max_num_seqs = cfg.max_num_seqs,
         max_num_batched_tokens = cfg.max_num_batched_tokens,
+        max_prefill_tokens_with_decodes = cfg.max_prefill_tokens_with_decodes,
         prefix_caching = cfg.prefix_caching,
         "engine started"
     );
@@ -267,6 +272,7 @@ fn single_model(args: &ServeArgs, model: PathBuf) -> GatewayConfig {
     let engine = EngineConfig {
         max_waiting: args.max_waiting,
         max_num_batched_tokens: args.max_num_batched_tokens,
+        max_prefill_tokens_with_decodes: args.max_prefill_tokens_with_decodes,
         max_num_seqs: args.max_num_seqs,
         kv_cache_bytes: args.kv_cache_memory,
         kv_cache_dtype: args.kv_cache_dtype,

@@ -25,19 +25,20 @@ if [ -f "$OUT/bin/libllama.so" ] && { [ "$FLAVOR" = reference ] || [ -x "$OUT/bi
 fi
 mkdir -p "$PEER_DIR/dl"
 SRC=$PEER_DIR/dl/llama_cpp_python-$LCP_VERSION
+# Before the download: pip prepares the sdist's metadata, which needs cmake (without it, it would
+# try to build cmake from source).
+command -v cmake >/dev/null || { apt-get update -qq && apt-get install -y -qq cmake g++ >/dev/null; }
 if [ ! -d "$SRC" ]; then
-  # pip fetches the sdist, then fails preparing its metadata (it would build cmake from source);
-  # the downloaded archive is all we need, so take it from pip's unpack folder.
-  TMPDIR_DL=$(mktemp -d)
-  TMPDIR="$TMPDIR_DL" python3 -m pip download -q --no-deps --no-binary :all: --no-build-isolation \
-    "llama-cpp-python==$LCP_VERSION" -d "$PEER_DIR/dl" >/dev/null 2>&1 || true
-  [ -f "$SRC.tar.gz" ] || cp "$TMPDIR_DL"/pip-unpack-*/"llama_cpp_python-$LCP_VERSION.tar.gz" "$PEER_DIR/dl/"
-  rm -rf "$TMPDIR_DL"
+  [ -f "$SRC.tar.gz" ] || python3 -m pip download -q --no-deps --no-binary :all: \
+    "llama-cpp-python==$LCP_VERSION" -d "$PEER_DIR/dl"
   tar xzf "$SRC.tar.gz" -C "$PEER_DIR/dl"
 fi
-command -v cmake >/dev/null || { apt-get update -qq && apt-get install -y -qq cmake g++ >/dev/null; }
+# No AMX: with -march=native on a CPU that has it, ggml's AMX matrix kernels run without asking
+# the kernel for the tile state (arch_prctl) and die with SIGILL at the first batched product.
+NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 # shellcheck disable=SC2086
 cmake -S "$SRC/vendor/llama.cpp" -B "$OUT" -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_C_FLAGS="$NO_AMX" -DCMAKE_CXX_FLAGS="$NO_AMX" \
   $ISA -DBUILD_SHARED_LIBS=ON -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF \
   -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >/dev/null
 # shellcheck disable=SC2086

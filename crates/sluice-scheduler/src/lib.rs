@@ -205,7 +205,7 @@ impl Scheduler {
         let mut plan = StepPlan::default();
         let mut budget = self.cfg.max_num_batched_tokens;
         // Prompt tokens (every position but a decode's one) this step may still take.
-        let decoding = self.running.iter().any(|s| s.started && s.tokens.len() == s.computed + 1);
+        let decoding = self.running.iter().any(|s| s.tokens.len() == s.computed + 1);
         let mut prefill_budget = if decoding { self.cfg.max_prefill_tokens_with_decodes } else { usize::MAX };
         // Running sequences, oldest first.
         let mut i = 0;
@@ -214,19 +214,19 @@ impl Scheduler {
                 let s = &self.running[i];
                 (s.id, s.computed, s.tokens.len())
             };
-            let remaining = total - computed;
-            let len = if remaining == 1 { remaining.min(budget) } else { remaining.min(budget).min(prefill_budget) };
+            let prefill = total - computed > 1;
+            let len = (total - computed).min(if prefill { budget.min(prefill_budget) } else { budget });
             if len == 0 {
                 i += 1;
                 continue;
-            }
-            if remaining > 1 {
-                prefill_budget -= len;
             }
             loop {
                 if self.kv.grow(id, computed + len).is_ok() {
                     plan.scheduled.push(Scheduled { id, start: computed, len, sample: computed + len == total });
                     budget -= len;
+                    if prefill {
+                        prefill_budget -= len;
+                    }
                     i += 1;
                     break;
                 }
